@@ -1,0 +1,21 @@
+"""gradeclip: what CLIP looks at when it matches a video frame with a text prompt.
+
+Video -> frames (uint8 RGB) -> pixels (normalised, native aspect) -> CLIP -> maps and scores -> figures and files.
+"""
+from .explain import (METHODS, Explanation, explain, get_method, method_names, normalize_maps, similarity,
+                      word_importance)
+from .figures import (overlay, plot_explanation, plot_frame_strip, plot_scores, plot_word_importance,
+                      save_explanation, save_figure)
+from .frames import VideoInfo, read_frames, resolve_indices, sample_video, video_info
+from .grad_eclip import grad_eclip_image, grad_eclip_text
+from .model import encode_prompts, load_clip, tokenize
+from .pixels import to_pixels
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS", "Explanation", "VideoInfo", "encode_prompts", "explain", "get_method", "grad_eclip_image",
+    "grad_eclip_text", "load_clip", "method_names", "normalize_maps", "overlay", "plot_explanation",
+    "plot_frame_strip", "plot_scores", "plot_word_importance", "read_frames", "resolve_indices", "sample_video",
+    "save_explanation", "save_figure", "similarity", "to_pixels", "tokenize", "video_info", "word_importance",
+]

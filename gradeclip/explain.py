@@ -1,0 +1,152 @@
+"""The user-facing pipeline: frames and prompts in, normalised heatmaps and scores out.
+
+Explanation methods live in ``METHODS``, an mmengine ``Registry``. Every method has one signature,
+``method(model, pixels, text_features, **options) -> raw maps (B, K, h, w)`` (non-negative, on the token grid),
+so a new method is one function plus one ``@METHODS.register_module(name=...)`` line and ``explain`` finds it by
+name.
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import List, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.registry import Registry
+
+from PIL import Image
+
+from .grad_eclip import grad_eclip_image, grad_eclip_text
+from .model import check_vit, clip_preprocess, encode_prompts, token_words, tokenize
+from .pixels import FramesLike, as_frames, to_pixels
+from .vit import encode_pixels
+
+METHODS = Registry("explanation method", scope="gradeclip")
+METHODS.register_module(name="grad_eclip", module=grad_eclip_image)
+
+
+@dataclass
+class Explanation:
+    """What ``explain`` returns for N frames and K prompts.
+
+    ``maps``: (N, K, H, W) float32 in [0, 1], each map min-max normalised, at frame size.
+    ``raw``: (N, K, h, w) float32 maps on the token grid, as the method returned them (not normalised).
+    ``cosine``: (N, K) cosine similarity of each frame (at the explained input size) and prompt.
+    ``probs``: (N, K) softmax over the prompts of CLIP's scaled logits (logit_scale * cosine).
+    ``frames``: the (N, H, W, 3) uint8 RGB frames; ``prompts``, ``method``: what was asked.
+    """
+
+    maps: np.ndarray
+    raw: np.ndarray
+    cosine: np.ndarray
+    probs: np.ndarray
+    frames: np.ndarray
+    prompts: List[str]
+    method: str
+
+
+def method_names() -> List[str]:
+    """Names of the registered explanation methods, sorted."""
+    return sorted(METHODS.module_dict)
+
+
+def get_method(name: str):
+    """The registered method called ``name``; ValueError listing the known names otherwise."""
+    if not isinstance(name, str) or name not in METHODS.module_dict:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
+    return METHODS.get(name)
+
+
+def normalize_maps(raw: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each map of (..., h, w) to [0, 1]; a constant map becomes all zeros (never NaN)."""
+    flat = raw.flatten(-2)
+    low = flat.amin(dim=-1, keepdim=True)
+    span = flat.amax(dim=-1, keepdim=True) - low
+    out = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+    return out.reshape(raw.shape)
+
+
+def upsample(maps: torch.Tensor, size) -> torch.Tensor:
+    """Resize maps (N, K, h, w) to ``size`` (H, W) bilinearly (align_corners=False), clamped to the input range."""
+    n, k, h, w = maps.shape
+    out = F.interpolate(maps.reshape(n * k, 1, h, w), size=tuple(size), mode="bilinear", align_corners=False)
+    return out.reshape(n, k, *size)
+
+
+@torch.no_grad()
+def scores(model, image_features: torch.Tensor, text_features: torch.Tensor):
+    """(cosine, probs), each (N, K) float32 numpy, from unnormalised image (N, D) and text (K, D) features."""
+    cosine = F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
+    probs = (model.logit_scale.exp().float() * cosine).softmax(dim=-1)
+    return cosine.cpu().numpy(), probs.cpu().numpy()
+
+
+def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
+            scale: float = 1.0, truncate: bool = False, **options) -> Explanation:
+    """Explain CLIP's match of each frame with each prompt.
+
+    ``frames``: uint8 RGB array (N, H, W, 3) or (H, W, 3), a PIL image or a list of them. ``prompts``: a string
+    or a list of strings. ``method``: a name in ``METHODS`` (see ``method_names()``); ``options`` go to it
+    (for Grad-ECLIP: ``layers``, ``single_head``, ``spatial_weight``). ``scale`` resizes frames before they are
+    rounded to the patch grid (1.0 = native size). ``truncate`` cuts over-long prompts instead of raising.
+
+    Returns an ``Explanation`` (maps at frame size in [0, 1], raw token-grid maps, cosine, probs).
+    """
+    check_vit(model)
+    fn = get_method(method)
+    frames = as_frames(frames)
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    text_features = encode_prompts(model, prompts, truncate=truncate)
+    pixels = to_pixels(model, frames, scale=scale)
+    allowed = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"method {method!r} has no option(s) {', '.join(unknown)}; "
+                         f"its options: {', '.join(allowed) or 'none'}")
+    raw = fn(model, pixels, text_features, **options)
+    image_features = encode_pixels(model, pixels)
+    cosine, probs = scores(model, image_features, text_features)
+    raw = raw.float()
+    if not torch.isfinite(raw).all():
+        warnings.warn(f"method {method!r} returned non-finite values; they are shown as 0")
+        raw = torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+    maps = upsample(normalize_maps(raw), frames.shape[1:3]).clamp_(0, 1)
+    return Explanation(maps=maps.cpu().numpy(), raw=raw.cpu().numpy(), cosine=cosine, probs=probs,
+                       frames=frames, prompts=prompts, method=method)
+
+
+def similarity(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, scale: float = 1.0,
+               truncate: bool = False):
+    """CLIP scores of frames against prompts, with frames at native aspect as ``explain`` sees them.
+
+    Returns ``(cosine, probs)``, each (N, K) float32 numpy: cosine similarity, and softmax over the prompts of
+    ``logit_scale * cosine`` (CLIP's zero-shot probabilities).
+    """
+    check_vit(model)
+    frames = as_frames(frames)
+    text_features = encode_prompts(model, prompts, truncate=truncate)
+    return scores(model, encode_pixels(model, to_pixels(model, frames, scale=scale)), text_features)
+
+
+def word_importance(model, frame: FramesLike, prompt: str, *, layers: int = 8, single_head: bool = False,
+                    truncate: bool = False):
+    """Grad-ECLIP weight of each word token of ``prompt`` for one frame.
+
+    The frame (uint8 RGB (H, W, 3) or PIL image) goes through CLIP's own preprocessing (resize, centre crop).
+    Returns a list of ``(token, weight)`` pairs in prompt order, weights float summing to 1 (or all 0).
+    """
+    check_vit(model)
+    frames = as_frames(frame)
+    if frames.shape[0] != 1:
+        raise ValueError(f"word_importance takes one frame, got {frames.shape[0]}")
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    pixels = clip_preprocess(model)(Image.fromarray(frames[0]))[None].to(model.visual.conv1.weight.device)
+    tokens = tokenize(model, [prompt], truncate=truncate)
+    weights = grad_eclip_text(model, pixels, tokens, layers=layers, single_head=single_head)[0]
+    return list(zip(token_words(tokens[0]), weights.cpu().tolist()))

@@ -1,0 +1,162 @@
+"""Figures and export: heatmap overlays, the explanation figure, word importance, frame strips, saving to disk."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import colors as mcolors
+from PIL import Image
+
+from .explain import Explanation
+
+DEFAULT_OUT = "outputs"
+
+
+def overlay(frame: np.ndarray, heatmap: np.ndarray, *, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """Blend a heatmap onto a frame.
+
+    ``frame``: uint8 RGB (H, W, 3). ``heatmap``: float (h, w) in [0, 1] (values outside are clipped), resized
+    bilinearly to the frame when its size differs. ``alpha``: weight of the colour map, 0..1.
+    Returns uint8 RGB (H, W, 3).
+    """
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+        raise ValueError(f"frame must be uint8 RGB (H, W, 3), got {frame.dtype} {frame.shape}")
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.ndim != 2:
+        raise ValueError(f"heatmap must be 2-D (h, w), got shape {heatmap.shape}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if heatmap.shape != frame.shape[:2]:
+        heatmap = np.asarray(Image.fromarray(heatmap).resize(frame.shape[1::-1], Image.BILINEAR))
+    colour = matplotlib.colormaps[cmap](np.clip(np.nan_to_num(heatmap), 0, 1))[..., :3] * 255
+    return np.clip(frame * (1 - alpha) + colour * alpha, 0, 255).astype(np.uint8)
+
+
+def _title(prompt: str, width: int = 28) -> str:
+    return prompt if len(prompt) <= width else prompt[: width - 1] + "…"
+
+
+def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", alpha: float = 0.5,
+                     title: Optional[str] = None):
+    """Figure: frame ``index`` of ``result`` beside one overlay per prompt, cosine and probability in each title,
+    and a colorbar of the (per-map normalised) relevance. Returns a matplotlib Figure."""
+    n, k = result.maps.shape[:2]
+    if not -n <= index < n:
+        raise IndexError(f"frame index {index} out of range for {n} explained frame(s)")
+    frame = result.frames[index]
+    fig, axes = plt.subplots(1, k + 1, figsize=(3.2 * (k + 1), 3.2 * frame.shape[0] / frame.shape[1] + 0.9),
+                             squeeze=False, layout="constrained")
+    axes = axes[0]
+    axes[0].imshow(frame)
+    axes[0].set_title("frame", fontsize=10)
+    for j, ax in enumerate(axes[1:]):
+        ax.imshow(overlay(frame, result.maps[index, j], cmap=cmap, alpha=alpha))
+        ax.set_title(f"{_title(result.prompts[j])}\ncos {result.cosine[index, j]:.3f} · "
+                     f"p {result.probs[index, j]:.2f}", fontsize=10)
+    for ax in axes:
+        ax.axis("off")
+    mappable = matplotlib.cm.ScalarMappable(norm=mcolors.Normalize(0, 1), cmap=cmap)
+    fig.colorbar(mappable, ax=list(axes), shrink=0.8, label=f"{result.method} relevance (per map, 0–1)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_scores(prompts: Sequence[str], cosine: np.ndarray, probs: np.ndarray):
+    """Bar chart of one frame's cosine and probability per prompt (``cosine``, ``probs``: (K,)). Returns a Figure."""
+    cosine, probs = np.asarray(cosine).ravel(), np.asarray(probs).ravel()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.5 * len(prompts) + 1.5), layout="constrained")
+    labels = [_title(p, 40) for p in prompts]
+    left.barh(labels, cosine, color="tab:blue")
+    left.set_xlabel("cosine similarity")
+    right.barh(labels, probs, color="tab:orange")
+    right.set_xlabel("probability (softmax over prompts)")
+    right.set_xlim(0, 1)
+    right.set_yticks([])
+    left.invert_yaxis()
+    right.invert_yaxis()
+    return fig
+
+
+def plot_word_importance(pairs: Sequence[Tuple[str, float]], *, cmap: str = "Reds", title: Optional[str] = None):
+    """Tokens of a prompt shaded by their weight (``pairs`` from ``word_importance``). Returns a Figure."""
+    pairs = list(pairs)
+    fig = plt.figure(figsize=(max(3.0, 0.16 * sum(len(w) + 2 for w, _ in pairs)), 1.0))
+    top = max((wt for _, wt in pairs), default=0) or 1.0
+    colours = matplotlib.colormaps[cmap]
+    renderer = fig.canvas.get_renderer()
+    x = 0.02
+    for word, weight in pairs:
+        text = fig.text(x, 0.45, word, fontsize=13, va="center",
+                        bbox=dict(facecolor=colours(0.85 * weight / top), edgecolor="none", pad=3))
+        x += text.get_window_extent(renderer).width / fig.bbox.width + 0.015
+    if title:
+        fig.text(0.02, 0.9, title, fontsize=10, va="top")
+    return fig
+
+
+def plot_frame_strip(frames: np.ndarray, labels: Optional[Iterable[str]] = None):
+    """Frames (N, H, W, 3) uint8 RGB in one row, each with its label (e.g. index and time). Returns a Figure."""
+    frames = np.asarray(frames)
+    labels = list(labels) if labels is not None else [str(i) for i in range(len(frames))]
+    aspect = frames.shape[1] / frames.shape[2]
+    fig, axes = plt.subplots(1, len(frames), figsize=(2.2 * len(frames), 2.2 * aspect + 0.4), squeeze=False,
+                             layout="constrained")
+    for ax, frame, label in zip(axes[0], frames, labels):
+        ax.imshow(frame)
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    return fig
+
+
+def _safe_name(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    if not safe:
+        raise ValueError(f"cannot make a file name from {name!r}")
+    return safe
+
+
+def save_figure(fig, name: str, out_dir=DEFAULT_OUT, *, dpi: int = 150, formats: Sequence[str] = ("png", "pdf")
+                ) -> List[Path]:
+    """Save ``fig`` as ``out_dir/name.<format>`` for each format (PNG and PDF by default); returns the paths."""
+    if dpi <= 0:
+        raise ValueError(f"dpi must be positive, got {dpi}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out / f"{_safe_name(name)}.{fmt}"
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def save_explanation(result: Explanation, name: str, out_dir=DEFAULT_OUT, *, meta: Optional[dict] = None
+                     ) -> List[Path]:
+    """Write the raw token-grid maps as ``name_maps.npy`` (N, K, h, w) float32 and the scores as ``name_scores.json``
+    (prompts, method, cosine, probs, map shapes and any ``meta`` such as model, video and frame indices)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = _safe_name(name)
+    maps_path, scores_path = out / f"{stem}_maps.npy", out / f"{stem}_scores.json"
+    np.save(maps_path, result.raw.astype(np.float32))
+    record = {
+        "method": result.method,
+        "prompts": result.prompts,
+        "cosine": np.round(result.cosine, 6).tolist(),
+        "probs": np.round(result.probs, 6).tolist(),
+        "raw_maps": {"file": maps_path.name, "shape": list(result.raw.shape),
+                     "axes": "frame, prompt, grid row, grid column"},
+        "frame_size": list(result.frames.shape[1:3]),
+        **(meta or {}),
+    }
+    scores_path.write_text(json.dumps(record, indent=2) + os.linesep)
+    return [maps_path, scores_path]

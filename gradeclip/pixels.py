@@ -1,0 +1,67 @@
+"""Frames to model input: uint8 RGB frames -> CLIP-normalised float pixels at the frame's native aspect ratio."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+# CLIP's normalisation constants (RGB), as in clip.clip._transform
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+FramesLike = Union[np.ndarray, Image.Image, Sequence[Union[np.ndarray, Image.Image]]]
+
+
+def as_frames(frames: FramesLike) -> np.ndarray:
+    """Frames as one uint8 RGB array (N, H, W, 3).
+
+    Accepts an array (N, H, W, 3) or (H, W, 3) of dtype uint8, a PIL image, or a list of either (all one size).
+    """
+    if isinstance(frames, Image.Image):
+        frames = [frames]
+    if isinstance(frames, (list, tuple)):
+        if not frames:
+            raise ValueError("no frames given: pass at least one frame")
+        arrays = [np.asarray(f.convert("RGB")) if isinstance(f, Image.Image) else as_frames(f) for f in frames]
+        arrays = [a[None] if a.ndim == 3 else a for a in arrays]
+        sizes = {a.shape[1:3] for a in arrays}
+        if len(sizes) > 1:
+            raise ValueError(f"frames differ in size {sorted(sizes)}; give frames of one size")
+        return np.concatenate(arrays)
+    if not isinstance(frames, np.ndarray):
+        raise TypeError(f"frames must be uint8 RGB arrays or PIL images, got {type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must have dtype uint8 (values 0..255), got {frames.dtype}")
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (N, H, W, 3) or (H, W, 3) (RGB), got {frames.shape}")
+    if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise ValueError(f"frames must not be empty, got shape {frames.shape}")
+    return frames
+
+
+def native_size(height: int, width: int, patch: int, scale: float = 1.0) -> Tuple[int, int]:
+    """(H, W) of the model input: each side of the scaled frame rounded to the nearest multiple of ``patch``."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    return (max(patch, int(height * scale / patch + 0.5) * patch),
+            max(patch, int(width * scale / patch + 0.5) * patch))
+
+
+def to_pixels(model, frames: FramesLike, *, scale: float = 1.0) -> torch.Tensor:
+    """Preprocess frames for a ViT CLIP at their native aspect ratio (no crop).
+
+    Each side is resized (bicubic) to the nearest multiple of the patch size of ``scale`` times its length, then
+    normalised with CLIP's mean and std. Returns float32 (N, 3, H', W') on the model's device.
+    """
+    frames = as_frames(frames)
+    patch = model.visual.conv1.kernel_size[0]
+    h, w = native_size(frames.shape[1], frames.shape[2], patch, scale)
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in frames])
+    x = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).to(model.visual.conv1.weight.device)
