@@ -61,16 +61,20 @@ def get_method(name: str):
 
 
 def normalize_maps(raw: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each map of (..., h, w) to [0, 1]; a constant map becomes all zeros (never NaN)."""
+    """Min-max normalise each map of (..., h, w) to [0, 1].
+
+    A constant map (its range below 1e-6 of its magnitude, i.e. rounding noise) becomes all zeros, never NaN.
+    """
     flat = raw.flatten(-2)
-    low = flat.amin(dim=-1, keepdim=True)
-    span = flat.amax(dim=-1, keepdim=True) - low
-    out = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+    low, high = flat.amin(dim=-1, keepdim=True), flat.amax(dim=-1, keepdim=True)
+    span = high - low
+    varies = span > 1e-6 * torch.maximum(low.abs(), high.abs())
+    out = torch.where(varies, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
     return out.reshape(raw.shape)
 
 
 def upsample(maps: torch.Tensor, size) -> torch.Tensor:
-    """Resize maps (N, K, h, w) to ``size`` (H, W) bilinearly (align_corners=False), clamped to the input range."""
+    """Resize maps (N, K, h, w) to ``size`` (H, W) bilinearly (align_corners=False)."""
     n, k, h, w = maps.shape
     out = F.interpolate(maps.reshape(n * k, 1, h, w), size=tuple(size), mode="bilinear", align_corners=False)
     return out.reshape(n, k, *size)
@@ -115,7 +119,8 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
     if not torch.isfinite(raw).all():
         warnings.warn(f"method {method!r} returned non-finite values; they are shown as 0")
         raw = torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
-    maps = upsample(normalize_maps(raw), frames.shape[1:3]).clamp_(0, 1)
+    # normalise after upsampling, so that each map at frame size spans exactly [0, 1]
+    maps = normalize_maps(upsample(raw, frames.shape[1:3]))
     return Explanation(maps=maps.cpu().numpy(), raw=raw.cpu().numpy(), cosine=cosine, probs=probs,
                        frames=frames, prompts=prompts, method=method)
 

@@ -73,7 +73,10 @@ def load_clip(name_or_path: str = "ViT-B/32", device=None, *, download_root: Opt
     if os.path.isfile(name_or_path):
         state = _load_checkpoint(name_or_path)
         try:
-            model = build_model(state)
+            model = build_model(dict(state))
+            # build_model rounds every weight to float16; reload the checkpoint's own precision
+            extra = ("input_resolution", "context_length", "vocab_size")
+            model.float().load_state_dict({k: v.float() for k, v in state.items() if k not in extra})
         except Exception as err:
             raise ValueError(f"{name_or_path}: cannot build a CLIP model from this checkpoint ({err})") from None
     elif name_or_path in clip.available_models():
