@@ -5,7 +5,11 @@ arm64 or Linux aarch64; ``decord2`` is a drop-in that does). Both backends retur
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -41,6 +45,26 @@ def sample_video() -> str:
     return str(SAMPLE_VIDEO)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Hide what decord and FFmpeg print from C++ straight to file descriptor 2 (their errors reach us as
+    exceptions, which we turn into one clear message)."""
+    fd = 2  # native code writes to the process's descriptor 2, whatever sys.stderr is
+    try:
+        sys.stderr.flush()
+        saved = os.dup(fd)
+    except (AttributeError, OSError, ValueError):  # no descriptor 2 to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
 def _decord():
     try:
         import decord
@@ -73,14 +97,16 @@ def _check_path(path) -> str:
 class _DecordVideo:
     def __init__(self, path: str):
         decord = _decord()
-        try:
-            self.reader = decord.VideoReader(path, ctx=decord.cpu(0))
-        except Exception as err:  # decord raises RuntimeError or its own DECORDError
-            raise ValueError(f"{path} is not a decodable video ({_first_line(err)})") from None
-        self.path = path
-        self.fps = float(self.reader.get_avg_fps())
-        self.height, self.width = self.reader[0].shape[:2] if len(self.reader) else (0, 0)
-        self.num_frames = self._usable_length()
+        with _native_stderr_silenced():
+            try:
+                self.reader = decord.VideoReader(path, ctx=decord.cpu(0))
+            except Exception as err:  # decord raises RuntimeError or its own DECORDError
+                raise ValueError(f"{path} is not a decodable video ({_first_line(err)})") from None
+            self.path = path
+            self.fps = float(self.reader.get_avg_fps())
+            self.num_frames = self._usable_length()
+            self.height, self.width = self.reader[0].shape[:2] if self.num_frames else (0, 0)
+            self.reader.seek(0)
 
     def _decodes(self, index: int) -> bool:
         try:
@@ -94,7 +120,6 @@ class _DecordVideo:
         n = len(self.reader)
         for last in range(n - 1, max(n - 1 - _PROBE_BACK, -1), -1):
             if self._decodes(last):
-                self.reader.seek(0)
                 return last + 1
         if n == 0 or not self._decodes(0):
             return 0
@@ -102,7 +127,6 @@ class _DecordVideo:
         while lo < hi:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if self._decodes(mid) else (lo, mid - 1)
-        self.reader.seek(0)
         return lo + 1
 
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -111,7 +135,8 @@ class _DecordVideo:
         for start in range(0, len(unique), _CHUNK):
             chunk = unique[start:start + _CHUNK].tolist()
             try:
-                parts.append(self.reader.get_batch(chunk).asnumpy())
+                with _native_stderr_silenced():
+                    parts.append(self.reader.get_batch(chunk).asnumpy())
             except Exception as err:
                 raise ValueError(f"{self.path}: could not decode frames {chunk[0]}..{chunk[-1]} "
                                  f"({_first_line(err)})") from None
@@ -128,7 +153,8 @@ class _OpenCVVideo:
 
         self.cv2 = cv2
         self.path = path
-        cap = cv2.VideoCapture(path)
+        with _native_stderr_silenced():
+            cap = cv2.VideoCapture(path)
         if not cap.isOpened():
             raise ValueError(f"{path} is not a decodable video (OpenCV cannot open it)")
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -169,7 +195,8 @@ class _OpenCVVideo:
 
 
 def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
+    # decord prefixes its messages with "[hh:mm:ss] /source/file.cc:NN: "; keep only what it says
+    text = [re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", line) for line in str(err).strip().splitlines()]
     return text[0][:200] if text else type(err).__name__
 
 

@@ -26,7 +26,7 @@ def test_state_dict_checkpoint(model, checkpoint):
     assert preprocess(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit:FutureWarning")
 def test_torchscript_checkpoint(model, tmp_path):
     # OpenAI publishes TorchScript archives; a traced tiny model stands in for one
     path = tmp_path / "traced.pt"
