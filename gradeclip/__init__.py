@@ -4,7 +4,7 @@ Video -> frames (uint8 RGB) -> pixels (normalised, native aspect) -> CLIP -> map
 """
 from .explain import (METHODS, Explanation, explain, get_method, method_names, normalize_maps, similarity,
                       word_importance)
-from .figures import (overlay, plot_explanation, plot_frame_strip, plot_scores, plot_word_importance,
+from .figures import (format_scores, overlay, plot_explanation, plot_frame_strip, plot_scores, plot_word_importance,
                       save_explanation, save_figure)
 from .frames import VideoInfo, read_frames, resolve_indices, sample_video, video_info
 from .grad_eclip import grad_eclip_image, grad_eclip_text
@@ -14,7 +14,7 @@ from .pixels import to_pixels
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS", "Explanation", "VideoInfo", "encode_prompts", "explain", "get_method", "grad_eclip_image",
+    "METHODS", "Explanation", "VideoInfo", "encode_prompts", "explain", "format_scores", "get_method", "grad_eclip_image",
     "grad_eclip_text", "load_clip", "method_names", "normalize_maps", "overlay", "plot_explanation",
     "plot_frame_strip", "plot_scores", "plot_word_importance", "read_frames", "resolve_indices", "sample_video",
     "save_explanation", "save_figure", "similarity", "to_pixels", "tokenize", "video_info", "word_importance",

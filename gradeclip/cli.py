@@ -55,13 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _table(prompts: List[str], cosine, probs) -> str:
-    width = max(6, *(len(p) for p in prompts))
-    lines = [f"{'prompt':<{width}}  cosine    prob", f"{'-' * width}  ------  ------"]
-    lines += [f"{p:<{width}}  {c:6.3f}  {q:6.3f}" for p, c, q in zip(prompts, cosine, probs)]
-    return "\n".join(lines)
-
-
 def _explain(args) -> None:
     import matplotlib
 
@@ -69,7 +62,7 @@ def _explain(args) -> None:
     import matplotlib.pyplot as plt
 
     from .explain import explain, get_method
-    from .figures import plot_explanation, save_explanation, save_figure
+    from .figures import format_scores, plot_explanation, save_explanation, save_figure
     from .frames import read_frames, resolve_indices, video_info
     from .model import load_clip
 
@@ -95,7 +88,7 @@ def _explain(args) -> None:
         "model": args.model, "video": str(args.video), "frame_index": index,
         "time_s": index / info.fps if info.fps else None})
     print(f"{Path(args.video).name}, frame {index} of {info.num_frames}; model {args.model}; method {args.method}")
-    print(_table(result.prompts, result.cosine[0], result.probs[0]))
+    print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
     print("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -89,17 +89,18 @@ def plot_scores(prompts: Sequence[str], cosine: np.ndarray, probs: np.ndarray):
 def plot_word_importance(pairs: Sequence[Tuple[str, float]], *, cmap: str = "Reds", title: Optional[str] = None):
     """Tokens of a prompt shaded by their weight (``pairs`` from ``word_importance``). Returns a Figure."""
     pairs = list(pairs)
-    fig = plt.figure(figsize=(max(3.0, 0.16 * sum(len(w) + 2 for w, _ in pairs)), 1.0))
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.17 * sum(len(w) + 2 for w, _ in pairs)), 1.0))
+    ax.axis("off")
     top = max((wt for _, wt in pairs), default=0) or 1.0
     colours = matplotlib.colormaps[cmap]
     renderer = fig.canvas.get_renderer()
-    x = 0.02
-    for word, weight in pairs:
-        text = fig.text(x, 0.45, word, fontsize=13, va="center",
-                        bbox=dict(facecolor=colours(0.85 * weight / top), edgecolor="none", pad=3))
-        x += text.get_window_extent(renderer).width / fig.bbox.width + 0.015
+    x = 0.0
+    for word, weight in pairs:  # words laid out left to right, each advancing by its rendered width
+        text = ax.text(x, 0.4, word, fontsize=13, va="center", transform=ax.transAxes,
+                       bbox=dict(facecolor=colours(0.85 * weight / top), edgecolor="none", pad=3))
+        x += (text.get_window_extent(renderer).width + 14) / ax.bbox.width  # + 14 px between boxes
     if title:
-        fig.text(0.02, 0.9, title, fontsize=10, va="top")
+        ax.set_title(title, fontsize=10, loc="left")
     return fig
 
 
@@ -115,6 +116,14 @@ def plot_frame_strip(frames: np.ndarray, labels: Optional[Iterable[str]] = None)
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     return fig
+
+
+def format_scores(prompts: Sequence[str], cosine, probs) -> str:
+    """A plain-text table of one frame's scores: prompt, cosine and probability per row."""
+    width = max(6, *(len(p) for p in prompts))
+    lines = [f"{'prompt':<{width}}  cosine    prob", f"{'-' * width}  ------  ------"]
+    lines += [f"{p:<{width}}  {c:6.3f}  {q:6.3f}" for p, c, q in zip(prompts, np.ravel(cosine), np.ravel(probs))]
+    return "\n".join(lines)
 
 
 def _safe_name(name: str) -> str:
