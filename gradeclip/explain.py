@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.registry import Registry
+from tqdm.auto import tqdm
 
 from PIL import Image
 
@@ -89,33 +90,39 @@ def scores(model, image_features: torch.Tensor, text_features: torch.Tensor):
 
 
 def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
-            scale: float = 1.0, truncate: bool = False, **options) -> Explanation:
+            scale: float = 1.0, truncate: bool = False, batch_size: int = 16, progress: bool = True,
+            **options) -> Explanation:
     """Explain CLIP's match of each frame with each prompt.
 
     ``frames``: uint8 RGB array (N, H, W, 3) or (H, W, 3), a PIL image or a list of them. ``prompts``: a string
     or a list of strings. ``method``: a name in ``METHODS`` (see ``method_names()``); ``options`` go to it
     (for Grad-ECLIP: ``layers``, ``single_head``, ``spatial_weight``). ``scale`` resizes frames before they are
     rounded to the patch grid (1.0 = native size). ``truncate`` cuts over-long prompts instead of raising.
+    Frames go through the model ``batch_size`` at a time, with a progress bar when there is more than one batch
+    (``progress=False`` hides it).
 
     Returns an ``Explanation`` (maps at frame size in [0, 1], raw token-grid maps, cosine, probs).
     """
     check_vit(model)
     fn = get_method(method)
-    frames = as_frames(frames)
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    text_features = encode_prompts(model, prompts, truncate=truncate)
-    pixels = to_pixels(model, frames, scale=scale)
     allowed = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"method {method!r} has no option(s) {', '.join(unknown)}; "
                          f"its options: {', '.join(allowed) or 'none'}")
-    raw = fn(model, pixels, text_features, **options)
-    image_features = encode_pixels(model, pixels)
-    cosine, probs = scores(model, image_features, text_features)
-    raw = raw.float()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    frames = as_frames(frames)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    text_features = encode_prompts(model, prompts, truncate=truncate)
+    starts = range(0, len(frames), batch_size)
+    raws, features = [], []
+    for start in tqdm(starts, desc=f"explaining ({method})", unit="batch", disable=not progress or len(starts) < 2):
+        pixels = to_pixels(model, frames[start:start + batch_size], scale=scale)
+        raws.append(fn(model, pixels, text_features, **options).float())
+        features.append(encode_pixels(model, pixels))
+    raw = torch.cat(raws)
+    cosine, probs = scores(model, torch.cat(features), text_features)
     if not torch.isfinite(raw).all():
         warnings.warn(f"method {method!r} returned non-finite values; they are shown as 0")
         raw = torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)

@@ -73,7 +73,7 @@ def grad_eclip_image(model, pixels: torch.Tensor, text_features: torch.Tensor, *
     n = _layer_count(layers, len(blocks), "image")
     if text_features.ndim != 2 or text_features.shape[1] != visual.output_dim:
         raise ValueError(f"text_features must have shape (K, {visual.output_dim}), got {tuple(text_features.shape)}")
-    text = F.normalize(text_features.detach().to(visual.proj.dtype), dim=-1)
+    text = F.normalize(text_features.detach().to(device=visual.proj.device, dtype=visual.proj.dtype), dim=-1)
 
     with torch.no_grad():
         x = run_blocks(blocks[:len(blocks) - n], embed_image(visual, pixels))
@@ -128,7 +128,8 @@ def grad_eclip_text(model, pixels: torch.Tensor, tokens: torch.Tensor, *, layers
     mask = model.build_attention_mask().to(device=tokens.device, dtype=model.positional_embedding.dtype)
 
     with torch.no_grad():
-        image = F.normalize(model.encode_image(pixels.to(model.visual.conv1.weight.dtype)), dim=-1)  # (1, D)
+        weight = model.visual.conv1.weight
+        image = F.normalize(model.encode_image(pixels.to(device=weight.device, dtype=weight.dtype)), dim=-1)  # (1, D)
         x = embed_text(model, tokens)
         x = run_blocks(blocks[:len(blocks) - n], x) if len(blocks) > n else x
     records = []

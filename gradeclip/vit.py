@@ -45,7 +45,8 @@ def positional_embedding(visual, grid: Tuple[int, int]) -> torch.Tensor:
 
 def embed_image(visual, pixels: torch.Tensor) -> torch.Tensor:
     """Tokens (B, 1 + h*w, W) entering the first block: patch embedding, class token, positions, ln_pre."""
-    x = visual.conv1(pixels.to(visual.conv1.weight.dtype))  # (B, W, h, w)
+    weight = visual.conv1.weight
+    x = visual.conv1(pixels.to(device=weight.device, dtype=weight.dtype))  # (B, W, h, w)
     grid = x.shape[-2:]
     x = x.flatten(2).transpose(1, 2)  # (B, h*w, W)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)

@@ -132,3 +132,13 @@ def test_word_importance(model, frames):
     assert (weights >= 0).all() and weights.sum() == pytest.approx(1, abs=1e-5)
     with pytest.raises(ValueError, match="one frame"):
         word_importance(model, frames, "a person")
+
+
+def test_batches_give_the_same_result(model, frames):
+    many = np.concatenate([frames, frames[::-1], frames[:1]])  # 5 frames
+    whole = explain(model, many, PROMPTS, batch_size=16)
+    batched = explain(model, many, PROMPTS, batch_size=2, progress=False)
+    np.testing.assert_allclose(batched.raw, whole.raw, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(batched.cosine, whole.cosine, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        explain(model, many, PROMPTS, batch_size=0)
