@@ -2,20 +2,25 @@
 
 Video -> frames (uint8 RGB) -> pixels (normalised, native aspect) -> CLIP -> maps and scores -> figures and files.
 """
-from .explain import (METHODS, Explanation, explain, get_method, method_names, normalize_maps, similarity,
-                      word_importance)
-from .figures import (format_scores, overlay, plot_explanation, plot_frame_strip, plot_scores, plot_word_importance,
-                      save_explanation, save_figure)
+from .compare import compare_methods, format_comparison
+from .explain import Explanation, explain, normalize_maps, similarity, word_importance
+from .figures import (format_scores, overlay, plot_explanation, plot_frame_strip, plot_method_grid, plot_scores,
+                      plot_word_importance, save_explanation, save_figure)
 from .frames import VideoInfo, read_frames, resolve_indices, sample_video, video_info
 from .grad_eclip import grad_eclip_image, grad_eclip_text
+from .metrics import (boxes_to_masks, clip_scorer, deletion_insertion, energy_pointing_game, pointing_game,
+                      randomization_check, rank_correlation)
 from .model import encode_prompts, load_clip, tokenize
 from .pixels import to_pixels
+from .registry import METHODS, get_method, method_names
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS", "Explanation", "VideoInfo", "encode_prompts", "explain", "format_scores", "get_method", "grad_eclip_image",
-    "grad_eclip_text", "load_clip", "method_names", "normalize_maps", "overlay", "plot_explanation",
-    "plot_frame_strip", "plot_scores", "plot_word_importance", "read_frames", "resolve_indices", "sample_video",
+    "METHODS", "Explanation", "VideoInfo", "boxes_to_masks", "clip_scorer", "compare_methods", "deletion_insertion",
+    "encode_prompts", "energy_pointing_game", "explain", "format_comparison", "format_scores", "get_method",
+    "grad_eclip_image", "grad_eclip_text", "load_clip", "method_names", "normalize_maps", "overlay",
+    "plot_explanation", "plot_frame_strip", "plot_method_grid", "plot_scores", "plot_word_importance",
+    "pointing_game", "randomization_check", "rank_correlation", "read_frames", "resolve_indices", "sample_video",
     "save_explanation", "save_figure", "similarity", "to_pixels", "tokenize", "video_info", "word_importance",
 ]

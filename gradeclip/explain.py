@@ -1,9 +1,6 @@
 """The user-facing pipeline: frames and prompts in, normalised heatmaps and scores out.
 
-Explanation methods live in ``METHODS``, an mmengine ``Registry``. Every method has one signature,
-``method(model, pixels, text_features, **options) -> raw maps (B, K, h, w)`` (non-negative, on the token grid),
-so a new method is one function plus one ``@METHODS.register_module(name=...)`` line and ``explain`` finds it by
-name.
+Methods are looked up by name in ``registry.METHODS`` (see ``methods.py`` for the list).
 """
 from __future__ import annotations
 
@@ -15,18 +12,15 @@ from typing import List, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmengine.registry import Registry
+from PIL import Image
 from tqdm.auto import tqdm
 
-from PIL import Image
-
-from .grad_eclip import grad_eclip_image, grad_eclip_text
+from . import methods  # noqa: F401  (registers every method in METHODS)
+from .grad_eclip import grad_eclip_text
 from .model import check_vit, clip_preprocess, encode_prompts, token_words, tokenize
 from .pixels import FramesLike, as_frames, to_pixels
+from .registry import get_method
 from .vit import encode_pixels
-
-METHODS = Registry("explanation method", scope="gradeclip")
-METHODS.register_module(name="grad_eclip", module=grad_eclip_image)
 
 
 @dataclass
@@ -47,18 +41,6 @@ class Explanation:
     frames: np.ndarray
     prompts: List[str]
     method: str
-
-
-def method_names() -> List[str]:
-    """Names of the registered explanation methods, sorted."""
-    return sorted(METHODS.module_dict)
-
-
-def get_method(name: str):
-    """The registered method called ``name``; ValueError listing the known names otherwise."""
-    if not isinstance(name, str) or name not in METHODS.module_dict:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
-    return METHODS.get(name)
 
 
 def normalize_maps(raw: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,29 @@ def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", 
     return fig
 
 
+def plot_method_grid(explanations, index: int = 0, *, cmap: str = "jet", alpha: float = 0.5):
+    """Grid of overlays for one frame: a row per prompt, a column per method (``explanations``: dict name ->
+    ``Explanation`` of the same frames and prompts, as ``compare_methods`` returns). Returns a Figure."""
+    names = list(explanations)
+    if not names:
+        raise ValueError("no explanations to plot")
+    first = explanations[names[0]]
+    frame, prompts = first.frames[index], first.prompts
+    aspect = frame.shape[0] / frame.shape[1]
+    fig, axes = plt.subplots(len(prompts), len(names) + 1, squeeze=False, layout="constrained",
+                             figsize=(2.1 * (len(names) + 1), 2.1 * aspect * len(prompts) + 0.6))
+    for row, prompt in enumerate(prompts):
+        axes[row, 0].imshow(frame)
+        axes[row, 0].set_title(_title(prompt, 22), fontsize=9)
+        for col, name in enumerate(names, start=1):
+            axes[row, col].imshow(overlay(frame, explanations[name].maps[index, row], cmap=cmap, alpha=alpha))
+            if row == 0:
+                axes[row, col].set_title(name, fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig
+
+
 def plot_scores(prompts: Sequence[str], cosine: np.ndarray, probs: np.ndarray):
     """Bar chart of one frame's cosine and probability per prompt (``cosine``, ``probs``: (K,)). Returns a Figure."""
     cosine, probs = np.asarray(cosine).ravel(), np.asarray(probs).ravel()

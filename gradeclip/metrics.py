@@ -1,0 +1,186 @@
+"""Faithfulness and localisation metrics for explanation maps of free-form prompts.
+
+Deletion and insertion (Petsiuk et al. 2018), with CLIP's cosine to the prompt as the score (or its probability
+among the prompts): pixels are ranked by the map (upsampled bilinearly to the input), then in ``steps`` equal
+steps the top-ranked fraction is replaced (deletion: from the image towards the replacement) or revealed
+(insertion: from the replacement towards the image). The replacement is ``"blur"`` (Gaussian, sigma = 1/20 of the
+longer side), ``"black"`` or ``"noise"`` (uniform, seeded). The curve has ``steps + 1`` points at fractions
+0, 1/steps, ..., 1; its AUC is the trapezoid area over [0, 1]. A faithful map has a low deletion AUC (the score
+falls fast) and a high insertion AUC. All images of all curves are scored in batches, not one forward each.
+
+Pointing game: a hit when the map's maximum lies in the object's mask (or box). Energy pointing game: the share
+of the map's mass inside it. Randomisation check (Adebayo et al. 2018): re-initialise the last blocks and measure
+the rank correlation between the maps before and after; a method that ignores the model scores high.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Dict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .pixels import CLIP_MEAN, CLIP_STD
+from .vit import encode_pixels
+
+REPLACEMENTS = ("blur", "black", "noise")
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def clip_scorer(model, text_features: torch.Tensor, *, score: str = "cosine") -> ScoreFn:
+    """A score function: normalised pixels (M, 3, H, W) -> (M, K) cosine to each prompt, or with
+    ``score="prob"`` the softmax over the prompts of CLIP's logit-scaled cosines."""
+    if score not in ("cosine", "prob"):
+        raise ValueError(f"score must be 'cosine' or 'prob', got {score!r}")
+    text = F.normalize(text_features.detach().float(), dim=-1)
+
+    @torch.no_grad()
+    def scorer(images):
+        cos = F.normalize(encode_pixels(model, images).float(), dim=-1) @ text.to(images.device).T
+        return cos if score == "cosine" else (model.logit_scale.exp().float() * cos).softmax(dim=-1)
+
+    return scorer
+
+
+def replacement_image(pixels: torch.Tensor, kind: str = "blur", *, seed: int = 0) -> torch.Tensor:
+    """What removed pixels become, in CLIP-normalised space, for pixels (B, 3, H, W)."""
+    mean = torch.tensor(CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
+    if kind == "black":
+        return ((0 - mean) / std).expand_as(pixels).clone()
+    if kind == "noise":
+        noise = torch.rand(pixels.shape, generator=torch.Generator().manual_seed(seed)).to(pixels.device)
+        return (noise - mean) / std
+    if kind == "blur":
+        from torchvision.transforms.functional import gaussian_blur
+
+        sigma = max(pixels.shape[-2:]) / 20
+        size = min(2 * math.ceil(3 * sigma) + 1, 2 * ((min(pixels.shape[-2:]) - 1) // 2) + 1)
+        return gaussian_blur(pixels, [size, size], [sigma, sigma])
+    raise ValueError(f"unknown replacement {kind!r}; allowed: {', '.join(REPLACEMENTS)}")
+
+
+def _auc(curves: np.ndarray) -> np.ndarray:
+    x = np.linspace(0, 1, curves.shape[-1])
+    return ((curves[..., 1:] + curves[..., :-1]) / 2 * np.diff(x)).sum(-1)
+
+
+def deletion_insertion(score_fn: ScoreFn, pixels: torch.Tensor, maps: torch.Tensor, *, steps: int = 20,
+                       replacement: str = "blur", batch_size: int = 64, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Deletion and insertion curves of maps (B, K, h, w) for pixels (B, 3, H, W).
+
+    ``score_fn``: images (M, 3, H, W) -> scores (M, K), e.g. ``clip_scorer``; curve (b, k) follows column k.
+    Returns ``deletion_curve`` and ``insertion_curve`` (B, K, steps + 1) and ``deletion_auc``, ``insertion_auc``
+    (B, K), as numpy arrays.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    maps = torch.as_tensor(maps, dtype=torch.float32, device=pixels.device)
+    if maps.ndim != 4 or maps.shape[0] != pixels.shape[0]:
+        raise ValueError(f"maps must be (B, K, h, w) with B = {pixels.shape[0]} frames, got {tuple(maps.shape)}")
+    b, k = maps.shape[:2]
+    h, w = pixels.shape[-2:]
+    fill = replacement_image(pixels, replacement, seed=seed)
+    up = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False).flatten(2)  # (B, K, H*W)
+    order = torch.argsort(-up, dim=-1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(h * w, device=order.device).expand_as(order))
+    counts = torch.tensor([round(s / steps * h * w) for s in range(steps + 1)], device=pixels.device)
+    curves = {}
+    for mode in ("deletion", "insertion"):
+        jobs = [(i, j, s) for i in range(b) for j in range(k) for s in range(steps + 1)]
+        scores = []
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            images = []
+            for i, j, s in chunk:
+                hidden = (rank[i, j] < counts[s]).view(1, h, w)  # the top-ranked pixels at this step
+                if mode == "deletion":
+                    images.append(torch.where(hidden, fill[i], pixels[i]))
+                else:
+                    images.append(torch.where(hidden, pixels[i], fill[i]))
+            out = score_fn(torch.stack(images))
+            scores += [float(out[n, j]) for n, (_, j, _) in enumerate(chunk)]
+        curves[mode] = np.asarray(scores, dtype=np.float64).reshape(b, k, steps + 1)
+    return {"deletion_curve": curves["deletion"], "insertion_curve": curves["insertion"],
+            "deletion_auc": _auc(curves["deletion"]), "insertion_auc": _auc(curves["insertion"])}
+
+
+def boxes_to_masks(boxes, size) -> np.ndarray:
+    """Boxes (..., 4) as pixel (x0, y0, x1, y1), x1 and y1 exclusive -> boolean masks (..., H, W)."""
+    boxes = np.asarray(boxes, dtype=np.int64)
+    if boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must end in 4 values (x0, y0, x1, y1), got shape {boxes.shape}")
+    h, w = size
+    ys, xs = np.arange(h)[:, None], np.arange(w)[None, :]
+    b = boxes[..., None, None, :]
+    return (xs >= b[..., 0]) & (xs < b[..., 2]) & (ys >= b[..., 1]) & (ys < b[..., 3])
+
+
+def _check_pair(maps, masks):
+    maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool)
+    if maps.shape != masks.shape:
+        raise ValueError(f"maps {maps.shape} and masks {masks.shape} must have the same shape (..., H, W)")
+    return maps, masks
+
+
+def pointing_game(maps, masks) -> np.ndarray:
+    """Hits (...,) bool: whether each map's maximum (first one on ties) lies inside its mask (..., H, W)."""
+    maps, masks = _check_pair(maps, masks)
+    flat = maps.reshape(*maps.shape[:-2], -1)
+    best = flat.argmax(-1)
+    return np.take_along_axis(masks.reshape(flat.shape), best[..., None], -1)[..., 0]
+
+
+def energy_pointing_game(maps, masks) -> np.ndarray:
+    """Share (...,) of each non-negative map's total inside its mask; 0 for an all-zero map."""
+    maps, masks = _check_pair(maps, masks)
+    maps = np.clip(maps, 0, None)
+    total = maps.sum((-2, -1))
+    inside = (maps * masks).sum((-2, -1))
+    return np.where(total > 0, inside / np.where(total > 0, total, 1), 0.0)
+
+
+def rank_correlation(a, b) -> np.ndarray:
+    """Spearman rank correlation of maps a and b (..., h, w) over their last two axes (ties get mean ranks);
+    NaN where a map is constant (the correlation is undefined)."""
+    from scipy.stats import rankdata
+
+    a = np.asarray(a, dtype=np.float64).reshape(*np.shape(a)[:-2], -1)
+    b = np.asarray(b, dtype=np.float64).reshape(a.shape)
+    ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
+    ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
+    denom = np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (ra * rb).sum(-1) / denom, np.nan)
+
+
+def randomize_last_blocks(model, blocks: int = 1, *, seed: int = 0):
+    """A copy of ``model`` whose last ``blocks`` vision blocks are re-initialised (weights N(0, 0.02), biases 0,
+    LayerNorms to identity) and whose ln_post and proj are kept."""
+    resblocks = model.visual.transformer.resblocks
+    if not 1 <= blocks <= len(resblocks):
+        raise ValueError(f"blocks must be in 1..{len(resblocks)}, got {blocks}")
+    twin = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in twin.visual.transformer.resblocks[-blocks:]:
+            for name, p in block.named_parameters():
+                if isinstance(dict(block.named_modules())[name.rsplit(".", 1)[0]], torch.nn.LayerNorm):
+                    p.fill_(1.0 if name.endswith("weight") else 0.0)
+                elif name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+    return twin
+
+
+def randomization_check(model, pixels, text_features, method: Callable, *, blocks: int = 1, seed: int = 0,
+                        **options) -> np.ndarray:
+    """Rank correlation (B, K) between ``method``'s maps of ``model`` and of the model with its last ``blocks``
+    vision blocks re-initialised. Near 1: the map barely depends on those weights (a warning sign)."""
+    before = method(model, pixels, text_features, **options)
+    after = method(randomize_last_blocks(model, blocks, seed=seed), pixels, text_features, **options)
+    return rank_correlation(before.cpu().numpy(), after.cpu().numpy())

@@ -1,0 +1,25 @@
+"""The registry of explanation methods (an mmengine ``Registry``), looked up by name.
+
+Every method has one signature: ``method(model, pixels, text_features, **options) -> raw maps (B, K, h, w)``,
+non-negative, on the token grid. A new method is one function plus one ``METHODS.register_module(name=...)`` line
+(see ``methods.py``), and ``explain(..., method=name)`` finds it.
+"""
+from __future__ import annotations
+
+from typing import List
+
+from mmengine.registry import Registry
+
+METHODS = Registry("explanation method", scope="gradeclip")
+
+
+def method_names() -> List[str]:
+    """Names of the registered explanation methods, sorted."""
+    return sorted(METHODS.module_dict)
+
+
+def get_method(name: str):
+    """The registered method called ``name``; ValueError listing the known names otherwise."""
+    if not isinstance(name, str) or name not in METHODS.module_dict:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
+    return METHODS.get(name)

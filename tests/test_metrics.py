@@ -1,0 +1,131 @@
+"""Faithfulness and localisation metrics on constructed cases whose answers are known."""
+import numpy as np
+import pytest
+import torch
+
+from gradeclip import (boxes_to_masks, clip_scorer, compare_methods, deletion_insertion, encode_prompts,
+                       energy_pointing_game, format_comparison, pointing_game, randomization_check,
+                       rank_correlation)
+from gradeclip.metrics import randomize_last_blocks, replacement_image
+from gradeclip.methods import rollout, self_attention
+from gradeclip import grad_eclip_image
+
+H = W = 16
+REGION = (slice(4, 8), slice(8, 12))  # the only pixels the scorer looks at
+
+
+def region_scorer(images):
+    """Score = mean of the first channel inside REGION (one column per 'prompt', two prompts)."""
+    s = images[:, 0, REGION[0], REGION[1]].mean(dim=(-1, -2))
+    return torch.stack([s, s], dim=1)
+
+
+def region_maps():
+    good = torch.zeros(1, 1, H, W)
+    good[0, 0, REGION[0], REGION[1]] = 1.0
+    good = good + 0.01 * torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(0))
+    return torch.cat([good, good.max() - good], dim=1)  # prompt 0: marks the region; prompt 1: its inverse
+
+
+@pytest.mark.parametrize("replacement", ["black", "blur", "noise"])
+def test_marking_the_region_is_more_faithful(replacement):
+    pixels = torch.zeros(1, 3, H, W)
+    pixels[:, :, REGION[0], REGION[1]] = 2.0  # a bright patch on a dark ground: blurring it lowers the score
+    result = deletion_insertion(region_scorer, pixels, region_maps(), steps=16, replacement=replacement)
+    assert result["deletion_curve"].shape == (1, 2, 17)
+    assert result["deletion_auc"][0, 0] < result["deletion_auc"][0, 1]
+    assert result["insertion_auc"][0, 0] > result["insertion_auc"][0, 1]
+
+
+def test_curves_known_values():
+    pixels = torch.full((1, 3, H, W), 2.0)
+    result = deletion_insertion(region_scorer, pixels, region_maps(), steps=16, replacement="black")
+    black = float(replacement_image(pixels, "black")[0, 0, 0, 0])
+    d, i = result["deletion_curve"][0, 0], result["insertion_curve"][0, 0]
+    # 16 region pixels of 256 are the top 1/16: gone after the first step, revealed after the first step
+    assert d[0] == pytest.approx(2.0) and d[1:] == pytest.approx(black)
+    assert i[0] == pytest.approx(black) and i[1:] == pytest.approx(2.0)
+    assert result["deletion_auc"][0, 0] == pytest.approx((2.0 + black) / 2 / 16 + black * 15 / 16)
+
+
+def test_curves_with_clip_are_batched(model):
+    calls = []
+    scorer = clip_scorer(model, encode_prompts(model, ["a", "b"]))
+
+    def counting(images):
+        calls.append(len(images))
+        return scorer(images)
+
+    pixels = torch.randn(2, 3, 32, 32)
+    maps = torch.rand(2, 2, 4, 4)
+    result = deletion_insertion(counting, pixels, maps, steps=5, batch_size=64)
+    assert sum(calls) == 2 * 2 * 6 * 2 and len(calls) == 2  # every image scored once, one batch per curve kind
+    with torch.no_grad():
+        start = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1) @ \
+            torch.nn.functional.normalize(encode_prompts(model, ["a", "b"]), dim=-1).T
+    np.testing.assert_allclose(result["deletion_curve"][:, :, 0], start.numpy(), rtol=1e-4, atol=1e-6)
+    probs = clip_scorer(model, encode_prompts(model, ["a", "b"]), score="prob")(pixels)
+    np.testing.assert_allclose(probs.sum(1).numpy(), 1, rtol=1e-5)
+
+
+def test_bad_metric_inputs(model):
+    with pytest.raises(ValueError, match="allowed: blur, black, noise"):
+        replacement_image(torch.zeros(1, 3, 8, 8), "grey")
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        deletion_insertion(region_scorer, torch.zeros(1, 3, H, W), region_maps(), steps=0)
+    with pytest.raises(ValueError, match="maps must be"):
+        deletion_insertion(region_scorer, torch.zeros(2, 3, H, W), region_maps())
+    with pytest.raises(ValueError, match="'cosine' or 'prob'"):
+        clip_scorer(model, torch.zeros(1, 32), score="logit")
+
+
+def test_pointing_games():
+    maps = np.zeros((2, 6, 8))
+    maps[0, 1, 2] = 1.0  # peak inside the box
+    maps[1, 5, 7] = 1.0  # peak outside
+    maps[1, 1, 2] = 0.5
+    masks = boxes_to_masks([[1, 0, 4, 3], [1, 0, 4, 3]], (6, 8))
+    assert masks.shape == (2, 6, 8) and masks[0].sum() == 9
+    assert pointing_game(maps, masks).tolist() == [True, False]
+    np.testing.assert_allclose(energy_pointing_game(maps, masks), [1.0, 0.5 / 1.5])
+    assert energy_pointing_game(np.zeros((6, 8)), masks[0]) == 0
+    with pytest.raises(ValueError, match="same shape"):
+        pointing_game(maps, masks[:1, :3])
+
+
+def test_rank_correlation():
+    a = np.arange(16.0).reshape(1, 4, 4)
+    assert rank_correlation(a, a ** 3)[0] == pytest.approx(1.0)
+    assert rank_correlation(a, -a)[0] == pytest.approx(-1.0)
+    assert np.isnan(rank_correlation(a, np.ones_like(a))[0])
+
+
+def test_randomization_check(model):
+    pixels = torch.randn(1, 3, 32, 32)
+    text = encode_prompts(model, ["a dog", "a cat"])
+    twin = randomize_last_blocks(model, 1)
+    assert torch.equal(twin.visual.proj, model.visual.proj)
+    assert not torch.equal(twin.visual.transformer.resblocks[-1].attn.in_proj_weight,
+                           model.visual.transformer.resblocks[-1].attn.in_proj_weight)
+    assert torch.equal(twin.visual.transformer.resblocks[0].attn.in_proj_weight,
+                       model.visual.transformer.resblocks[0].attn.in_proj_weight)
+    # a method that ignores the last block's weights entirely is unmoved: correlation 1
+    def first_block_only(m, px, tf):
+        return self_attention(m, px, tf) * 0 + rollout(model, px, tf)
+
+    np.testing.assert_allclose(randomization_check(model, pixels, text, first_block_only), 1.0)
+    corr = randomization_check(model, pixels, text, grad_eclip_image)
+    assert corr.shape == (1, 2) and np.all(corr < 0.99)
+
+
+def test_compare_methods(model):
+    frames = np.random.default_rng(3).integers(0, 256, size=(1, 32, 32, 3), dtype=np.uint8)
+    rows, explanations = compare_methods(model, frames, ["a dog", "a cat"], methods=["grad_eclip", "rise"],
+                                         steps=4, options={"rise": {"n_masks": 16}})
+    assert [r["method"] for r in rows] == ["grad_eclip", "rise"] and set(explanations) == {"grad_eclip", "rise"}
+    for r in rows:
+        assert 0 <= r["seconds_per_map"] and np.isfinite(r["deletion_auc"]) and np.isfinite(r["insertion_auc"])
+    table = format_comparison(rows)
+    assert "deletion AUC" in table and "grad_eclip" in table.splitlines()[2]
+    with pytest.raises(ValueError, match="unknown method"):
+        compare_methods(model, frames, ["a"], methods=["nope"])
