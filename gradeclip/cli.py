@@ -1,4 +1,4 @@
-"""Command line: ``python -m gradeclip explain VIDEO --prompt ... [--frame ...] [--model ...] [--out DIR]``.
+"""Command line: ``python -m gradeclip explain VIDEO ...`` (one frame) and ``python -m gradeclip video ...`` (all).
 
 Errors in what the user gave print one line (``gradeclip: error: ...``) and exit with status 1, no traceback.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -31,6 +32,34 @@ def _frame(text: str):
         raise argparse.ArgumentTypeError(f"invalid frame {text!r}: give 'middle' or an integer index") from None
 
 
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give a whole number >= 1")
+    return value
+
+
+def _common(p) -> None:
+    p.add_argument("--prompt", "-p", action="append", required=True, metavar="TEXT",
+                   help="text prompt; repeat for several prompts")
+    p.add_argument("--model", "-m", default=os.environ.get("GRADECLIP_MODEL", DEFAULT_MODEL), metavar="NAME|PATH",
+                   help="CLIP model name (e.g. ViT-B/32, ViT-B/16, ViT-L/14) or path of a local checkpoint "
+                        "(default: $GRADECLIP_MODEL or ViT-B/32)")
+    p.add_argument("--out", "-o", default="outputs", metavar="DIR", help="output folder (default: outputs)")
+    p.add_argument("--method", default="grad_eclip", metavar="NAME",
+                   help="explanation method (default: grad_eclip; see the README for the list)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    p.add_argument("--dpi", type=int, default=150, help="resolution of PNG figures (default: 150)")
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay, 0..1 (default: 0.5)")
+    p.add_argument("--cmap", default="jet", help="matplotlib colour map of the heatmap (default: jet)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m gradeclip", description="Show what CLIP looks at in video frames.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -38,33 +67,41 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Explain one frame of a video: writes the figure (PNG and PDF), the raw maps "
                                     "(.npy) and the scores (JSON), and prints the scores.")
     ex.add_argument("video", metavar="VIDEO", help="path of the video file (any format FFmpeg decodes)")
-    ex.add_argument("--prompt", "-p", action="append", required=True, metavar="TEXT",
-                    help="text prompt; repeat for several prompts")
     ex.add_argument("--frame", "-f", type=_frame, default="middle", metavar="middle|INDEX",
                     help="frame to explain: 'middle' (default) or an index (negative counts from the end)")
-    ex.add_argument("--model", "-m", default=os.environ.get("GRADECLIP_MODEL", DEFAULT_MODEL), metavar="NAME|PATH",
-                    help="CLIP model name (e.g. ViT-B/32, ViT-B/16, ViT-L/14) or path of a local checkpoint "
-                         "(default: $GRADECLIP_MODEL or ViT-B/32)")
-    ex.add_argument("--out", "-o", default="outputs", metavar="DIR", help="output folder (default: outputs)")
-    ex.add_argument("--method", default="grad_eclip", metavar="NAME",
-                    help="explanation method (default: grad_eclip)")
-    ex.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
-    ex.add_argument("--dpi", type=int, default=150, help="resolution of the PNG figure (default: 150)")
-    ex.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay, 0..1 (default: 0.5)")
-    ex.add_argument("--cmap", default="jet", help="matplotlib colour map of the heatmap (default: jet)")
+    _common(ex)
+    vid = sub.add_parser("video", help="explain every (or every k-th) frame of a video or of each video in a folder",
+                         description="Explain a whole video, or each video in a folder: writes an MP4 and a GIF of "
+                                     "the overlays, the maps (.npz, float16) with a JSON sidecar, and a timeline "
+                                     "of each prompt's score; prints a summary per video.")
+    vid.add_argument("video", metavar="VIDEO_OR_DIR", help="a video file, or a folder whose videos are all explained")
+    choose = vid.add_mutually_exclusive_group()
+    choose.add_argument("--every", type=_positive, metavar="K", help="explain every K-th frame (default: all)")
+    choose.add_argument("--frames", type=_positive, metavar="N", help="explain N evenly spaced frames")
+    vid.add_argument("--batch-size", type=_positive, default=16, metavar="B",
+                     help="frames per forward pass (default: 16)")
+    vid.add_argument("--colour-scale", choices=("shared", "per_frame"), default="shared",
+                     help="heatmap colours shared over the video (default), so that colour changes mean relevance "
+                          "changes, or scaled per frame")
+    vid.add_argument("--no-gif", action="store_true", help="write the MP4 only")
+    _common(vid)
     return parser
 
 
-def _explain(args) -> None:
-    import matplotlib
+def _videos(path: str) -> List[Path]:
+    target = Path(path)
+    if target.is_dir():
+        found = sorted(p for p in target.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        if not found:
+            raise _UserError(f"no video files in {path} (looked for {', '.join(VIDEO_SUFFIXES)})")
+        return found
+    if not target.exists():
+        raise FileNotFoundError(f"video not found: {path}")
+    return [target]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from .explain import explain, get_method
-    from .figures import format_scores, plot_explanation, save_explanation, save_figure
-    from .frames import read_frames, resolve_indices, video_info
-    from .model import load_clip
+def _check_common(args) -> None:
+    from .registry import get_method
 
     if not 0 <= args.alpha <= 1:
         raise _UserError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -73,6 +110,68 @@ def _explain(args) -> None:
     if any(not p.strip() for p in args.prompt):
         raise _UserError("empty --prompt: every prompt needs some text")
     get_method(args.method)
+
+
+def _video(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .figures import save_figure
+    from .model import load_clip
+    from .video import explain_video, save_video_maps
+    from .video_export import plot_timeline, write_overlay_video
+
+    _check_common(args)
+    videos = _videos(args.video)
+    model, _ = load_clip(args.model, device=args.device)
+    failed = []
+    for path in videos:
+        try:
+            start = time.perf_counter()
+            result = explain_video(model, str(path), args.prompt, method=args.method, every=args.every,
+                                   count=args.frames, batch_size=args.batch_size, model_name=args.model)
+            seconds = time.perf_counter() - start
+        except (ValueError, IndexError, OSError) as err:
+            failed.append(path.name)
+            print(f"gradeclip: error: {path}: {' '.join(str(err).split())}", file=sys.stderr)
+            continue
+        stem = f"{path.stem}_{args.method}"
+        paths = save_video_maps(result, args.out, stem)
+        paths += write_overlay_video(result, Path(args.out) / f"{stem}.mp4", scale=args.colour_scale,
+                                     cmap=args.cmap, alpha=args.alpha, gif=not args.no_gif)
+        fig = plot_timeline(result, scale=args.colour_scale, cmap=args.cmap, alpha=args.alpha)
+        paths += save_figure(fig, f"{stem}_timeline", args.out, dpi=args.dpi)
+        plt.close(fig)
+        print(f"{path.name}: {len(result.indices)} frames explained in {seconds:.1f} s "
+              f"({len(result.indices) / seconds:.1f} frames/s); model {args.model}; method {args.method}")
+        for index, reason in result.failed:
+            print(f"  frame {index} could not be decoded and was skipped: {reason}")
+        width = max(6, *(len(p) for p in result.prompts))
+        print(f"  {'prompt':<{width}}  mean cos  max cos  best in")
+        best = result.cosine.argmax(axis=1)
+        for j, prompt in enumerate(result.prompts):
+            print(f"  {prompt:<{width}}  {result.cosine[:, j].mean():8.3f}  {result.cosine[:, j].max():7.3f}  "
+                  f"{(best == j).mean():6.0%}")
+        print("  wrote " + ", ".join(str(p) for p in paths))
+    if failed:
+        raise _UserError(f"{len(failed)} of {len(videos)} videos failed: {', '.join(failed)}")
+    return 0
+
+
+def _explain(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .explain import explain
+    from .figures import format_scores, plot_explanation, save_explanation, save_figure
+    from .frames import read_frames, resolve_indices, video_info
+    from .model import load_clip
+
+    _check_common(args)
     info = video_info(args.video)
     index = int(resolve_indices(args.frame, info.num_frames)[0])
     frames = read_frames(args.video, [index])
@@ -90,6 +189,7 @@ def _explain(args) -> None:
     print(f"{Path(args.video).name}, frame {index} of {info.num_frames}; model {args.model}; method {args.method}")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
     print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -99,9 +199,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return 1
-        _explain(args)
+        return _explain(args) if args.command == "explain" else _video(args)
     except (_UserError, FileNotFoundError, ValueError, IndexError, TypeError, RuntimeError, OSError) as err:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"gradeclip: error: {message}", file=sys.stderr)
         return 1
-    return 0

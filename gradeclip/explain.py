@@ -4,7 +4,6 @@ Methods are looked up by name in ``registry.METHODS`` (see ``methods.py`` for th
 """
 from __future__ import annotations
 
-import inspect
 import warnings
 from dataclasses import dataclass
 from typing import List, Sequence, Union
@@ -15,11 +14,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import methods  # noqa: F401  (registers every method in METHODS)
+from .methods import run_method  # importing methods registers every method in METHODS
 from .grad_eclip import grad_eclip_text
 from .model import check_vit, clip_preprocess, encode_prompts, token_words, tokenize
 from .pixels import FramesLike, as_frames, to_pixels
-from .registry import get_method
+from .registry import check_options
 from .vit import encode_pixels
 
 
@@ -86,12 +85,7 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
     Returns an ``Explanation`` (maps at frame size in [0, 1], raw token-grid maps, cosine, probs).
     """
     check_vit(model)
-    fn = get_method(method)
-    allowed = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"method {method!r} has no option(s) {', '.join(unknown)}; "
-                         f"its options: {', '.join(allowed) or 'none'}")
+    check_options(method, options)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     frames = as_frames(frames)
@@ -101,8 +95,9 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
     raws, features = [], []
     for start in tqdm(starts, desc=f"explaining ({method})", unit="batch", disable=not progress or len(starts) < 2):
         pixels = to_pixels(model, frames[start:start + batch_size], scale=scale)
-        raws.append(fn(model, pixels, text_features, **options).float())
-        features.append(encode_pixels(model, pixels))
+        raw, feats = run_method(method, model, pixels, text_features, **options)
+        raws.append(raw)
+        features.append(feats)
     raw = torch.cat(raws)
     cosine, probs = scores(model, torch.cat(features), text_features)
     if not torch.isfinite(raw).all():

@@ -143,6 +143,12 @@ class _DecordVideo:
         frames = np.concatenate(parts)
         return frames[np.searchsorted(unique, indices)]
 
+    def reopen(self):
+        """A fresh reader: decord's buffers grow over many get_batch calls on one reader."""
+        del self.reader
+        with _native_stderr_silenced():
+            self.reader = _decord().VideoReader(self.path, ctx=_decord().cpu(0))
+
     def close(self):
         del self.reader
 

@@ -66,6 +66,14 @@ def grad_eclip_image(model, pixels: torch.Tensor, text_features: torch.Tensor, *
     Returns raw maps (B, K, H/patch, W/patch), float32, non-negative, not normalised, not upsampled, on the
     model's device. One forward serves all prompts; the prompts share one batched backward.
     """
+    return grad_eclip_image_with_features(model, pixels, text_features, layers=layers, single_head=single_head,
+                                          spatial_weight=spatial_weight)[0]
+
+
+def grad_eclip_image_with_features(model, pixels: torch.Tensor, text_features: torch.Tensor, *, layers: int = 1,
+                                   single_head: bool = False, spatial_weight: bool = True):
+    """``grad_eclip_image`` plus the image features (B, D) of the same forward (not normalised), so that scores
+    need no second forward. Returns ``(maps, image_features)``."""
     check_vit(model)
     grid = check_pixels(model, pixels)
     visual = model.visual
@@ -89,8 +97,8 @@ def grad_eclip_image(model, pixels: torch.Tensor, text_features: torch.Tensor, *
                 o.requires_grad_(True)
             records.append((q[:, 0].detach(), k.detach(), v.detach(), o))
             x = finish_block(block, x[:, :1] if last else x, o)
-        image = F.normalize(image_features(visual, x[:, 0]), dim=-1)
-        cosine = image @ text.T  # (B, K)
+        features = image_features(visual, x[:, 0])
+        cosine = F.normalize(features, dim=-1) @ text.T  # (B, K)
         grads = _per_prompt_grads(cosine, [o for *_, o in records])
 
     maps = 0
@@ -99,7 +107,7 @@ def grad_eclip_image(model, pixels: torch.Tensor, text_features: torch.Tensor, *
         lam = qk_weight(q_cls, k[:, 1:]) if spatial_weight else torch.ones_like(k[:, 1:, 0])
         layer = torch.einsum("kbc,bpc->bkp", w, v[:, 1:]) * lam[:, None, :]
         maps = maps + layer.relu()
-    return maps.reshape(*maps.shape[:2], *grid).float().detach()
+    return maps.reshape(*maps.shape[:2], *grid).float().detach(), features.detach()
 
 
 def grad_eclip_text(model, pixels: torch.Tensor, tokens: torch.Tensor, *, layers: int = 8,

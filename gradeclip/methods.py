@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from .camlib import eigencam, gradcam_pp, layercam, scorecam, xgradcam
-from .grad_eclip import _per_prompt_grads, grad_eclip_image
+from .grad_eclip import _per_prompt_grads, grad_eclip_image, grad_eclip_image_with_features
 from .model import check_vit
-from .registry import METHODS
+from .registry import METHODS, check_options, get_method
 from .vit import attend, check_pixels, embed_image, encode_pixels, finish_block, image_features, qkv, run_blocks
 
 
@@ -189,3 +189,21 @@ for _name, _fn in [("grad_eclip", grad_eclip_image), ("grad_eclip_no_spatial", g
                    ("game", game), ("maskclip", maskclip), ("rise", rise), ("gradcam_pp", gradcam_pp),
                    ("xgradcam", xgradcam), ("layercam", layercam), ("eigencam", eigencam), ("scorecam", scorecam)]:
     METHODS.register_module(name=_name, module=_fn)
+
+# Methods whose forward already yields the image features: their scores then need no second forward.
+_WITH_FEATURES = {
+    "grad_eclip": grad_eclip_image_with_features,
+    "grad_eclip_no_spatial": lambda model, pixels, text_features, **options: grad_eclip_image_with_features(
+        model, pixels, text_features, spatial_weight=False, **options),
+}
+
+
+def run_method(name: str, model, pixels, text_features, **options):
+    """``(raw maps (B, K, h, w) float32, image features (B, D))`` of the method called ``name``: one forward where
+    the method provides the features, else the method and then ``encode_pixels``."""
+    check_options(name, options)
+    if name in _WITH_FEATURES:
+        maps, features = _WITH_FEATURES[name](model, pixels, text_features, **options)
+    else:
+        maps, features = get_method(name)(model, pixels, text_features, **options), encode_pixels(model, pixels)
+    return maps.float(), features

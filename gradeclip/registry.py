@@ -6,6 +6,7 @@ non-negative, on the token grid. A new method is one function plus one ``METHODS
 """
 from __future__ import annotations
 
+import inspect
 from typing import List
 
 from mmengine.registry import Registry
@@ -23,3 +24,12 @@ def get_method(name: str):
     if not isinstance(name, str) or name not in METHODS.module_dict:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
     return METHODS.get(name)
+
+
+def check_options(name: str, options: dict) -> None:
+    """ValueError naming the options the method called ``name`` does not take, and the ones it does."""
+    allowed = [p.name for p in inspect.signature(get_method(name)).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"method {name!r} has no option(s) {', '.join(unknown)}; "
+                         f"its options: {', '.join(allowed) or 'none'}")

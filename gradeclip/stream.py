@@ -1,0 +1,129 @@
+"""Stream a video in batches of frames, so that a long video is never held in memory.
+
+Frames are chosen as all, every k-th or N evenly spaced, and decoded batch by batch. A frame that fails to decode
+is reported (index and reason, in ``StreamErrors`` and as a warning) and skipped; the frames before and after it
+still come through. With OpenCV, whose decoder stops at a corrupt frame, the stream ends there instead.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .frames import _DecordVideo, _open
+
+_REOPEN_EVERY = 64  # batches after which the decord reader is opened afresh (its buffers grow over get_batch calls)
+
+
+@dataclass
+class FrameBatch:
+    """A batch of decoded frames: ``indices`` (n,) int64 in the video, ``times`` (n,) seconds, ``frames``
+    (n, H, W, 3) uint8 RGB."""
+
+    indices: np.ndarray
+    times: np.ndarray
+    frames: np.ndarray
+
+
+@dataclass
+class StreamErrors:
+    """Frames that could not be decoded: a list of ``(index, reason)``."""
+
+    failed: List[Tuple[int, str]] = field(default_factory=list)
+
+
+def select_indices(num_frames: int, *, every: Optional[int] = None, count: Optional[int] = None) -> np.ndarray:
+    """Frame indices to explain: all (default), every ``every``-th from 0, or ``count`` evenly spaced (first and
+    last included). Returns a sorted int64 array."""
+    if every is not None and count is not None:
+        raise ValueError("give either every (every k-th frame) or count (N evenly spaced frames), not both")
+    if every is not None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        return np.arange(0, num_frames, every, dtype=np.int64)
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be an int >= 1, got {count!r}")
+        return np.unique(np.linspace(0, num_frames - 1, min(count, num_frames)).round().astype(np.int64))
+    return np.arange(num_frames, dtype=np.int64)
+
+
+def stream_frames(path, *, every: Optional[int] = None, count: Optional[int] = None,
+                  indices: Optional[Sequence[int]] = None, batch_size: int = 16, backend: str = "auto",
+                  errors: Optional[StreamErrors] = None) -> Iterator[FrameBatch]:
+    """Yield ``FrameBatch``es of at most ``batch_size`` frames, in order, for the selected frames of a video
+    (``every``/``count`` as in ``select_indices``, or explicit sorted ``indices``).
+
+    ``errors``: a ``StreamErrors`` that collects frames that failed to decode (they are skipped, with a warning).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    errors = errors if errors is not None else StreamErrors()
+    video = _open(path, backend)
+    try:
+        if indices is None:
+            wanted = select_indices(video.num_frames, every=every, count=count)
+        else:
+            wanted = np.asarray(indices, dtype=np.int64)
+            if wanted.ndim != 1 or not len(wanted) or np.any(np.diff(wanted) <= 0) or wanted[0] < 0 \
+                    or wanted[-1] >= video.num_frames:
+                raise ValueError(f"indices must be increasing frame indices in 0..{video.num_frames - 1}")
+        fps = video.fps if video.fps > 0 else 1.0
+        reader = _batches_decord(video, wanted, batch_size, errors) if isinstance(video, _DecordVideo) \
+            else _batches_opencv(video, wanted, batch_size, errors)
+        for indices, frames in reader:
+            yield FrameBatch(indices, indices / fps, frames)
+    finally:
+        video.close()
+
+
+def _report(errors: StreamErrors, path, index: int, reason: str) -> None:
+    errors.failed.append((index, reason))
+    warnings.warn(f"{path}: frame {index} could not be decoded ({reason}); skipped")
+
+
+def _batches_decord(video, wanted, batch_size, errors):
+    for n, start in enumerate(range(0, len(wanted), batch_size)):
+        if n and n % _REOPEN_EVERY == 0:
+            video.reopen()
+        chunk = wanted[start:start + batch_size]
+        try:
+            yield chunk, video.read(chunk)
+            continue
+        except ValueError:
+            pass
+        good, frames = [], []  # a frame in this batch is bad: decode one by one to keep the others
+        for index in chunk.tolist():
+            try:
+                frames.append(video.read(np.array([index]))[0])
+                good.append(index)
+            except ValueError as err:
+                _report(errors, video.path, index, str(err).split("(", 1)[-1].rstrip(")"))
+        if good:
+            yield np.array(good, dtype=np.int64), np.stack(frames)
+
+
+def _batches_opencv(video, wanted, batch_size, errors):
+    cap = video.cv2.VideoCapture(video.path)
+    wanted_set = set(wanted.tolist())
+    indices, frames = [], []
+    try:
+        for index in range(int(wanted[-1]) + 1):
+            ok = cap.grab()
+            if ok and index in wanted_set:
+                ok, bgr = cap.retrieve()
+                if ok:
+                    indices.append(index)
+                    frames.append(video.cv2.cvtColor(bgr, video.cv2.COLOR_BGR2RGB))
+            if not ok:
+                _report(errors, video.path, index, "OpenCV's decoder stopped here; later frames are not read")
+                break
+            if len(indices) == batch_size:
+                yield np.array(indices, dtype=np.int64), np.stack(frames)
+                indices, frames = [], []
+        if indices:
+            yield np.array(indices, dtype=np.int64), np.stack(frames)
+    finally:
+        cap.release()

@@ -1,0 +1,125 @@
+"""Explain a whole video: every selected frame x every prompt, streamed in batches, with one forward per batch.
+
+Only the token-grid maps and the scores are kept (a 1,500-frame video with 4 prompts at ViT-B/32 is about 2 MB),
+never the frames; exports decode the frames again as they write.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .explain import scores
+from .frames import video_info
+from .methods import run_method
+from .model import check_vit, encode_prompts
+from .pixels import native_size, to_pixels
+from .registry import check_options
+from .stream import StreamErrors, select_indices, stream_frames
+
+SCALES = ("shared", "per_frame")
+
+
+@dataclass
+class VideoExplanation:
+    """Maps and scores of F explained frames x K prompts of one video.
+
+    ``raw``: (F, K, h, w) float32 token-grid maps. ``cosine``, ``probs``: (F, K). ``indices``: (F,) frame indices;
+    ``times``: (F,) seconds. ``failed``: frames that could not be decoded, as ``(index, reason)``.
+    """
+
+    video: str
+    prompts: List[str]
+    method: str
+    model: str
+    raw: np.ndarray
+    cosine: np.ndarray
+    probs: np.ndarray
+    indices: np.ndarray
+    times: np.ndarray
+    fps: float
+    frame_size: Tuple[int, int]
+    input_size: Tuple[int, int]
+    options: dict = field(default_factory=dict)
+    failed: List[Tuple[int, str]] = field(default_factory=list)
+
+    def normalized(self, scale: str = "shared") -> np.ndarray:
+        """Maps (F, K, h, w) in [0, 1]. ``"shared"``: one scale per prompt over the whole video, so that a change of
+        colour over time is a change of relevance; ``"per_frame"``: each map on its own. Constant maps give 0."""
+        if scale not in SCALES:
+            raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
+        axes = (0, 2, 3) if scale == "shared" else (2, 3)
+        low = self.raw.min(axis=axes, keepdims=True)
+        span = self.raw.max(axis=axes, keepdims=True) - low
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(span > 0, (self.raw - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
+
+
+def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
+                  every: Optional[int] = None, count: Optional[int] = None, batch_size: int = 16,
+                  scale: float = 1.0, model_name: str = "", progress: bool = True, **options) -> VideoExplanation:
+    """Explain the selected frames of ``video`` (all, every ``every``-th, or ``count`` evenly spaced) for
+    ``prompts`` with ``method``, ``batch_size`` frames per forward, with a progress bar. Text features are computed
+    once. Frames that fail to decode are skipped and listed in ``failed``; the others are kept.
+    """
+    check_vit(model)
+    check_options(method, options)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    text_features = encode_prompts(model, prompts)
+    info = video_info(video)
+    total = len(select_indices(info.num_frames, every=every, count=count))
+    errors = StreamErrors()
+    raws, feats, indices, times = [], [], [], []
+    bar = tqdm(total=total, desc=f"{Path(video).name} ({method})", unit="frame", disable=not progress)
+    try:
+        for batch in stream_frames(video, every=every, count=count, batch_size=batch_size, errors=errors):
+            raw, features = run_method(method, model, to_pixels(model, batch.frames, scale=scale), text_features,
+                                       **options)
+            raws.append(raw.cpu())
+            feats.append(features)
+            indices.append(batch.indices)
+            times.append(batch.times)
+            bar.update(len(batch.indices))
+    finally:
+        bar.close()
+    if not raws:
+        raise ValueError(f"{video}: no frame could be decoded")
+    cosine, probs = scores(model, torch.cat(feats), text_features)
+    patch = model.visual.conv1.kernel_size[0]
+    return VideoExplanation(
+        video=str(video), prompts=prompts, method=method, model=model_name, raw=torch.cat(raws).numpy(),
+        cosine=cosine, probs=probs, indices=np.concatenate(indices), times=np.concatenate(times), fps=info.fps,
+        frame_size=(info.height, info.width), input_size=native_size(info.height, info.width, patch, scale),
+        options=dict(options), failed=list(errors.failed))
+
+
+def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = None) -> List[Path]:
+    """Write ``name_maps.npz`` (raw maps float16, cosine, probs, indices, times) and a JSON sidecar ``name_maps.json``
+    (model, prompts, method and options, preprocessing, normalisation, frame indices, timestamps)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = name or f"{Path(result.video).stem}_{result.method}"
+    npz, sidecar = out / f"{stem}_maps.npz", out / f"{stem}_maps.json"
+    np.savez_compressed(npz, maps=result.raw.astype(np.float16), cosine=result.cosine, probs=result.probs,
+                        indices=result.indices, times=result.times)
+    record = {
+        "video": result.video, "model": result.model, "method": result.method, "options": result.options,
+        "prompts": result.prompts,
+        "maps": {"file": npz.name, "key": "maps", "dtype": "float16", "shape": list(result.raw.shape),
+                 "axes": "frame, prompt, grid row, grid column", "values": "raw, not normalised"},
+        "preprocessing": {"frame_size_hw": list(result.frame_size), "input_size_hw": list(result.input_size),
+                          "resize": "bicubic to the nearest multiple of the patch size, no crop",
+                          "normalisation": "CLIP mean and std"},
+        "display_normalisation": "min-max per prompt over the video ('shared') unless the figure says 'per frame'",
+        "fps": result.fps, "frame_indices": result.indices.tolist(),
+        "timestamps_s": [round(float(t), 6) for t in result.times],
+        "failed_frames": [{"index": i, "reason": r} for i, r in result.failed],
+    }
+    sidecar.write_text(json.dumps(record, indent=2) + os.linesep)
+    return [npz, sidecar]
