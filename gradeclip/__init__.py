@@ -13,6 +13,9 @@ from .metrics import (boxes_to_masks, clip_scorer, deletion_insertion, energy_po
 from .model import encode_prompts, load_clip, tokenize
 from .pixels import to_pixels
 from .registry import METHODS, get_method, method_names
+from .stream import FrameBatch, select_indices, stream_frames
+from .video import VideoExplanation, explain_video, save_video_maps
+from .video_export import keyframes, plot_timeline, write_overlay_video
 
 __version__ = "0.1.0"
 
@@ -23,4 +26,6 @@ __all__ = [
     "plot_explanation", "plot_frame_strip", "plot_method_grid", "plot_scores", "plot_word_importance",
     "pointing_game", "randomization_check", "rank_correlation", "read_frames", "resolve_indices", "sample_video",
     "save_explanation", "save_figure", "similarity", "to_pixels", "tokenize", "video_info", "word_importance",
+    "FrameBatch", "VideoExplanation", "explain_video", "keyframes", "plot_timeline", "save_video_maps",
+    "select_indices", "stream_frames", "write_overlay_video",
 ]

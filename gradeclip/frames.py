@@ -166,6 +166,7 @@ class _OpenCVVideo:
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # what the container claims
         cap.release()
         self.num_frames = self._count()
 
@@ -202,7 +203,7 @@ class _OpenCVVideo:
 
 def _first_line(err: Exception) -> str:
     # decord prefixes its messages with "[hh:mm:ss] /source/file.cc:NN: "; keep only what it says
-    text = [re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", line) for line in str(err).strip().splitlines()]
+    text = [re.sub(r"\[[\d:]+\] \S+:\d+: ", "", line) for line in str(err).strip().splitlines()]
     return text[0][:200] if text else type(err).__name__
 
 

@@ -94,13 +94,17 @@ def _batches_decord(video, wanted, batch_size, errors):
             continue
         except ValueError:
             pass
-        good, frames = [], []  # a frame in this batch is bad: decode one by one to keep the others
+        # A frame in this batch is bad: decode one by one to keep the others, each with a fresh reader, because
+        # decord's decoder reads ahead and would report the bad frame's error on a good neighbour.
+        good, frames = [], []
         for index in chunk.tolist():
+            video.reopen()
             try:
                 frames.append(video.read(np.array([index]))[0])
                 good.append(index)
             except ValueError as err:
-                _report(errors, video.path, index, str(err).split("(", 1)[-1].rstrip(")"))
+                _report(errors, video.path, index, str(err).split(": ", 1)[-1])
+        video.reopen()
         if good:
             yield np.array(good, dtype=np.int64), np.stack(frames)
 
@@ -125,5 +129,8 @@ def _batches_opencv(video, wanted, batch_size, errors):
                 indices, frames = [], []
         if indices:
             yield np.array(indices, dtype=np.int64), np.stack(frames)
+        if video.listed > video.num_frames and not errors.failed:
+            _report(errors, video.path, video.num_frames, f"OpenCV's decoder stopped here, but the file lists "
+                                                          f"{video.listed} frames; later frames are not read")
     finally:
         cap.release()

@@ -16,6 +16,8 @@ EXPECTED = {
     "03_grad_eclip_heatmap": ["grad_eclip.png", "grad_eclip.pdf", "grad_eclip_maps.npy", "grad_eclip_scores.json",
                               "word_importance.png"],
     "04_compare_methods": ["methods_grid.png", "methods_grid.pdf"],
+    "05_video_explanations": ["timeline.png", "timeline.pdf", "overlay.mp4", "overlay.gif",
+                              "sample_walk_grad_eclip_maps.npz", "sample_walk_grad_eclip_maps.json"],
 }
 
 

@@ -1,0 +1,189 @@
+"""Whole videos: streaming, explain_video, exports read back, colour scaling, memory, corrupt frames, the CLI."""
+import json
+import warnings
+
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+import gradeclip
+from gradeclip import (VideoExplanation, explain, explain_video, keyframes, plot_timeline, read_frames,
+                       save_video_maps, select_indices, stream_frames, video_info, write_overlay_video)
+from gradeclip.cli import main
+from gradeclip.stream import StreamErrors
+
+from conftest import numbered_frames, write_video
+from test_frames import level
+
+
+@pytest.fixture(scope="module")
+def corrupt_avi(tmp_path_factory):
+    """30 numbered frames with the JPEG data of frame 15 zeroed."""
+    path = write_video(tmp_path_factory.mktemp("corrupt") / "corrupt.avi", numbered_frames(30))
+    data = bytearray(open(path, "rb").read())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]  # JPEG SOI markers
+    data[starts[15]:starts[16]] = bytes(starts[16] - starts[15])
+    open(path, "wb").write(bytes(data))
+    return path
+
+
+def test_select_indices():
+    assert select_indices(10).tolist() == list(range(10))
+    assert select_indices(10, every=3).tolist() == [0, 3, 6, 9]
+    assert select_indices(10, count=4).tolist() == [0, 3, 6, 9]
+    assert select_indices(3, count=9).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="not both"):
+        select_indices(10, every=2, count=3)
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+        select_indices(10, every=0)
+
+
+@pytest.mark.parametrize("backend", ["decord", "opencv"])
+def test_stream_batches(avi, backend):
+    batches = list(stream_frames(avi, every=2, batch_size=8, backend=backend))
+    assert [len(b.indices) for b in batches] == [8, 7]  # 15 frames: a full batch, then a partial one
+    indices = np.concatenate([b.indices for b in batches])
+    assert indices.tolist() == list(range(0, 30, 2))
+    np.testing.assert_allclose(np.concatenate([b.times for b in batches]), indices / 25)
+    assert level(np.concatenate([b.frames for b in batches])) == indices.tolist()
+    explicit = list(stream_frames(avi, indices=[1, 5, 29], batch_size=2, backend=backend))
+    assert [b.indices.tolist() for b in explicit] == [[1, 5], [29]]
+    with pytest.raises(ValueError, match="increasing frame indices in 0..29"):
+        list(stream_frames(avi, indices=[5, 1], backend=backend))
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        list(stream_frames(avi, batch_size=0, backend=backend))
+
+
+def test_corrupt_frame_is_reported_and_the_rest_kept(corrupt_avi):
+    errors = StreamErrors()
+    with pytest.warns(UserWarning, match="frame 15 could not be decoded"):
+        got = np.concatenate([b.indices for b in stream_frames(corrupt_avi, batch_size=8, errors=errors)])
+    assert [i for i, _ in errors.failed] == [15]
+    assert got.tolist() == [i for i in range(video_info(corrupt_avi).num_frames) if i != 15]
+    # OpenCV's decoder stops at the bad frame: what came before is kept and the stop is reported
+    errors = StreamErrors()
+    with pytest.warns(UserWarning, match="frame 15"):
+        got = np.concatenate([b.indices for b in stream_frames(corrupt_avi, batch_size=8, backend="opencv",
+                                                               errors=errors)])
+    assert got.tolist() == list(range(15)) and errors.failed[0][0] == 15
+
+
+def test_explain_video_skips_the_corrupt_frame(model, corrupt_avi):
+    with pytest.warns(UserWarning, match="frame 15"):
+        result = explain_video(model, corrupt_avi, ["a", "b"], batch_size=8, progress=False)
+    assert 15 not in result.indices and 16 in result.indices and [i for i, _ in result.failed] == [15]
+    assert len(result.raw) == len(result.indices) == len(result.cosine)
+
+
+def test_explain_video_matches_explain(model, avi):
+    result = explain_video(model, avi, ["a person", "a tree"], every=3, batch_size=4, progress=False)
+    assert result.indices.tolist() == list(range(0, 30, 3)) and result.raw.shape == (10, 2, 6, 8)
+    single = explain(model, read_frames(avi, result.indices.tolist()), ["a person", "a tree"])
+    np.testing.assert_allclose(result.raw, single.raw, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(result.cosine, single.cosine, rtol=1e-5, atol=1e-6)
+    other = explain_video(model, avi, ["a person", "a tree"], every=3, batch_size=16, progress=False)
+    np.testing.assert_allclose(other.raw, result.raw, rtol=1e-5, atol=1e-7)
+    rise = explain_video(model, avi, ["a person"], count=2, method="rise", n_masks=8, progress=False)
+    assert rise.raw.shape == (2, 1, 6, 8) and rise.options == {"n_masks": 8}
+
+
+def fake_result(video, raw):
+    f, k = raw.shape[:2]
+    return VideoExplanation(video=video, prompts=[f"p{j}" for j in range(k)], method="grad_eclip", model="tiny",
+                            raw=raw, cosine=np.linspace(0, 1, f * k).reshape(f, k), probs=np.full((f, k), 1 / k),
+                            indices=np.arange(f) * 2, times=np.arange(f) * 2 / 25, fps=25.0, frame_size=(48, 64),
+                            input_size=(48, 64))
+
+
+def test_shared_and_per_frame_scaling(avi):
+    raw = np.zeros((2, 1, 2, 2), np.float32)
+    raw[0, 0] = [[0, 1], [0, 0]]
+    raw[1, 0] = [[0, 4], [2, 0]]
+    result = fake_result(avi, raw)
+    shared, per_frame = result.normalized("shared"), result.normalized("per_frame")
+    assert shared[0, 0].max() == pytest.approx(0.25) and shared[1, 0].max() == 1
+    assert per_frame[0, 0].max() == 1 and per_frame[1, 0, 1, 0] == pytest.approx(0.5)
+    assert np.all(fake_result(avi, np.ones((2, 1, 2, 2), np.float32)).normalized("per_frame") == 0)
+    with pytest.raises(ValueError, match="allowed: shared, per_frame"):
+        result.normalized("global")
+
+
+def test_exports_read_back(model, avi, tmp_path):
+    result = explain_video(model, avi, ["a person", "a tree"], every=2, progress=False, model_name="tiny")
+    npz, sidecar = save_video_maps(result, tmp_path)
+    with np.load(npz) as data:
+        assert data["maps"].dtype == np.float16 and data["maps"].shape == (15, 2, 6, 8)
+        np.testing.assert_allclose(data["maps"], result.raw, rtol=1e-2, atol=1e-4)
+        assert data["indices"].tolist() == list(range(0, 30, 2))
+    record = json.loads(sidecar.read_text())
+    assert record["model"] == "tiny" and record["prompts"] == ["a person", "a tree"]
+    assert record["frame_indices"] == list(range(0, 30, 2)) and len(record["timestamps_s"]) == 15
+    assert record["preprocessing"]["input_size_hw"] == [48, 64]
+    mp4, gif = write_overlay_video(result, tmp_path / "overlay.mp4", gif_fps=5)
+    info = video_info(mp4)
+    assert info.num_frames == 15 and info.fps == pytest.approx(12.5)
+    first = read_frames(mp4, 0)[0]
+    assert first.shape == (info.height, info.width, 3) and info.width > 3 * 64  # frame + 2 overlays + colorbar
+    with Image.open(gif) as image:
+        assert image.n_frames == 8  # every 3rd of 15 frames (12.5 fps -> 5 fps)
+
+
+def test_timeline_and_keyframes(avi):
+    raw = np.random.default_rng(0).random((6, 2, 3, 4)).astype(np.float32)
+    result = fake_result(avi, raw)
+    result.cosine = np.array([[0.1, 0.2], [0.3, 0.2], [0.2, 0.25], [0.5, 0.1], [0.1, 0.15], [0.2, 0.1]])
+    marks = keyframes(result)
+    positions = [n for n, _ in marks]
+    assert positions == sorted(positions)
+    assert (3, "peak: p0") in marks and (1, "best → p0") in marks or (1, "peak: p0") not in marks
+    assert any("valley" in label for _, label in marks)
+    fig = plot_timeline(result)
+    assert len([ax for ax in fig.axes if ax.get_images()]) == len(marks)
+    assert "shared over the video" in fig.axes[0].get_title()
+
+
+def test_memory_stays_bounded(tmp_path):
+    # 1,500 frames of 160x120: 86 MB if held at once; the stream must stay far below that
+    frames = np.random.default_rng(0).integers(0, 256, size=(50, 120, 160, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "long.avi", np.concatenate([frames] * 30))
+    process = psutil.Process()
+    base = process.memory_info().rss
+    peak, count = 0, 0
+    for batch in stream_frames(path, batch_size=16):
+        count += len(batch.indices)
+        peak = max(peak, process.memory_info().rss - base)
+    assert count == 1500
+    assert peak < 40 * 2 ** 20, f"stream grew memory by {peak / 2 ** 20:.0f} MB"
+
+
+def test_video_cli(checkpoint, avi, tmp_path, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("a.avi", "b.avi"):
+        (folder / name).write_bytes(open(avi, "rb").read())
+    (folder / "notes.txt").write_text("not a video")
+    out = tmp_path / "out"
+    code = main(["video", str(folder), "-p", "a person", "-p", "a tree", "--frames", "5", "--model",
+                 str(checkpoint), "--out", str(out), "--dpi", "40", "--no-gif"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "a.avi: 5 frames explained" in text and "b.avi: 5 frames explained" in text
+    for stem in ("a_grad_eclip", "b_grad_eclip"):
+        for suffix in (".mp4", "_maps.npz", "_maps.json", "_timeline.png", "_timeline.pdf"):
+            assert (out / f"{stem}{suffix}").is_file(), stem + suffix
+    assert not (out / "a_grad_eclip.gif").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["video", "{empty}", "-p", "x"], "no video files in"),
+    (["video", "{video}", "-p", "x", "--every", "2", "--frames", "3"], "not allowed with argument --every"),
+    (["video", "{video}", "-p", "x", "--every", "0"], "give a whole number >= 1"),
+    (["video", "{video}", "-p", "x", "--colour-scale", "global"], "invalid choice"),
+])
+def test_video_cli_bad_input(avi, tmp_path, capfd, args, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main([a.format(video=avi, empty=empty) for a in args])
+    err = capfd.readouterr().err
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
