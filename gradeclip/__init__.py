@@ -8,8 +8,9 @@ from .figures import (format_scores, overlay, plot_explanation, plot_frame_strip
                       plot_word_importance, save_explanation, save_figure)
 from .frames import VideoInfo, read_frames, resolve_indices, sample_video, video_info
 from .grad_eclip import grad_eclip_image, grad_eclip_text
+from .evaluate import evaluate_shapes, format_evaluation, shapes_model, shapes_video
 from .metrics import (boxes_to_masks, clip_scorer, deletion_insertion, energy_pointing_game, pointing_game,
-                      randomization_check, rank_correlation)
+                      prompt_sensitivity, randomization_check, rank_correlation)
 from .model import encode_prompts, load_clip, tokenize
 from .pixels import to_pixels
 from .registry import METHODS, get_method, method_names
@@ -28,4 +29,5 @@ __all__ = [
     "save_explanation", "save_figure", "similarity", "to_pixels", "tokenize", "video_info", "word_importance",
     "FrameBatch", "VideoExplanation", "explain_video", "keyframes", "plot_timeline", "save_video_maps",
     "select_indices", "stream_frames", "write_overlay_video",
+    "evaluate_shapes", "format_evaluation", "prompt_sensitivity", "shapes_model", "shapes_video",
 ]

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .model import check_vit
-from .vit import attend, check_pixels, embed_image, embed_text, finish_block, image_features, qkv, run_blocks
+from .vit import (attend, check_pixels, embed_image, embed_text, finish_block, image_features, qkv, run_blocks,
+                  unit_text_features)
 
 
 def _layer_count(layers: int, depth: int, what: str) -> int:
@@ -79,9 +80,7 @@ def grad_eclip_image_with_features(model, pixels: torch.Tensor, text_features: t
     visual = model.visual
     blocks = visual.transformer.resblocks
     n = _layer_count(layers, len(blocks), "image")
-    if text_features.ndim != 2 or text_features.shape[1] != visual.output_dim:
-        raise ValueError(f"text_features must have shape (K, {visual.output_dim}), got {tuple(text_features.shape)}")
-    text = F.normalize(text_features.detach().to(device=visual.proj.device, dtype=visual.proj.dtype), dim=-1)
+    text = unit_text_features(visual, text_features)
 
     with torch.no_grad():
         x = run_blocks(blocks[:len(blocks) - n], embed_image(visual, pixels))

@@ -14,18 +14,15 @@ from .camlib import eigencam, gradcam_pp, layercam, scorecam, xgradcam
 from .grad_eclip import _per_prompt_grads, grad_eclip_image, grad_eclip_image_with_features
 from .model import check_vit
 from .registry import METHODS, check_options, get_method
-from .vit import attend, check_pixels, embed_image, encode_pixels, finish_block, image_features, qkv, run_blocks
+from .vit import (attend, check_pixels, embed_image, encode_pixels, finish_block, image_features, qkv, run_blocks,
+                  unit_text_features)
 
 
 def _prepare(model, pixels, text_features):
     """Validated inputs: the visual encoder, the patch grid and the normalised text features (K, D)."""
     check_vit(model)
     grid = check_pixels(model, pixels)
-    visual = model.visual
-    if text_features.ndim != 2 or text_features.shape[1] != visual.output_dim:
-        raise ValueError(f"text_features must have shape (K, {visual.output_dim}), got {tuple(text_features.shape)}")
-    text = F.normalize(text_features.detach().to(device=visual.proj.device, dtype=visual.proj.dtype), dim=-1)
-    return visual, grid, text
+    return model.visual, grid, unit_text_features(model.visual, text_features)
 
 
 def _grid_maps(per_prompt: torch.Tensor, grid) -> torch.Tensor:

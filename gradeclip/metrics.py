@@ -157,6 +157,14 @@ def rank_correlation(a, b) -> np.ndarray:
         return np.where(denom > 0, (ra * rb).sum(-1) / denom, np.nan)
 
 
+def prompt_sensitivity(raw) -> np.ndarray:
+    """Rank correlations (K, K) between the maps of K prompts for one frame (raw (K, h, w), or (1, K, h, w)).
+    Off-diagonal values near 1 mean the map hardly depends on the prompt."""
+    raw = np.asarray(raw)
+    raw = raw[0] if raw.ndim == 4 else raw
+    return rank_correlation(raw[:, None], raw[None, :])
+
+
 def randomize_last_blocks(model, blocks: int = 1, *, seed: int = 0):
     """A copy of ``model`` whose last ``blocks`` vision blocks are re-initialised (weights N(0, 0.02), biases 0,
     LayerNorms to identity) and whose ln_post and proj are kept."""

@@ -12,7 +12,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .frames import _DecordVideo, _open
+from .decode import _DecordVideo, open_video
 
 _REOPEN_EVERY = 64  # batches after which the decord reader is opened afresh (its buffers grow over get_batch calls)
 
@@ -61,7 +61,7 @@ def stream_frames(path, *, every: Optional[int] = None, count: Optional[int] = N
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     errors = errors if errors is not None else StreamErrors()
-    video = _open(path, backend)
+    video = open_video(path, backend)
     try:
         if indices is None:
             wanted = select_indices(video.num_frames, every=every, count=count)
@@ -94,13 +94,10 @@ def _batches_decord(video, wanted, batch_size, errors):
             continue
         except ValueError:
             pass
-        # A frame in this batch is bad: decode one by one to keep the others, each with a fresh reader, because
-        # decord's decoder reads ahead and would report the bad frame's error on a good neighbour.
-        good, frames = [], []
+        good, frames = [], []  # a frame in this batch is bad: decode one by one to keep the others
         for index in chunk.tolist():
-            video.reopen()
             try:
-                frames.append(video.read(np.array([index]))[0])
+                frames.append(video.read_one(index))
                 good.append(index)
             except ValueError as err:
                 _report(errors, video.path, index, str(err).split(": ", 1)[-1])

@@ -28,6 +28,15 @@ def check_pixels(model, pixels: torch.Tensor) -> Tuple[int, int]:
     return h // patch, w // patch
 
 
+def unit_text_features(visual, text_features: torch.Tensor) -> torch.Tensor:
+    """Validate text features (K, D) for the image encoder and return them L2-normalised, detached, on its device."""
+    if not isinstance(text_features, torch.Tensor) or text_features.ndim != 2 \
+            or text_features.shape[1] != visual.output_dim:
+        shape = tuple(text_features.shape) if isinstance(text_features, torch.Tensor) else type(text_features).__name__
+        raise ValueError(f"text_features must have shape (K, {visual.output_dim}), got {shape}")
+    return F.normalize(text_features.detach().to(device=visual.proj.device, dtype=visual.proj.dtype), dim=-1)
+
+
 def positional_embedding(visual, grid: Tuple[int, int]) -> torch.Tensor:
     """Positional embeddings (1 + h*w, W) for a patch grid (h, w).
 

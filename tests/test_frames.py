@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from gradeclip import read_frames, resolve_indices, sample_video, video_info
-from gradeclip import frames as frames_module
+from gradeclip import decode as decode_module
 
-from conftest import numbered_frames, write_video
+from conftest import write_video
 
 BACKENDS = ["decord", "opencv"]
 
@@ -44,7 +44,7 @@ def test_backends_agree(request, fmt):
 
 
 def test_auto_falls_back_to_opencv(avi, monkeypatch):
-    monkeypatch.setattr(frames_module, "_decord", lambda: None)
+    monkeypatch.setattr(decode_module, "_decord", lambda: None)
     assert level(read_frames(avi, [1, 2])) == [1, 2]
     with pytest.raises(ValueError, match="decord cannot be imported"):
         read_frames(avi, 1, backend="decord")

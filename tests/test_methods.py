@@ -1,18 +1,15 @@
 """Every explanation method: the shared contract, and each against an independent computation."""
-import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-import gradeclip
 from gradeclip import encode_prompts, explain, get_method, method_names
 from gradeclip.camlib import CosineToPrompts, _explain_with
 from gradeclip.methods import game, grad_cam, maskclip, rise, rollout, self_attention
 
 from conftest import tiny_clip
-from test_grad_eclip import ref_attention
 
 ALL = ["grad_eclip", "grad_eclip_no_spatial", "grad_cam", "self_attention", "rollout", "game", "maskclip", "rise",
        "gradcam_pp", "xgradcam", "layercam", "eigencam", "scorecam"]

@@ -1,13 +1,11 @@
 """Whole videos: streaming, explain_video, exports read back, colour scaling, memory, corrupt frames, the CLI."""
 import json
-import warnings
 
 import numpy as np
 import psutil
 import pytest
 from PIL import Image
 
-import gradeclip
 from gradeclip import (VideoExplanation, explain, explain_video, keyframes, plot_timeline, read_frames,
                        save_video_maps, select_indices, stream_frames, video_info, write_overlay_video)
 from gradeclip.cli import main

@@ -1,0 +1,231 @@
+"""Video decoding backends: decord (preferred) and OpenCV, behind one small interface.
+
+``open_video(path, backend)`` returns an object with ``num_frames`` (frames that really decode), ``fps``,
+``width``, ``height``, ``read(indices) -> (N, H, W, 3) uint8 RGB`` and ``close()``. Both backends return the same
+frames. The decord backend guards decord's known problems: the frame count over-reported at the end of some files,
+buffers that grow over repeated ``get_batch`` calls, and errors that its threaded decoder reports on the good
+neighbours of a corrupt frame.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+
+import numpy as np
+
+BACKENDS = ("auto", "decord", "opencv")
+_CHUNK = 32  # frames per decord get_batch call; small batches keep decord's buffers from growing
+_PROBE_BACK = 16  # how far back from the reported end we look for a decodable last frame
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Hide what decord and FFmpeg print from C++ straight to file descriptor 2 (their errors reach us as
+    exceptions, which we turn into one clear message)."""
+    fd = 2  # native code writes to the process's descriptor 2, whatever sys.stderr is
+    try:
+        sys.stderr.flush()
+        saved = os.dup(fd)
+    except (AttributeError, OSError, ValueError):  # no descriptor 2 to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def _decord():
+    try:
+        import decord
+    except ImportError:
+        return None
+    return decord
+
+
+def _pick_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "decord" if _decord() is not None else "opencv"
+    if backend == "decord" and _decord() is None:
+        raise ValueError("backend 'decord' asked for, but decord cannot be imported; install decord or decord2")
+    return backend
+
+
+def _check_path(path) -> str:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"video not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes), not a video")
+    return path
+
+
+class _DecordVideo:
+    def __init__(self, path: str):
+        decord = _decord()
+        with _native_stderr_silenced():
+            try:
+                self.reader = decord.VideoReader(path, ctx=decord.cpu(0))
+            except Exception as err:  # decord raises RuntimeError or its own DECORDError
+                raise ValueError(f"{path} is not a decodable video ({_first_line(err)})") from None
+            self.path = path
+            self.fps = float(self.reader.get_avg_fps())
+            self.num_frames = self._usable_length()
+        self.reopen()  # probing may leave the decoder mid-error
+        self.height, self.width = self.read(np.array([0]))[0].shape[:2] if self.num_frames else (0, 0)
+
+    def _decodes(self, index: int) -> bool:
+        try:
+            self.reader[index]
+            return True
+        except Exception:
+            pass
+        try:
+            self.read_one(index)
+            return True
+        except ValueError:
+            return False
+
+    def _usable_length(self) -> int:
+        # decord over-reports the frame count at the end of some files: find the last frame that decodes.
+        n = len(self.reader)
+        for last in range(n - 1, max(n - 1 - _PROBE_BACK, -1), -1):
+            if self._decodes(last):
+                return last + 1
+        if n == 0 or not self._decodes(0):
+            return 0
+        lo, hi = 0, n - 1 - _PROBE_BACK  # lo decodes; find the last decodable index by bisection
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self._decodes(mid) else (lo, mid - 1)
+        return lo + 1
+
+    def read_one(self, index: int) -> np.ndarray:
+        """One frame, decoded on its own: a fresh decord reader, then OpenCV. decord's threaded decoder reads
+        ahead, so a corrupt frame can fail a read of a good neighbour, at random; a fresh reader or OpenCV's
+        single-frame decode tells the frame that is really bad. ValueError when neither decodes it."""
+        decord = _decord()
+        try:
+            with _native_stderr_silenced():
+                reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
+                try:
+                    return reader[index].asnumpy()
+                finally:
+                    del reader
+        except Exception as err:
+            reason = _first_line(err)
+        frame = _opencv_frame(self.path, index)
+        if frame is None:
+            raise ValueError(f"{self.path}: could not decode frame {index} ({reason})")
+        return frame
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        unique = np.unique(indices)
+        parts = []
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start:start + _CHUNK].tolist()
+            try:
+                with _native_stderr_silenced():
+                    parts.append(self.reader.get_batch(chunk).asnumpy())
+            except Exception:
+                self.reopen()  # its decoder state is unreliable after an error
+                parts.append(np.stack([self.read_one(i) for i in chunk]))
+        frames = np.concatenate(parts)
+        return frames[np.searchsorted(unique, indices)]
+
+    def reopen(self):
+        """A fresh reader: decord's buffers grow over many get_batch calls on one reader."""
+        del self.reader
+        with _native_stderr_silenced():
+            self.reader = _decord().VideoReader(self.path, ctx=_decord().cpu(0))
+
+    def close(self):
+        del self.reader
+
+
+class _OpenCVVideo:
+    def __init__(self, path: str):
+        import cv2
+
+        self.cv2 = cv2
+        self.path = path
+        with _native_stderr_silenced():
+            cap = cv2.VideoCapture(path)
+        if not cap.isOpened():
+            raise ValueError(f"{path} is not a decodable video (OpenCV cannot open it)")
+        self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # what the container claims
+        cap.release()
+        self.num_frames = self._count()
+
+    def _count(self) -> int:
+        # OpenCV's CAP_PROP_FRAME_COUNT is an estimate; counting grabbed frames is exact.
+        cap = self.cv2.VideoCapture(self.path)
+        n = 0
+        while cap.grab():
+            n += 1
+        cap.release()
+        return n
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        wanted = set(indices.tolist())
+        found = {}
+        cap = self.cv2.VideoCapture(self.path)
+        for index in range(int(indices.max()) + 1):
+            if not cap.grab():
+                break
+            if index in wanted:
+                ok, bgr = cap.retrieve()
+                if not ok:
+                    break
+                found[index] = self.cv2.cvtColor(bgr, self.cv2.COLOR_BGR2RGB)
+        cap.release()
+        missing = sorted(wanted - found.keys())
+        if missing:
+            raise ValueError(f"{self.path}: could not decode frame {missing[0]}")
+        return np.stack([found[i] for i in indices.tolist()])
+
+    def close(self):
+        pass
+
+
+def _opencv_frame(path: str, index: int):
+    """Frame ``index`` decoded by OpenCV on its own (seek, then read), uint8 RGB, or None."""
+    import cv2
+
+    with _native_stderr_silenced():
+        cap = cv2.VideoCapture(path)
+        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, bgr = cap.read()
+        cap.release()
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok and bgr is not None else None
+
+
+def _first_line(err: Exception) -> str:
+    # decord prefixes its messages with "[hh:mm:ss] /source/file.cc:NN: "; keep only what it says
+    text = [re.sub(r"\[[\d:]+\] \S+:\d+: ", "", line) for line in str(err).strip().splitlines()]
+    return text[0][:200] if text else type(err).__name__
+
+
+def open_video(path, backend: str = "auto"):
+    path = _check_path(path)
+    backend = _pick_backend(backend)
+    video = _DecordVideo(path) if backend == "decord" else _OpenCVVideo(path)
+    if video.num_frames == 0:
+        video.close()
+        raise ValueError(f"{path} contains no decodable frames")
+    return video
+
+
