@@ -144,7 +144,7 @@ def _demo(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate_shapes, format_evaluation, shapes_model
+    from .evaluate import evaluate_shapes, format_evaluation, pointing_chance, shapes_model
     from .model import load_clip
     from .registry import get_method
 
@@ -157,6 +157,8 @@ def _evaluate(args) -> int:
     print(f"{args.n} held-out shape scenes, {rows[0]['maps']} maps per method; model "
           f"{Path(args.model or shapes_model()).name}")
     print(format_evaluation(rows))
+    chance = pointing_chance(args.n, size=model.visual.input_resolution)
+    print(f"chance level: a random point falls inside the object {chance:.3f} of the time")
     return 0
 
 

@@ -77,6 +77,12 @@ def evaluate_shapes(model, *, n: int = 50, methods: Optional[Sequence[str]] = No
     return rows
 
 
+def pointing_chance(n: int = 50, *, size: int = 48, seed: int = EVAL_SEEDS) -> float:
+    """The pointing game's chance level on the same scenes: the mean share of the image an object's mask covers
+    (what a uniformly random point, or a constant map's energy, scores)."""
+    return float(np.mean([m.mean() for i in range(n) for m in random_scene(seed + i, size=size).masks]))
+
+
 def format_evaluation(rows: Sequence[dict]) -> str:
     """The rows of ``evaluate_shapes`` as a plain-text (and Markdown) table."""
     lines = ["| method | pointing ↑ | energy ↑ | deletion AUC ↓ | insertion AUC ↑ | ms / map |",

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .methods import run_method  # importing methods registers every method in METHODS
 from .grad_eclip import grad_eclip_text
+from .methods import run_method  # importing methods registers every method in METHODS
 from .model import check_vit, clip_preprocess, encode_prompts, token_words, tokenize
 from .pixels import FramesLike, as_frames, to_pixels
 from .registry import check_options
@@ -28,7 +28,8 @@ class Explanation:
 
     ``maps``: (N, K, H, W) float32 in [0, 1], each map min-max normalised, at frame size.
     ``raw``: (N, K, h, w) float32 maps on the token grid, as the method returned them (not normalised).
-    ``cosine``: (N, K) cosine similarity of each frame (at the explained input size) and prompt.
+    ``cosine``: (N, K) cosine similarity of each frame (at the explained input size) and prompt: the model's own
+    score (for Grad-ECLIP with ``single_head=True``, the one-head variant's score that it explains).
     ``probs``: (N, K) softmax over the prompts of CLIP's scaled logits (logit_scale * cosine).
     ``frames``: the (N, H, W, 3) uint8 RGB frames; ``prompts``, ``method``: what was asked.
     """
