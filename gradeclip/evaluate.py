@@ -8,7 +8,6 @@ and the time per map.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -16,32 +15,33 @@ import torch
 from tqdm.auto import tqdm
 
 from .explain import explain
+from .frames import data_dir
 from .metrics import clip_scorer, deletion_insertion, energy_pointing_game, pointing_game
 from .model import encode_prompts
 from .pixels import to_pixels
 from .registry import get_method, method_names
 from .shapes import random_scene
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-SHAPES_MODEL = DATA / "shapes_clip.pt"
-SHAPES_VIDEO = DATA / "shapes_demo.avi"
 EVAL_SEEDS = 10_100_000  # held out from training (seeds below 10,000,000) and from the zero-shot check
 # Cheaper settings for methods that take many forwards per map, so that the whole table runs in minutes on a CPU
 EVAL_OPTIONS = {"rise": {"n_masks": 300}}
 
 
+def _data_file(name: str, how: str) -> str:
+    path = data_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; {how}, or set GRADECLIP_DATA to the repository's data/ folder")
+    return str(path)
+
+
 def shapes_model() -> str:
     """Path of the shipped shapes CLIP checkpoint (``data/shapes_clip.pt``)."""
-    if not SHAPES_MODEL.is_file():
-        raise FileNotFoundError(f"shapes model not found at {SHAPES_MODEL}; run scripts/train_shapes_clip.py")
-    return str(SHAPES_MODEL)
+    return _data_file("shapes_clip.pt", "run scripts/train_shapes_clip.py")
 
 
 def shapes_video() -> str:
     """Path of the moving-shapes demo video (``data/shapes_demo.avi``)."""
-    if not SHAPES_VIDEO.is_file():
-        raise FileNotFoundError(f"demo video not found at {SHAPES_VIDEO}; run data/make_shapes_video.py")
-    return str(SHAPES_VIDEO)
+    return _data_file("shapes_demo.avi", "run data/make_shapes_video.py")
 
 
 def evaluate_shapes(model, *, n: int = 50, methods: Optional[Sequence[str]] = None, steps: int = 10,

@@ -5,6 +5,7 @@ arm64 or Linux aarch64; ``decord2`` is a drop-in that does). Both backends retur
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -15,7 +16,10 @@ from .decode import open_video
 
 Indices = Union[str, int, Sequence[int]]
 
-SAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "data" / "sample_walk.avi"
+def data_dir() -> Path:
+    """The repository's ``data/`` folder, or ``$GRADECLIP_DATA`` when set (e.g. a clone's data/ beside a regular,
+    non-editable install, as in Colab)."""
+    return Path(os.environ.get("GRADECLIP_DATA") or Path(__file__).resolve().parent.parent / "data")
 
 
 @dataclass(frozen=True)
@@ -31,11 +35,11 @@ class VideoInfo:
 
 def sample_video() -> str:
     """Path of the small synthetic sample video shipped in ``data/`` (320x240, 25 fps)."""
-    if not SAMPLE_VIDEO.is_file():
-        raise FileNotFoundError(
-            f"sample video not found at {SAMPLE_VIDEO}; run `python data/make_sample_video.py` in the repository"
-        )
-    return str(SAMPLE_VIDEO)
+    path = data_dir() / "sample_walk.avi"
+    if not path.is_file():
+        raise FileNotFoundError(f"sample video not found at {path}; run `python data/make_sample_video.py` in the "
+                                f"repository, or set GRADECLIP_DATA to its data/ folder")
+    return str(path)
 
 
 def video_info(path, *, backend: str = "auto") -> VideoInfo:

@@ -131,3 +131,14 @@ def test_unknown_backend(avi):
 
 def test_uniform_more_than_frames():
     assert resolve_indices("uniform:50", 5).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_data_folder_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADECLIP_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="GRADECLIP_DATA"):
+        sample_video()
+    (tmp_path / "sample_walk.avi").write_bytes(b"x")
+    assert sample_video() == str(tmp_path / "sample_walk.avi")
+    import gradeclip
+    with pytest.raises(FileNotFoundError, match="shapes_clip.pt not found"):
+        gradeclip.shapes_model()
