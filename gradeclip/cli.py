@@ -107,18 +107,12 @@ DEMO_PROMPTS = ["a red circle", "a blue square", "a yellow triangle", "a green c
 
 
 def _demo(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .evaluate import shapes_model, shapes_video
     from .explain import explain
-    from .figures import format_scores, plot_explanation, save_explanation, save_figure
+    from .figures import format_scores
     from .frames import read_frames, video_info
     from .model import load_clip
-    from .video import explain_video, save_video_maps
-    from .video_export import plot_timeline, write_overlay_video
+    from .video import explain_video
 
     model, _ = load_clip(shapes_model(), device=args.device)
     video = shapes_video()
@@ -128,17 +122,10 @@ def _demo(args) -> int:
     result = explain(model, read_frames(video, [index]), DEMO_PROMPTS, scale=scale)
     print(f"{Path(video).name}, frame {index} of {info.num_frames}; model {Path(shapes_model()).name} (offline)")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
-    fig = plot_explanation(result, title=f"shapes CLIP · frame {index}")
-    paths = save_figure(fig, "demo_frame", args.out)
-    plt.close(fig)
-    paths += save_explanation(result, "demo_frame", args.out, meta={"model": shapes_model(), "video": video,
-                                                                     "frame_index": index})
+    paths = _write_frame(result, "demo_frame", args.out, title=f"shapes CLIP · frame {index}",
+                         meta={"model": shapes_model(), "video": video, "frame_index": index})
     whole = explain_video(model, video, DEMO_PROMPTS, scale=scale, model_name=shapes_model())
-    paths += save_video_maps(whole, args.out, "demo_video")
-    paths += write_overlay_video(whole, Path(args.out) / "demo_video.mp4")
-    fig = plot_timeline(whole)
-    paths += save_figure(fig, "demo_timeline", args.out)
-    plt.close(fig)
+    paths += _write_video(whole, "demo_video", args.out, timeline="demo_timeline")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -186,16 +173,44 @@ def _check_common(args) -> None:
     get_method(args.method)
 
 
-def _video(args) -> int:
+def _write_frame(result, name: str, out, *, title, meta: dict, dpi=150, cmap="jet", alpha=0.5) -> list:
+    """The frame figure (PNG, PDF) and its raw maps and scores; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .figures import plot_explanation, save_explanation, save_figure
+
+    fig = plot_explanation(result, cmap=cmap, alpha=alpha, title=title)
+    paths = save_figure(fig, name, out, dpi=dpi)
+    plt.close(fig)
+    return paths + save_explanation(result, name, out, meta=meta)
+
+
+def _write_video(result, stem: str, out, *, scale="shared", cmap="jet", alpha=0.5, gif=True, dpi=150,
+                 timeline: Optional[str] = None) -> list:
+    """The maps (.npz + JSON), the overlay MP4 (and GIF) and the timeline of a whole video; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .figures import save_figure
-    from .model import load_clip
-    from .video import explain_video, save_video_maps
+    from .video import save_video_maps
     from .video_export import plot_timeline, write_overlay_video
+
+    paths = save_video_maps(result, out, stem)
+    paths += write_overlay_video(result, Path(out) / f"{stem}.mp4", scale=scale, cmap=cmap, alpha=alpha, gif=gif)
+    fig = plot_timeline(result, scale=scale, cmap=cmap, alpha=alpha)
+    paths += save_figure(fig, timeline or f"{stem}_timeline", out, dpi=dpi)
+    plt.close(fig)
+    return paths
+
+
+def _video(args) -> int:
+    from .model import load_clip
+    from .video import explain_video
 
     _check_common(args)
     videos = _videos(args.video)
@@ -211,13 +226,8 @@ def _video(args) -> int:
             failed.append(path.name)
             print(f"gradeclip: error: {path}: {' '.join(str(err).split())}", file=sys.stderr)
             continue
-        stem = f"{path.stem}_{args.method}"
-        paths = save_video_maps(result, args.out, stem)
-        paths += write_overlay_video(result, Path(args.out) / f"{stem}.mp4", scale=args.colour_scale,
-                                     cmap=args.cmap, alpha=args.alpha, gif=not args.no_gif)
-        fig = plot_timeline(result, scale=args.colour_scale, cmap=args.cmap, alpha=args.alpha)
-        paths += save_figure(fig, f"{stem}_timeline", args.out, dpi=args.dpi)
-        plt.close(fig)
+        paths = _write_video(result, f"{path.stem}_{args.method}", args.out, scale=args.colour_scale,
+                             cmap=args.cmap, alpha=args.alpha, gif=not args.no_gif, dpi=args.dpi)
         print(f"{path.name}: {len(result.indices)} frames explained in {seconds:.1f} s "
               f"({len(result.indices) / seconds:.1f} frames/s); model {args.model}; method {args.method}")
         for index, reason in result.failed:
@@ -235,13 +245,8 @@ def _video(args) -> int:
 
 
 def _explain(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .explain import explain
-    from .figures import format_scores, plot_explanation, save_explanation, save_figure
+    from .figures import format_scores
     from .frames import read_frames, resolve_indices, video_info
     from .model import load_clip
 
@@ -252,14 +257,11 @@ def _explain(args) -> int:
     model, _ = load_clip(args.model, device=args.device)
     result = explain(model, frames, args.prompt, method=args.method)
     name = f"{Path(args.video).stem}_frame{index}_{args.method}"
-    fig = plot_explanation(result, cmap=args.cmap, alpha=args.alpha,
-                           title=f"{Path(args.video).name} · frame {index} ({index / info.fps:.2f} s)"
-                           if info.fps else None)
-    paths = save_figure(fig, name, args.out, dpi=args.dpi)
-    plt.close(fig)
-    paths += save_explanation(result, name, args.out, meta={
-        "model": args.model, "video": str(args.video), "frame_index": index,
-        "time_s": index / info.fps if info.fps else None})
+    paths = _write_frame(result, name, args.out, dpi=args.dpi, cmap=args.cmap, alpha=args.alpha,
+                         title=f"{Path(args.video).name} · frame {index} ({index / info.fps:.2f} s)"
+                         if info.fps else None,
+                         meta={"model": args.model, "video": str(args.video), "frame_index": index,
+                               "time_s": index / info.fps if info.fps else None})
     print(f"{Path(args.video).name}, frame {index} of {info.num_frames}; model {args.model}; method {args.method}")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
     print("wrote " + ", ".join(str(p) for p in paths))
