@@ -14,6 +14,8 @@ import re
 import sys
 import tempfile
 
+from typing import Iterator, List, Optional, Tuple, Union
+
 import numpy as np
 
 BACKENDS = ("auto", "decord", "opencv")
@@ -129,19 +131,31 @@ class _DecordVideo:
             raise ValueError(f"{self.path}: could not decode frame {index} ({reason})")
         return frame
 
+    def read_each(self, chunk: List[int]) -> List[Tuple[int, Union[np.ndarray, ValueError]]]:
+        """``(index, frame)`` for each of at most ``_CHUNK`` sorted indices, or ``(index, ValueError)`` for a frame
+        that does not decode: one get_batch call, frame by frame only when that call fails."""
+        try:
+            with _native_stderr_silenced():
+                return list(zip(chunk, self.reader.get_batch(chunk).asnumpy()))
+        except Exception:
+            self.reopen()  # its decoder state is unreliable after an error
+        results = []
+        for index in chunk:
+            try:
+                results.append((index, self.read_one(index)))
+            except ValueError as err:
+                results.append((index, err))
+        return results
+
     def read(self, indices: np.ndarray) -> np.ndarray:
         unique = np.unique(indices)
-        parts = []
+        frames = []
         for start in range(0, len(unique), _CHUNK):
-            chunk = unique[start:start + _CHUNK].tolist()
-            try:
-                with _native_stderr_silenced():
-                    parts.append(self.reader.get_batch(chunk).asnumpy())
-            except Exception:
-                self.reopen()  # its decoder state is unreliable after an error
-                parts.append(np.stack([self.read_one(i) for i in chunk]))
-        frames = np.concatenate(parts)
-        return frames[np.searchsorted(unique, indices)]
+            for _, frame in self.read_each(unique[start:start + _CHUNK].tolist()):
+                if isinstance(frame, ValueError):
+                    raise frame
+                frames.append(frame)
+        return np.stack(frames)[np.searchsorted(unique, indices)]
 
     def reopen(self):
         """A fresh reader: decord's buffers grow over many get_batch calls on one reader."""
@@ -179,20 +193,27 @@ class _OpenCVVideo:
         cap.release()
         return n
 
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        wanted = set(indices.tolist())
-        found = {}
+    def scan(self, wanted: np.ndarray) -> Iterator[Tuple[int, Optional[np.ndarray]]]:
+        """Decode from the start (OpenCV's seeking is not frame-exact), yielding ``(index, frame)`` for each wanted
+        index in sorted order; where the decoder stops, ``(index, None)`` and the end."""
+        wanted = set(wanted.tolist())
         cap = self.cv2.VideoCapture(self.path)
-        for index in range(int(indices.max()) + 1):
-            if not cap.grab():
-                break
-            if index in wanted:
-                ok, bgr = cap.retrieve()
+        try:
+            for index in range(max(wanted) + 1):
+                ok = cap.grab()
+                if ok and index in wanted:
+                    ok, bgr = cap.retrieve()
+                    if ok:
+                        yield index, self.cv2.cvtColor(bgr, self.cv2.COLOR_BGR2RGB)
                 if not ok:
-                    break
-                found[index] = self.cv2.cvtColor(bgr, self.cv2.COLOR_BGR2RGB)
-        cap.release()
-        missing = sorted(wanted - found.keys())
+                    yield index, None
+                    return
+        finally:
+            cap.release()
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        found = dict(self.scan(np.unique(indices)))
+        missing = sorted(i for i in set(indices.tolist()) if found.get(i) is None)
         if missing:
             raise ValueError(f"{self.path}: could not decode frame {missing[0]}")
         return np.stack([found[i] for i in indices.tolist()])

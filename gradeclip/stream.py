@@ -12,7 +12,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .decode import _DecordVideo, open_video
+from .decode import _CHUNK, _DecordVideo, open_video
 
 _REOPEN_EVERY = 64  # batches after which the decord reader is opened afresh (its buffers grow over get_batch calls)
 
@@ -88,46 +88,31 @@ def _batches_decord(video, wanted, batch_size, errors):
     for n, start in enumerate(range(0, len(wanted), batch_size)):
         if n and n % _REOPEN_EVERY == 0:
             video.reopen()
-        chunk = wanted[start:start + batch_size]
-        try:
-            yield chunk, video.read(chunk)
-            continue
-        except ValueError:
-            pass
-        good, frames = [], []  # a frame in this batch is bad: decode one by one to keep the others
-        for index in chunk.tolist():
-            try:
-                frames.append(video.read_one(index))
-                good.append(index)
-            except ValueError as err:
-                _report(errors, video.path, index, str(err).split(": ", 1)[-1])
-        video.reopen()
+        good, frames = [], []
+        for sub in range(start, min(start + batch_size, len(wanted)), _CHUNK):
+            for index, frame in video.read_each(wanted[sub:min(sub + _CHUNK, start + batch_size)].tolist()):
+                if isinstance(frame, ValueError):  # skipped, the rest of the batch kept
+                    _report(errors, video.path, index, str(frame).split(": ", 1)[-1])
+                else:
+                    good.append(index)
+                    frames.append(frame)
         if good:
             yield np.array(good, dtype=np.int64), np.stack(frames)
 
 
 def _batches_opencv(video, wanted, batch_size, errors):
-    cap = video.cv2.VideoCapture(video.path)
-    wanted_set = set(wanted.tolist())
     indices, frames = [], []
-    try:
-        for index in range(int(wanted[-1]) + 1):
-            ok = cap.grab()
-            if ok and index in wanted_set:
-                ok, bgr = cap.retrieve()
-                if ok:
-                    indices.append(index)
-                    frames.append(video.cv2.cvtColor(bgr, video.cv2.COLOR_BGR2RGB))
-            if not ok:
-                _report(errors, video.path, index, "OpenCV's decoder stopped here; later frames are not read")
-                break
-            if len(indices) == batch_size:
-                yield np.array(indices, dtype=np.int64), np.stack(frames)
-                indices, frames = [], []
-        if indices:
+    for index, frame in video.scan(wanted):
+        if frame is None:
+            _report(errors, video.path, index, "OpenCV's decoder stopped here; later frames are not read")
+            break
+        indices.append(index)
+        frames.append(frame)
+        if len(indices) == batch_size:
             yield np.array(indices, dtype=np.int64), np.stack(frames)
-        if video.listed > video.num_frames and not errors.failed:
-            _report(errors, video.path, video.num_frames, f"OpenCV's decoder stopped here, but the file lists "
-                                                          f"{video.listed} frames; later frames are not read")
-    finally:
-        cap.release()
+            indices, frames = [], []
+    if indices:
+        yield np.array(indices, dtype=np.int64), np.stack(frames)
+    if video.listed > video.num_frames and not errors.failed:
+        _report(errors, video.path, video.num_frames, f"OpenCV's decoder stopped here, but the file lists "
+                                                      f"{video.listed} frames; later frames are not read")
