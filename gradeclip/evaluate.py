@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checks import positive_int
 from .explain import explain
 from .frames import data_dir
 from .metrics import clip_scorer, deletion_insertion, energy_pointing_game, pointing_game
@@ -49,8 +50,7 @@ def evaluate_shapes(model, *, n: int = 50, methods: Optional[Sequence[str]] = No
                     ) -> List[dict]:
     """One row per method: mean ``pointing``, ``energy``, ``deletion_auc``, ``insertion_auc`` over every object
     of ``n`` held-out scenes, and ``seconds_per_map``. ``methods``: default every registered method."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1 (number of scenes), got {n!r}")
+    positive_int(n, "n", " (number of scenes)")
     names = list(methods) if methods is not None else method_names()
     for name in names:
         get_method(name)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .checks import positive_int
 from .grad_eclip import grad_eclip_text
 from .methods import run_method  # importing methods registers every method in METHODS
 from .model import check_vit, clip_preprocess, encode_prompts, token_words, tokenize
@@ -87,8 +88,7 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
     """
     check_vit(model)
     check_options(method, options)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     frames = as_frames(frames)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     text_features = encode_prompts(model, prompts, truncate=truncate)

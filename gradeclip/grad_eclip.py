@@ -22,14 +22,14 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
+from .checks import positive_int
 from .model import check_vit
-from .vit import (attend, check_pixels, embed_image, embed_text, finish_block, image_features, qkv, run_blocks,
+from .vit import (attend, check_pixels, embed_text, finish_block, image_features, qkv, run_blocks, tokens_before,
                   unit_text_features)
 
 
 def _layer_count(layers: int, depth: int, what: str) -> int:
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"layers must be an int >= 1 (number of last {what} blocks to decompose), got {layers!r}")
+    positive_int(layers, "layers", f" (number of last {what} blocks to decompose)")
     if layers > depth:
         warnings.warn(f"layers={layers} exceeds the {depth} {what} blocks; decomposing all {depth}")
     return min(layers, depth)
@@ -82,8 +82,7 @@ def grad_eclip_image_with_features(model, pixels: torch.Tensor, text_features: t
     n = _layer_count(layers, len(blocks), "image")
     text = unit_text_features(visual, text_features)
 
-    with torch.no_grad():
-        x = run_blocks(blocks[:len(blocks) - n], embed_image(visual, pixels))
+    x = tokens_before(visual, pixels, len(blocks) - n)
     records = []  # (q of the class token, k, v, o) per decomposed block
     with torch.enable_grad():
         for j, block in enumerate(blocks[len(blocks) - n:]):
@@ -138,7 +137,7 @@ def grad_eclip_text(model, pixels: torch.Tensor, tokens: torch.Tensor, *, layers
         weight = model.visual.conv1.weight
         image = F.normalize(model.encode_image(pixels.to(device=weight.device, dtype=weight.dtype)), dim=-1)  # (1, D)
         x = embed_text(model, tokens)
-        x = run_blocks(blocks[:len(blocks) - n], x) if len(blocks) > n else x
+        x = run_blocks(blocks[:len(blocks) - n], x)
     records = []
     with torch.enable_grad():
         for block in blocks[len(blocks) - n:]:

@@ -14,7 +14,7 @@ from .camlib import eigencam, gradcam_pp, layercam, scorecam, xgradcam
 from .grad_eclip import _per_prompt_grads, grad_eclip_image, grad_eclip_image_with_features
 from .model import check_vit
 from .registry import METHODS, check_options, get_method
-from .vit import (attend, check_pixels, embed_image, encode_pixels, finish_block, image_features, qkv, run_blocks,
+from .vit import (attend, check_pixels, embed_image, encode_pixels, finish_block, image_features, qkv, tokens_before,
                   unit_text_features)
 
 
@@ -45,8 +45,7 @@ def grad_cam(model, pixels, text_features):
     gradient of the cosine averaged over all tokens, summed over channels, ReLU."""
     visual, grid, text = _prepare(model, pixels, text_features)
     blocks = visual.transformer.resblocks
-    with torch.no_grad():
-        x = run_blocks(blocks[:-1], embed_image(visual, pixels))
+    x = tokens_before(visual, pixels, -1)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         q, k, v = qkv(blocks[-1], x)
@@ -75,8 +74,8 @@ def self_attention(model, pixels, text_features):
     """The class token's attention to the patches in the last block, heads averaged (prompt-independent)."""
     visual, grid, text = _prepare(model, pixels, text_features)
     blocks = visual.transformer.resblocks
+    x = tokens_before(visual, pixels, -1)
     with torch.no_grad():
-        x = run_blocks(blocks[:-1], embed_image(visual, pixels))
         q, k, v = qkv(blocks[-1], x)
         _, w = attend(q[:, :1], k, v, blocks[-1].attn.num_heads)  # (B, heads, 1, L)
     cls = w.mean(dim=1)[:, 0, 1:]  # (B, P)
@@ -111,8 +110,7 @@ def game(model, pixels, text_features, *, start_layer: int = -1):
         raise ValueError(f"start_layer must be an int in {-depth}..{depth - 1} (the model has {depth} blocks), "
                          f"got {start_layer!r}")
     start = start_layer % depth
-    with torch.no_grad():
-        x = run_blocks(blocks[:start], embed_image(visual, pixels))
+    x = tokens_before(visual, pixels, start)
     attentions = []
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)  # so that the attention weights join the graph
@@ -138,8 +136,8 @@ def maskclip(model, pixels, text_features):
     """
     visual, grid, text = _prepare(model, pixels, text_features)
     blocks = visual.transformer.resblocks
+    x = tokens_before(visual, pixels, -1)
     with torch.no_grad():
-        x = run_blocks(blocks[:-1], embed_image(visual, pixels))
         _, _, v = qkv(blocks[-1], x)
         y = finish_block(blocks[-1], x[:, 1:], v[:, 1:])
         patches = F.normalize(image_features(visual, y), dim=-1)  # (B, P, D)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import positive_int
 from .pixels import CLIP_MEAN, CLIP_STD
 from .vit import encode_pixels
 
@@ -75,8 +76,7 @@ def deletion_insertion(score_fn: ScoreFn, pixels: torch.Tensor, maps: torch.Tens
     Returns ``deletion_curve`` and ``insertion_curve`` (B, K, steps + 1) and ``deletion_auc``, ``insertion_auc``
     (B, K), as numpy arrays.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    positive_int(steps, "steps")
     maps = torch.as_tensor(maps, dtype=torch.float32, device=pixels.device)
     if maps.ndim != 4 or maps.shape[0] != pixels.shape[0]:
         raise ValueError(f"maps must be (B, K, h, w) with B = {pixels.shape[0]} frames, got {tuple(maps.shape)}")

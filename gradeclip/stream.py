@@ -12,6 +12,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .checks import positive_int
 from .decode import _CHUNK, _DecordVideo, open_video
 
 _REOPEN_EVERY = 64  # batches after which the decord reader is opened afresh (its buffers grow over get_batch calls)
@@ -40,12 +41,9 @@ def select_indices(num_frames: int, *, every: Optional[int] = None, count: Optio
     if every is not None and count is not None:
         raise ValueError("give either every (every k-th frame) or count (N evenly spaced frames), not both")
     if every is not None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an int >= 1, got {every!r}")
-        return np.arange(0, num_frames, every, dtype=np.int64)
+        return np.arange(0, num_frames, positive_int(every, "every"), dtype=np.int64)
     if count is not None:
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"count must be an int >= 1, got {count!r}")
+        positive_int(count, "count")
         return np.unique(np.linspace(0, num_frames - 1, min(count, num_frames)).round().astype(np.int64))
     return np.arange(num_frames, dtype=np.int64)
 
@@ -58,8 +56,7 @@ def stream_frames(path, *, every: Optional[int] = None, count: Optional[int] = N
 
     ``errors``: a ``StreamErrors`` that collects frames that failed to decode (they are skipped, with a warning).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     errors = errors if errors is not None else StreamErrors()
     video = open_video(path, backend)
     try:

@@ -69,6 +69,12 @@ def embed_text(model, tokens: torch.Tensor) -> torch.Tensor:
     return x + model.positional_embedding.to(x.dtype)
 
 
+@torch.no_grad()
+def tokens_before(visual, pixels: torch.Tensor, stop: int) -> torch.Tensor:
+    """Tokens (B, L, W) entering block ``stop`` (0-based; negative counts from the end), without autograd."""
+    return run_blocks(visual.transformer.resblocks[:stop], embed_image(visual, pixels))
+
+
 def run_blocks(blocks, x: torch.Tensor) -> torch.Tensor:
     """Run openai-clip residual blocks on batch-first tokens (B, L, W) -> (B, L, W)."""
     if len(blocks) == 0:
