@@ -14,8 +14,8 @@ import time
 import torch
 
 from gradeclip import grad_eclip_image  # first: it imports openai-clip with its pkg_resources warning silenced
-from gradeclip.pixels import native_size
-from gradeclip.vit import encode_pixels
+from gradeclip.backbones.pixels import native_size
+from gradeclip.backbones.vit import encode_pixels
 from clip.model import CLIP
 
 

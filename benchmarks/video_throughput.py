@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import gradeclip  # first: it imports openai-clip with its pkg_resources warning silenced
 from clip.model import CLIP
-from gradeclip.vit import attend, embed_image, finish_block, image_features, qkv, run_blocks
+from gradeclip.backbones.vit import attend, embed_image, finish_block, image_features, qkv, run_blocks
 
 
 def official_procedure(model, frame, text):

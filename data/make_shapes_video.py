@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cv2
 
-from gradeclip.shapes import ShapeObject, render_scene
+from gradeclip.eval.shapes import ShapeObject, render_scene
 
 SIZE, FPS, SECONDS, MODEL_SIZE = 192, 15, 4, 64
 

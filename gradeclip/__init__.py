@@ -2,21 +2,21 @@
 
 Video -> frames (uint8 RGB) -> pixels (normalised, native aspect) -> CLIP -> maps and scores -> figures and files.
 """
-from .compare import compare_methods, format_comparison
+from .eval.compare import compare_methods, format_comparison
 from .explain import Explanation, explain, normalize_maps, similarity, word_importance
-from .figures import (format_scores, overlay, plot_explanation, plot_frame_strip, plot_method_grid, plot_scores,
+from .viz.figures import (format_scores, overlay, plot_explanation, plot_frame_strip, plot_method_grid, plot_scores,
                       plot_word_importance, save_explanation, save_figure)
-from .frames import VideoInfo, read_frames, resolve_indices, sample_video, video_info
-from .grad_eclip import grad_eclip_image, grad_eclip_text
-from .evaluate import evaluate_shapes, format_evaluation, shapes_model, shapes_video
-from .metrics import (boxes_to_masks, clip_scorer, deletion_insertion, energy_pointing_game, pointing_game,
+from .io.frames import VideoInfo, read_frames, resolve_indices, sample_video, video_info
+from .methods.grad_eclip import grad_eclip_image, grad_eclip_text
+from .eval.evaluate import evaluate_shapes, format_evaluation, shapes_model, shapes_video
+from .eval.metrics import (boxes_to_masks, clip_scorer, deletion_insertion, energy_pointing_game, pointing_game,
                       prompt_sensitivity, randomization_check, rank_correlation)
-from .model import encode_prompts, load_clip, tokenize
-from .pixels import to_pixels
-from .registry import METHODS, get_method, method_names
-from .stream import FrameBatch, select_indices, stream_frames
+from .backbones.model import encode_prompts, load_clip, tokenize
+from .backbones.pixels import to_pixels
+from .methods.registry import METHODS, get_method, method_names
+from .io.stream import FrameBatch, select_indices, stream_frames
 from .video import VideoExplanation, explain_video, save_video_maps
-from .video_export import keyframes, plot_timeline, write_overlay_video
+from .viz.video_export import keyframes, plot_timeline, write_overlay_video
 
 __version__ = "0.1.0"
 

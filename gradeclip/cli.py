@@ -107,11 +107,11 @@ DEMO_PROMPTS = ["a red circle", "a blue square", "a yellow triangle", "a green c
 
 
 def _demo(args) -> int:
-    from .evaluate import shapes_model, shapes_video
+    from .eval.evaluate import shapes_model, shapes_video
     from .explain import explain
-    from .figures import format_scores
-    from .frames import read_frames, video_info
-    from .model import load_clip
+    from .viz.figures import format_scores
+    from .io.frames import read_frames, video_info
+    from .backbones.model import load_clip
     from .video import explain_video
 
     model, _ = load_clip(shapes_model(), device=args.device)
@@ -131,9 +131,9 @@ def _demo(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate_shapes, format_evaluation, pointing_chance, shapes_model
-    from .model import load_clip
-    from .registry import get_method
+    from .eval.evaluate import evaluate_shapes, format_evaluation, pointing_chance, shapes_model
+    from .backbones.model import load_clip
+    from .methods.registry import get_method
 
     if not args.shapes:
         raise _UserError("choose a benchmark: --shapes (synthetic shape scenes with ground-truth masks)")
@@ -162,7 +162,7 @@ def _videos(path: str) -> List[Path]:
 
 
 def _check_common(args) -> None:
-    from .registry import get_method
+    from .methods.registry import get_method
 
     if not 0 <= args.alpha <= 1:
         raise _UserError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -180,7 +180,7 @@ def _write_frame(result, name: str, out, *, title, meta: dict, dpi=150, cmap="je
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .figures import plot_explanation, save_explanation, save_figure
+    from .viz.figures import plot_explanation, save_explanation, save_figure
 
     fig = plot_explanation(result, cmap=cmap, alpha=alpha, title=title)
     paths = save_figure(fig, name, out, dpi=dpi)
@@ -196,9 +196,9 @@ def _write_video(result, stem: str, out, *, scale="shared", cmap="jet", alpha=0.
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .figures import save_figure
+    from .viz.figures import save_figure
     from .video import save_video_maps
-    from .video_export import plot_timeline, write_overlay_video
+    from .viz.video_export import plot_timeline, write_overlay_video
 
     paths = save_video_maps(result, out, stem)
     paths += write_overlay_video(result, Path(out) / f"{stem}.mp4", scale=scale, cmap=cmap, alpha=alpha, gif=gif)
@@ -209,7 +209,7 @@ def _write_video(result, stem: str, out, *, scale="shared", cmap="jet", alpha=0.
 
 
 def _video(args) -> int:
-    from .model import load_clip
+    from .backbones.model import load_clip
     from .video import explain_video
 
     _check_common(args)
@@ -246,9 +246,9 @@ def _video(args) -> int:
 
 def _explain(args) -> int:
     from .explain import explain
-    from .figures import format_scores
-    from .frames import read_frames, resolve_indices, video_info
-    from .model import load_clip
+    from .viz.figures import format_scores
+    from .io.frames import read_frames, resolve_indices, video_info
+    from .backbones.model import load_clip
 
     _check_common(args)
     info = video_info(args.video)

@@ -15,12 +15,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .checks import positive_int
-from .grad_eclip import grad_eclip_text
-from .methods import run_method  # importing methods registers every method in METHODS
-from .model import check_vit, clip_preprocess, encode_prompts, token_words, tokenize
-from .pixels import FramesLike, as_frames, to_pixels
-from .registry import check_options
-from .vit import encode_pixels
+from .methods.grad_eclip import grad_eclip_text
+from .methods.baselines import run_method  # importing methods registers every method in METHODS
+from .backbones.model import check_vit, clip_preprocess, encode_prompts, token_words, tokenize
+from .backbones.pixels import FramesLike, as_frames, to_pixels
+from .methods.registry import check_options
+from .backbones.vit import encode_pixels
 
 
 @dataclass

@@ -16,12 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .explain import scores
-from .frames import video_info
-from .methods import run_method
-from .model import check_vit, encode_prompts
-from .pixels import native_size, to_pixels
-from .registry import check_options
-from .stream import StreamErrors, select_indices, stream_frames
+from .io.frames import video_info
+from .methods.baselines import run_method
+from .backbones.model import check_vit, encode_prompts
+from .backbones.pixels import native_size, to_pixels
+from .methods.registry import check_options
+from .io.stream import StreamErrors, select_indices, stream_frames
 
 SCALES = ("shared", "per_frame")
 

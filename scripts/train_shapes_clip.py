@@ -22,13 +22,13 @@ import torch.nn.functional as F
 
 import gradeclip  # first: it imports openai-clip with its pkg_resources warning silenced
 from clip.model import CLIP
-from gradeclip.shapes import class_prompts, random_scene, scenes
+from gradeclip.eval.shapes import class_prompts, random_scene, scenes
 
 CONFIG = dict(embed_dim=64, image_resolution=48, vision_layers=4, vision_width=128, vision_patch_size=8,
               context_length=16, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=3)
 HELD_OUT = 10_000_000  # seeds from here on are never trained on
-MEAN = torch.tensor(gradeclip.pixels.CLIP_MEAN).view(1, 3, 1, 1)
-STD = torch.tensor(gradeclip.pixels.CLIP_STD).view(1, 3, 1, 1)
+MEAN = torch.tensor(gradeclip.backbones.pixels.CLIP_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(gradeclip.backbones.pixels.CLIP_STD).view(1, 3, 1, 1)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

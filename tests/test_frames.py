@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from gradeclip import read_frames, resolve_indices, sample_video, video_info
-from gradeclip import decode as decode_module
+from gradeclip.io import decode as decode_module
 
 from conftest import write_video
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from gradeclip import encode_prompts, grad_eclip_image, grad_eclip_text, tokenize
-from gradeclip.vit import encode_pixels
+from gradeclip.backbones.vit import encode_pixels
 
 from conftest import tiny_clip
 

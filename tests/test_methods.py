@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from gradeclip import encode_prompts, explain, get_method, method_names
-from gradeclip.camlib import CosineToPrompts, _explain_with
-from gradeclip.methods import game, grad_cam, maskclip, rise, rollout, self_attention
+from gradeclip.methods.cam_package import CosineToPrompts, _explain_with
+from gradeclip.methods.baselines import game, grad_cam, maskclip, rise, rollout, self_attention
 
 from conftest import tiny_clip
 

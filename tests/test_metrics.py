@@ -6,8 +6,8 @@ import torch
 from gradeclip import (boxes_to_masks, clip_scorer, compare_methods, deletion_insertion, encode_prompts,
                        energy_pointing_game, format_comparison, pointing_game, randomization_check,
                        rank_correlation)
-from gradeclip.metrics import randomize_last_blocks, replacement_image
-from gradeclip.methods import rollout, self_attention
+from gradeclip.eval.metrics import randomize_last_blocks, replacement_image
+from gradeclip.methods.baselines import rollout, self_attention
 from gradeclip import grad_eclip_image
 
 H = W = 16

@@ -7,7 +7,7 @@ import pytest
 
 import gradeclip
 from gradeclip.cli import main
-from gradeclip.shapes import (BACKGROUNDS, COLOURS, SHAPES, ShapeObject, class_prompts, failure_cases,
+from gradeclip.eval.shapes import (BACKGROUNDS, COLOURS, SHAPES, ShapeObject, class_prompts, failure_cases,
                               random_scene, render_scene, shape_mask)
 
 # Grad-ECLIP's pointing game on the first 20 held-out scenes measured 0.30 with the shipped model (50 scenes:

@@ -9,7 +9,7 @@ from PIL import Image
 from gradeclip import (VideoExplanation, explain, explain_video, keyframes, plot_timeline, read_frames,
                        save_video_maps, select_indices, stream_frames, video_info, write_overlay_video)
 from gradeclip.cli import main
-from gradeclip.stream import StreamErrors
+from gradeclip.io.stream import StreamErrors
 
 from conftest import numbered_frames, write_video
 from test_frames import level

@@ -19,7 +19,7 @@ Indices = Union[str, int, Sequence[int]]
 def data_dir() -> Path:
     """The repository's ``data/`` folder, or ``$GRADECLIP_DATA`` when set (e.g. a clone's data/ beside a regular,
     non-editable install, as in Colab)."""
-    return Path(os.environ.get("GRADECLIP_DATA") or Path(__file__).resolve().parent.parent / "data")
+    return Path(os.environ.get("GRADECLIP_DATA") or Path(__file__).resolve().parents[2] / "data")
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .explain import Explanation, explain
+from ..explain import Explanation, explain
 from .metrics import clip_scorer, deletion_insertion
-from .model import encode_prompts
-from .pixels import FramesLike, as_frames, to_pixels
-from .registry import get_method, method_names
+from ..backbones.model import encode_prompts
+from ..backbones.pixels import FramesLike, as_frames, to_pixels
+from ..methods.registry import get_method, method_names
 
 # Slow methods (many forwards per map) are left out of the default comparison; name them to include them.
 SLOW_METHODS = ("scorecam",)

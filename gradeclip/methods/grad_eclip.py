@@ -22,9 +22,9 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from .checks import positive_int
-from .model import check_vit
-from .vit import (attend, check_pixels, embed_text, finish_block, image_features, qkv, run_blocks, tokens_before,
+from ..checks import positive_int
+from ..backbones.model import check_vit
+from ..backbones.vit import (attend, check_pixels, embed_text, finish_block, image_features, qkv, run_blocks, tokens_before,
                   unit_text_features)
 
 

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checks import positive_int
-from .explain import explain
-from .frames import data_dir
+from ..checks import positive_int
+from ..explain import explain
+from ..io.frames import data_dir
 from .metrics import clip_scorer, deletion_insertion, energy_pointing_game, pointing_game
-from .model import encode_prompts
-from .pixels import to_pixels
-from .registry import get_method, method_names
+from ..backbones.model import encode_prompts
+from ..backbones.pixels import to_pixels
+from ..methods.registry import get_method, method_names
 from .shapes import random_scene
 
 EVAL_SEEDS = 10_100_000  # held out from training (seeds below 10,000,000) and from the zero-shot check

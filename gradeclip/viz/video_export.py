@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 
 from .figures import overlay
-from .frames import read_frames
-from .stream import stream_frames
-from .video import VideoExplanation
+from ..io.frames import read_frames
+from ..io.stream import stream_frames
+from ..video import VideoExplanation
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 

@@ -3,18 +3,18 @@
 Every method: ``method(model, pixels, text_features, *, options) -> raw maps (B, K, h, w)``, float32, non-negative,
 on the token grid of ``pixels`` (any patch grid; positional embeddings are interpolated). Prompt-independent
 methods (self_attention, rollout) repeat one map per frame for each prompt. The methods of the ``grad-cam`` package
-are in ``camlib``.
+are in ``cam_package``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .camlib import eigencam, gradcam_pp, layercam, scorecam, xgradcam
+from .cam_package import eigencam, gradcam_pp, layercam, scorecam, xgradcam
 from .grad_eclip import _per_prompt_grads, grad_eclip_image, grad_eclip_image_with_features
-from .model import check_vit
+from ..backbones.model import check_vit
 from .registry import METHODS, check_options, get_method
-from .vit import (attend, check_pixels, embed_image, encode_pixels, finish_block, image_features, qkv, tokens_before,
+from ..backbones.vit import (attend, check_pixels, embed_image, encode_pixels, finish_block, image_features, qkv, tokens_before,
                   unit_text_features)
 
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import positive_int
-from .pixels import CLIP_MEAN, CLIP_STD
-from .vit import encode_pixels
+from ..checks import positive_int
+from ..backbones.pixels import CLIP_MEAN, CLIP_STD
+from ..backbones.vit import encode_pixels
 
 REPLACEMENTS = ("blur", "black", "noise")
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib import colors as mcolors
 from PIL import Image
 
-from .explain import Explanation
+from ..explain import Explanation
 
 DEFAULT_OUT = "outputs"
 

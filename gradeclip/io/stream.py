@@ -12,7 +12,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .checks import positive_int
+from ..checks import positive_int
 from .decode import _CHUNK, _DecordVideo, open_video
 
 _REOPEN_EVERY = 64  # batches after which the decord reader is opened afresh (its buffers grow over get_batch calls)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import check_vit
-from .vit import check_pixels, embed_image, image_features, run_blocks
+from ..backbones.model import check_vit
+from ..backbones.vit import check_pixels, embed_image, image_features, run_blocks
 
 
 class CosineToPrompts(torch.nn.Module):
