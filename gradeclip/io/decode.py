@@ -1,9 +1,12 @@
-"""Video decoding backends: decord (preferred) and OpenCV, behind one small interface.
+"""Video decoding backends: PyAV (FFmpeg, frame-exact, the default), decord (where it is exact) and OpenCV.
 
-``open_video(path, backend)`` returns an object with ``num_frames`` (frames that really decode), ``fps``,
-``width``, ``height``, ``read(indices) -> (N, H, W, 3) uint8 RGB`` and ``close()``. Both backends return the same
-frames. The decord backend guards decord's known problems: the frame count over-reported at the end of some files,
-buffers that grow over repeated ``get_batch`` calls, and errors that its threaded decoder reports on the good
+``open_video(path, backend)`` returns an object with ``num_frames`` (frames that really decode), ``fps`` (average),
+``times`` (N,) presentation times in seconds, ``width``, ``height`` (as displayed), ``read(indices) -> (N, H, W, 3)
+uint8 RGB`` and ``close()``. Every backend returns FFmpeg's i-th decoded frame for index i, rotated as FFmpeg
+displays it: the PyAV index (``index.py``) says where each frame is; decord is used only on files where its seek
+was measured exact (H.264/HEVC/VP9/MJPEG in MP4/MOV/MKV/WebM) and its frame count and timestamps agree with the
+index, PyAV elsewhere; OpenCV decodes forward from the start. The decord backend guards decord's known problems:
+buffers that grow over repeated ``get_batch`` calls and errors that its threaded decoder reports on the good
 neighbours of a corrupt frame.
 """
 from __future__ import annotations
@@ -18,7 +21,11 @@ from typing import Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-BACKENDS = ("auto", "decord", "opencv")
+BACKENDS = ("auto", "pyav", "decord", "opencv")
+# decord's random access was measured frame-exact for these codecs in these containers (issue 12's probe); with
+# B-frames in AVI, or MPEG-4 part 2 anywhere, its seek returns other frames' pictures.
+_DECORD_EXACT_CODECS = {"h264", "hevc", "vp9", "mjpeg"}
+_DECORD_EXACT_CONTAINERS = ("mov", "mp4", "matroska", "webm")
 _CHUNK = 32  # frames per decord get_batch call; small batches keep decord's buffers from growing
 _PROBE_BACK = 16  # how far back from the reported end we look for a decodable last frame
 
@@ -51,13 +58,23 @@ def _decord():
     return decord
 
 
+def _pyav():
+    try:
+        import av
+    except ImportError:
+        return None
+    return av
+
+
 def _pick_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "decord" if _decord() is not None else "opencv"
+        return "pyav" if _pyav() is not None else "decord" if _decord() is not None else "opencv"
     if backend == "decord" and _decord() is None:
         raise ValueError("backend 'decord' asked for, but decord cannot be imported; install decord or decord2")
+    if backend == "pyav" and _pyav() is None:
+        raise ValueError("backend 'pyav' asked for, but PyAV cannot be imported; install av")
     return backend
 
 
@@ -73,7 +90,9 @@ def _check_path(path) -> str:
 
 
 class _DecordVideo:
-    def __init__(self, path: str):
+    backend = "decord"
+
+    def __init__(self, path: str, index=None):
         decord = _decord()
         with _native_stderr_silenced():
             try:
@@ -82,9 +101,14 @@ class _DecordVideo:
                 raise ValueError(f"{path} is not a decodable video ({_first_line(err)})") from None
             self.path = path
             self.fps = float(self.reader.get_avg_fps())
-            self.num_frames = self._usable_length()
-        self.reopen()  # probing may leave the decoder mid-error
-        self.height, self.width = self.read(np.array([0]))[0].shape[:2] if self.num_frames else (0, 0)
+            self.num_frames = index.num_frames if index is not None else self._usable_length()
+        self.rotation, self.index = (index.rotation if index is not None else 0), index
+        if index is None:
+            self.reopen()  # probing may leave the decoder mid-error
+            self.times = np.arange(self.num_frames) / (self.fps or 1.0)
+            self.height, self.width = self.read(np.array([0]))[0].shape[:2] if self.num_frames else (0, 0)
+        else:
+            self.fps, self.times, self.width, self.height = index.avg_fps, index.times, index.width, index.height
 
     def _decodes(self, index: int) -> bool:
         try:
@@ -121,11 +145,14 @@ class _DecordVideo:
             with _native_stderr_silenced():
                 reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
                 try:
-                    return reader[index].asnumpy()
+                    return self._rotated(reader[index].asnumpy()[None])[0]
                 finally:
                     del reader
         except Exception as err:
             reason = _first_line(err)
+        if self.index is not None:  # PyAV decodes the frame exactly; OpenCV's seek is not frame-exact
+            from .pyav import PyAVVideo
+            return PyAVVideo(self.index).read(np.array([index]))[0]
         frame = _opencv_frame(self.path, index)
         if frame is None:
             raise ValueError(f"{self.path}: could not decode frame {index} ({reason})")
@@ -136,7 +163,7 @@ class _DecordVideo:
         that does not decode: one get_batch call, frame by frame only when that call fails."""
         try:
             with _native_stderr_silenced():
-                return list(zip(chunk, self.reader.get_batch(chunk).asnumpy()))
+                return list(zip(chunk, self._rotated(self.reader.get_batch(chunk).asnumpy())))
         except Exception:
             self.reopen()  # its decoder state is unreliable after an error
         results = []
@@ -146,6 +173,10 @@ class _DecordVideo:
             except ValueError as err:
                 results.append((index, err))
         return results
+
+    def _rotated(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) turned as FFmpeg displays them (decord ignores the rotation flag)."""
+        return np.ascontiguousarray(np.rot90(frames, self.rotation // 90, axes=(1, 2))) if self.rotation else frames
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         unique = np.unique(indices)
@@ -168,7 +199,9 @@ class _DecordVideo:
 
 
 class _OpenCVVideo:
-    def __init__(self, path: str):
+    backend = "opencv"
+
+    def __init__(self, path: str, index=None):
         import cv2
 
         self.cv2 = cv2
@@ -183,6 +216,10 @@ class _OpenCVVideo:
         self.listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # what the container claims
         cap.release()
         self.num_frames = self._count()
+        self.times = np.arange(self.num_frames) / (self.fps or 1.0)
+        if index is not None:  # true times; OpenCV applies the rotation flag itself, as FFmpeg does
+            self.fps, self.width, self.height = index.avg_fps, index.width, index.height
+            self.times = index.times[: self.num_frames]
 
     def _count(self) -> int:
         # OpenCV's CAP_PROP_FRAME_COUNT is an estimate; counting grabbed frames is exact.
@@ -240,10 +277,37 @@ def _first_line(err: Exception) -> str:
     return text[0][:200] if text else type(err).__name__
 
 
-def open_video(path, backend: str = "auto"):
+def _decord_exact(index, path: str) -> bool:
+    """True when decord reads this file frame-exactly: a codec and container where its seek was measured exact,
+    timestamps the index verified, and decord's own frame count and timestamps equal to the index's."""
+    if index.mode != "seek" or index.codec not in _DECORD_EXACT_CODECS \
+            or not any(name in _DECORD_EXACT_CONTAINERS for name in index.container.split(",")):
+        return False
+    decord = _decord()
+    try:
+        with _native_stderr_silenced():
+            reader = decord.VideoReader(path, ctx=decord.cpu(0))
+            stamps = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0] if len(reader) else np.zeros(0)
+            del reader
+    except Exception:
+        return False
+    return len(stamps) == index.num_frames and bool(np.all(np.abs(stamps - index.times) < 1e-3))
+
+
+def open_video(path, backend: str = "auto", *, max_side=None):
+    """A reader for ``path`` (see the module docstring). ``max_side``: with PyAV, frames are reduced while they
+    are converted so that their longer side is at most this many pixels (None: full size)."""
     path = _check_path(path)
     backend = _pick_backend(backend)
-    video = _DecordVideo(path) if backend == "decord" else _OpenCVVideo(path)
+    index = None
+    if _pyav() is not None:
+        from .index import build_index
+        index = build_index(path)
+    if backend == "pyav" or (backend == "decord" and index is not None and not _decord_exact(index, path)):
+        from .pyav import PyAVVideo
+        video = PyAVVideo(index, max_side=max_side)
+    else:
+        video = _DecordVideo(path, index) if backend == "decord" else _OpenCVVideo(path, index)
     if video.num_frames == 0:
         video.close()
         raise ValueError(f"{path} contains no decodable frames")

@@ -1,20 +1,24 @@
 """Video frames: metadata and frame extraction as uint8 RGB arrays.
 
-Decoding uses decord when it can be imported and falls back to OpenCV otherwise (decord has no wheels for macOS
-arm64 or Linux aarch64; ``decord2`` is a drop-in that does). Both backends return the same frames.
+The frame returned for index i is FFmpeg's i-th decoded frame, with its presentation time from the container.
+Decoding goes through PyAV (FFmpeg's decoders) by default; ``backend="decord"`` uses decord on the files where its
+seek is exact and PyAV elsewhere; ``backend="opencv"`` decodes forward with OpenCV (see ``decode.py``).
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterable, Optional, Union
 
 import numpy as np
 
 from .decode import open_video
 
-Indices = Union[str, int, Sequence[int]]
+Indices = Union[str, int, Iterable[int]]
 
 def data_dir() -> Path:
     """The repository's ``data/`` folder, or ``$GRADECLIP_DATA`` when set (e.g. a clone's data/ beside a regular,
@@ -24,13 +28,18 @@ def data_dir() -> Path:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Metadata of a video: frame count, frames per second, frame size in pixels, duration in seconds."""
+    """Metadata of a video: frame count (frames that decode), average frames per second, frame size in pixels as
+    displayed (rotation applied), duration in seconds, whether the frame rate is variable, each frame's
+    presentation time in seconds (``times``, a tuple of N floats) and the codec's FFmpeg name."""
 
     num_frames: int
     fps: float
     width: int
     height: int
     duration: float
+    variable_rate: bool = False
+    times: tuple = ()
+    codec: str = ""
 
 
 def sample_video() -> str:
@@ -45,22 +54,49 @@ def sample_video() -> str:
 def video_info(path, *, backend: str = "auto") -> VideoInfo:
     """Metadata of the video at ``path``: ``num_frames``, ``fps``, ``width``, ``height`` and ``duration`` (s).
 
-    ``num_frames`` counts frames that actually decode. Raises FileNotFoundError for a missing path and ValueError
+    ``num_frames`` counts frames that actually decode; ``fps`` is the average rate over the presentation times and
+    ``duration`` the time from the first frame to the end of the last (its own interval included), so both hold for
+    a variable frame rate (``variable_rate`` says so). Raises FileNotFoundError for a missing path and ValueError
     for a file that is not a decodable video or holds no frames.
     """
+    from .index import fps_is_variable
+
     video = open_video(path, backend)
     try:
-        duration = video.num_frames / video.fps if video.fps > 0 else 0.0
-        return VideoInfo(video.num_frames, video.fps, int(video.width), int(video.height), duration)
+        times = np.asarray(video.times, dtype=np.float64)
+        fps = float(video.fps)
+        if len(times) > 1 and times[-1] > times[0]:
+            duration = float(times[-1] - times[0]) * len(times) / (len(times) - 1)
+        else:
+            duration = video.num_frames / fps if fps > 0 else 0.0
+        return VideoInfo(video.num_frames, fps, int(video.width), int(video.height), duration,
+                         fps_is_variable(times), tuple(float(t) for t in times),
+                         getattr(getattr(video, "index", None), "codec", ""))
     finally:
         video.close()
+
+
+_SELECTION_HELP = "allowed: 'middle', 'uniform:N', a whole number or a list of whole numbers"
+
+
+def _whole(value, selection) -> int:
+    """``value`` as an int when it is a whole number (int, integer-valued float, numpy scalar); ValueError
+    otherwise (bools, strings, fractions, inf and nan are refused)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"bad frame selection {selection!r}: {value!r} is not a frame index; {_SELECTION_HELP}")
+    if not math.isfinite(float(value)) or float(value) != int(value):
+        raise ValueError(f"bad frame selection {selection!r}: {value!r} is not a whole number; {_SELECTION_HELP}")
+    return int(value)
 
 
 def resolve_indices(indices: Indices, num_frames: int) -> np.ndarray:
     """Frame indices as a 1-D int64 array in ``[0, num_frames)``.
 
-    ``indices``: ``"middle"`` (``num_frames // 2``), an int (negative counts from the end), a list of ints, or
-    ``"uniform:N"`` (N evenly spaced frames, first and last included). Raises IndexError with the valid range.
+    ``indices``: ``"middle"`` (``num_frames // 2``), a whole number (negative counts from the end), any iterable of
+    whole numbers, or ``"uniform:N"`` (N evenly spaced frames, first and last included; N above the frame count
+    gives every frame, with a warning). Whole numbers are ints, integer-valued floats and numpy scalars, alone or
+    in an iterable alike; bools, strings, fractions and non-finite values are refused with ValueError. Raises
+    IndexError with the valid range.
     """
     if isinstance(indices, str):
         if indices == "middle":
@@ -69,17 +105,22 @@ def resolve_indices(indices: Indices, num_frames: int) -> np.ndarray:
             count = indices.split(":", 1)[1]
             if not count.isdigit() or int(count) < 1:
                 raise ValueError(f"bad frame selection {indices!r}: 'uniform:N' needs a whole number N >= 1")
+            if int(count) > num_frames:
+                warnings.warn(f"frame selection {indices!r} asks for {count} frames but the video has "
+                              f"{num_frames}; using all {num_frames}")
             count = min(int(count), num_frames)
             return np.unique(np.linspace(0, num_frames - 1, count).round().astype(np.int64))
-        raise ValueError(f"bad frame selection {indices!r}; allowed: 'middle', 'uniform:N', an int or a list of ints")
-    if isinstance(indices, (int, np.integer)) and not isinstance(indices, bool):
-        indices = [int(indices)]
-    try:
-        values = [int(i) for i in indices if not isinstance(i, bool) and float(i) == int(i)]
-    except (TypeError, ValueError):
-        values = None
-    if values is None or len(values) != len(indices):
-        raise ValueError(f"bad frame selection {indices!r}; allowed: 'middle', 'uniform:N', an int or a list of ints")
+        raise ValueError(f"bad frame selection {indices!r}; {_SELECTION_HELP}")
+    if isinstance(indices, np.ndarray) and indices.ndim == 0:
+        indices = indices.item()
+    if isinstance(indices, (numbers.Real, np.bool_)):
+        values = [_whole(indices, indices)]
+    else:
+        try:
+            items = list(indices)
+        except TypeError:
+            raise ValueError(f"bad frame selection {indices!r}; {_SELECTION_HELP}") from None
+        values = [_whole(i, items) for i in items]
     if not values:
         raise ValueError("empty frame selection: give at least one frame index")
     out = []
@@ -91,15 +132,18 @@ def resolve_indices(indices: Indices, num_frames: int) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
-def read_frames(path, indices: Indices = "middle", *, backend: str = "auto") -> np.ndarray:
-    """Decode frames of the video at ``path``.
+def read_frames(path, indices: Indices = "middle", *, backend: str = "auto",
+                max_side: Optional[int] = None) -> np.ndarray:
+    """Decode frames of the video at ``path``: frame i is FFmpeg's i-th decoded frame, as FFmpeg displays it.
 
     Returns an array (N, H, W, 3), dtype uint8, RGB, in the order of ``indices`` (see ``resolve_indices``).
-    ``backend``: ``"auto"`` (decord if installed, else OpenCV), ``"decord"`` or ``"opencv"``.
+    ``backend``: ``"auto"`` (PyAV if installed, else decord, else OpenCV), ``"pyav"``, ``"decord"`` (decord where
+    its seek is exact, PyAV elsewhere) or ``"opencv"``. ``max_side``: reduce frames while decoding so that the
+    longer side is at most this many pixels (PyAV; None: full size).
     Raises FileNotFoundError (missing path), ValueError (not a decodable video, no frames, bad selection) and
     IndexError (index out of range, with the valid range).
     """
-    video = open_video(path, backend)
+    video = open_video(path, backend, max_side=max_side)
     try:
         wanted = resolve_indices(indices, video.num_frames)
         return np.ascontiguousarray(video.read(wanted), dtype=np.uint8)

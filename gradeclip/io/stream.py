@@ -1,8 +1,10 @@
 """Stream a video in batches of frames, so that a long video is never held in memory.
 
-Frames are chosen as all, every k-th or N evenly spaced, and decoded batch by batch. A frame that fails to decode
-is reported (index and reason, in ``StreamErrors`` and as a warning) and skipped; the frames before and after it
-still come through. With OpenCV, whose decoder stops at a corrupt frame, the stream ends there instead.
+Frames are chosen as all, every k-th or N evenly spaced, and decoded batch by batch (with PyAV, in one forward
+pass per keyframe group). A frame that fails to decode is reported (index and reason, in ``StreamErrors`` and as a
+warning) and skipped, never replaced by a neighbour; the frames before and after it still come through. With
+OpenCV, whose decoder stops at a corrupt frame, the stream ends there instead. Times are the frames' presentation
+times from the container.
 """
 from __future__ import annotations
 
@@ -50,15 +52,19 @@ def select_indices(num_frames: int, *, every: Optional[int] = None, count: Optio
 
 def stream_frames(path, *, every: Optional[int] = None, count: Optional[int] = None,
                   indices: Optional[Sequence[int]] = None, batch_size: int = 16, backend: str = "auto",
-                  errors: Optional[StreamErrors] = None) -> Iterator[FrameBatch]:
+                  errors: Optional[StreamErrors] = None, max_side: Optional[int] = None) -> Iterator[FrameBatch]:
     """Yield ``FrameBatch``es of at most ``batch_size`` frames, in order, for the selected frames of a video
     (``every``/``count`` as in ``select_indices``, or explicit sorted ``indices``).
 
     ``errors``: a ``StreamErrors`` that collects frames that failed to decode (they are skipped, with a warning).
+    ``max_side``: frames are reduced as they are decoded so that their longer side is at most this many pixels
+    (PyAV backend, area interpolation; a 4K clip then costs about what a 1080p one does); None keeps full size.
     """
     positive_int(batch_size, "batch_size")
+    if max_side is not None:
+        positive_int(max_side, "max_side")
     errors = errors if errors is not None else StreamErrors()
-    video = open_video(path, backend)
+    video = open_video(path, backend, max_side=max_side)
     try:
         if indices is None:
             wanted = select_indices(video.num_frames, every=every, count=count)
@@ -67,11 +73,14 @@ def stream_frames(path, *, every: Optional[int] = None, count: Optional[int] = N
             if wanted.ndim != 1 or not len(wanted) or np.any(np.diff(wanted) <= 0) or wanted[0] < 0 \
                     or wanted[-1] >= video.num_frames:
                 raise ValueError(f"indices must be increasing frame indices in 0..{video.num_frames - 1}")
-        fps = video.fps if video.fps > 0 else 1.0
-        reader = _batches_decord(video, wanted, batch_size, errors) if isinstance(video, _DecordVideo) \
-            else _batches_opencv(video, wanted, batch_size, errors)
+        if isinstance(video, _DecordVideo):
+            reader = _batches_decord(video, wanted, batch_size, errors)
+        elif video.backend == "pyav":
+            reader = _batches_pyav(video, wanted, batch_size, errors)
+        else:
+            reader = _batches_opencv(video, wanted, batch_size, errors)
         for indices, frames in reader:
-            yield FrameBatch(indices, indices / fps, frames)
+            yield FrameBatch(indices, np.asarray(video.times, dtype=np.float64)[indices], frames)
     finally:
         video.close()
 
@@ -95,6 +104,21 @@ def _batches_decord(video, wanted, batch_size, errors):
                     frames.append(frame)
         if good:
             yield np.array(good, dtype=np.int64), np.stack(frames)
+
+
+def _batches_pyav(video, wanted, batch_size, errors):
+    indices, frames = [], []
+    for index, frame in video.scan(wanted):
+        if isinstance(frame, ValueError):  # reason: what is inside "could not be decoded (...)"
+            _report(errors, video.path, index, str(frame).split("could not be decoded (", 1)[-1].rstrip(")"))
+            continue
+        indices.append(index)
+        frames.append(frame)
+        if len(indices) == batch_size:
+            yield np.array(indices, dtype=np.int64), np.stack(frames)
+            indices, frames = [], []
+    if indices:
+        yield np.array(indices, dtype=np.int64), np.stack(frames)
 
 
 def _batches_opencv(video, wanted, batch_size, errors):

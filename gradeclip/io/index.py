@@ -1,0 +1,211 @@
+"""Per-file frame index from a packet demux with PyAV: frame i is the i-th frame FFmpeg decodes, with its time.
+
+The index lists every frame's presentation timestamp (from the container, in presentation order) and the
+keyframes, so that a frame is found by seeking to the keyframe at or before it and decoding forward (see
+``pyav.py``). Whether a file's timestamps can be trusted for that is *checked* by decoding its first keyframe
+groups and its last one: where the decoder's frames do not come out with exactly the demuxed timestamps in order
+(H.264 or packed-B-frame Xvid in AVI, where AVI stores decode-order times), the index is built from one full
+sequential decode instead ("sequential" mode), and reads decode forward from the start.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+_HEAD_GROUPS = 2  # keyframe groups decoded at the start to check the timestamps
+_HEAD_MAX = 400  # at most this many frames for that check (a long-GOP file is checked on its first frames)
+_CACHE = 8  # indices kept per process, keyed by path, size and modification time
+_cache: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Where each frame of a video is. ``pts`` (N,) int64 presentation timestamps in ``time_base`` units, in
+    presentation order; ``times`` (N,) float64 seconds; ``keys`` (K,) int64 sorted pts of keyframes; ``mode``
+    "seek" (pts verified, random access by seeking) or "sequential" (reads decode from the start); ``rotation``
+    degrees counter-clockwise that FFmpeg applies for display (0, 90, 180, 270); ``width``/``height`` as displayed
+    (after rotation); ``codec``/``container`` FFmpeg's names."""
+
+    path: str
+    pts: np.ndarray
+    times: np.ndarray
+    keys: np.ndarray
+    time_base: float
+    mode: str
+    rotation: int
+    width: int
+    height: int
+    codec: str
+    container: str
+    avg_fps: float
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.pts)
+
+
+def _plain(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def open_container(path: str):
+    """``(container, stream)`` of the first video stream, or ValueError in plain words."""
+    import av
+
+    try:
+        container = av.open(path)
+    except Exception as err:  # av.error.InvalidDataError and friends
+        raise ValueError(f"{path} is not a decodable video (FFmpeg cannot open it: {_plain(err)})") from None
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{path} is not a decodable video (it has no video stream)")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        name = (getattr(stream.codec, "name", None) or "its video codec").upper()
+        container.close()
+        raise ValueError(f"{path}: {name} is not supported by the installed decoders")
+    stream.thread_type = "AUTO"  # frame threading: same frames, faster
+    return container, stream
+
+
+def _rotation(frame) -> int:
+    try:
+        angle = float(frame.rotation or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return int(round(angle / 90.0)) % 4 * 90
+
+
+def _decode_labels(container, stream, limit: Optional[int] = None, start: Optional[int] = None):
+    """pts of frames decoded in output order (from ``start`` pts by seeking, else from the beginning), at most
+    ``limit``; the first frame's rotation; and the first keyframe pts demuxed after the seek."""
+    if start is not None:
+        container.seek(int(start), stream=stream, backward=True, any_frame=False)
+    labels, rotation, floor = [], None, None
+    for packet in container.demux(stream):
+        if packet.size and floor is None and packet.is_keyframe:
+            floor = packet.pts
+        try:
+            frames = packet.decode()
+        except Exception:  # a damaged packet: its frame is missing, the others still come
+            continue
+        for frame in frames:
+            if rotation is None:
+                rotation = _rotation(frame)
+            labels.append(frame.pts)
+            if limit is not None and len(labels) >= limit:
+                return labels, rotation, floor
+    return labels, rotation, floor
+
+
+def build_index(path: str) -> FrameIndex:
+    """The index of the video at ``path`` (cached per process while the file is unchanged). ValueError for a
+    file FFmpeg cannot open or decode, naming the codec where the decoders lack it."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
+    index = _build(path)
+    _cache[key] = index
+    while len(_cache) > _CACHE:
+        _cache.popitem(last=False)
+    return index
+
+
+def _build(path: str) -> FrameIndex:
+    container, stream = open_container(path)
+    try:
+        codec = stream.codec_context.name
+        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size]
+        tb = float(stream.time_base) if stream.time_base else 0.0
+        pts = [p for p, _ in packets]
+        trusted = bool(pts) and None not in pts and len(set(pts)) == len(pts) and bool(stream.time_base)
+        order = np.sort(np.array(pts, dtype=np.int64)) if trusted else np.zeros(0, np.int64)
+        keys = np.array(sorted(p for p, k in packets if k and p is not None), dtype=np.int64)
+        if not packets:
+            raise ValueError(f"{path} contains no decodable frames (no video data)")
+        container.close()
+        container, stream = open_container(path)  # back to the start without a seek (not every file seeks)
+        rotation = 0
+        if trusted and len(keys):
+            head_end = keys[_HEAD_GROUPS] if len(keys) > _HEAD_GROUPS else None
+            want = order[order < head_end] if head_end is not None else order
+            want = want[:_HEAD_MAX]
+            labels, rot, _ = _decode_labels(container, stream, limit=len(want))
+            rotation = rot or 0
+            trusted = labels == want.tolist()
+        if trusted and len(keys):
+            try:
+                order = _check_tail(container, stream, order, keys)
+            except Exception:  # the file does not seek: read it forward
+                order = None
+            trusted = order is not None
+        if not trusted:  # one full decode: the frames that really come out, in output order
+            container.close()
+            container, stream = open_container(path)
+            labels, rot, _ = _decode_labels(container, stream)
+            rotation = rot or 0
+            order = np.arange(len(labels), dtype=np.int64)
+            times = _sequential_times(pts, len(labels), stream)
+            keys = np.zeros(1, np.int64)
+        else:
+            times = order.astype(np.float64) * tb
+        if not len(order):
+            raise ValueError(f"{path} contains no decodable frames")
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if rotation in (90, 270):
+            width, height = height, width
+        avg = float(stream.average_rate or stream.guessed_rate or 0)
+        if len(times) > 1 and times[-1] > times[0]:
+            avg = (len(times) - 1) / (times[-1] - times[0])
+        return FrameIndex(path, order, times, keys, tb, "seek" if trusted else "sequential", rotation, width,
+                          height, codec, container.format.name, avg)
+    finally:
+        container.close()
+
+
+def _check_tail(container, stream, order: np.ndarray, keys: np.ndarray) -> Optional[np.ndarray]:
+    """Decode the last keyframe group: the frames that come out must be the index's last ones, in order. Frames
+    missing at the very end (a truncated file) are dropped from the index; anything else is distrusted (None)."""
+    last_key = keys[-1]
+    tail = order[order >= last_key]
+    labels, _, floor = _decode_labels(container, stream, start=last_key)
+    labels = [p for p in labels if p is not None and floor is not None and p >= floor]
+    if floor != last_key or labels != tail[:len(labels)].tolist():
+        return None
+    return order[: len(order) - (len(tail) - len(labels))]
+
+
+def _sequential_times(pts, count: int, stream) -> np.ndarray:
+    """Seconds of ``count`` frames in output order when the decoder's timestamps cannot be trusted: the sorted
+    demuxed timestamps when there is one per frame, else frame slots at the average rate."""
+    tb = float(stream.time_base or 0)
+    clean = [p for p in pts if p is not None]
+    if len(clean) == count and len(set(clean)) == count and tb:
+        return np.sort(np.array(clean, dtype=np.float64)) * tb
+    rate = float(stream.average_rate or stream.guessed_rate or 25)
+    start = (min(clean) * tb) if clean and tb else 0.0
+    return start + np.arange(count, dtype=np.float64) / rate
+
+
+def fps_is_variable(times: np.ndarray) -> bool:
+    """True when frame intervals differ by more than 1 ms (a variable frame rate)."""
+    if len(times) < 3:
+        return False
+    steps = np.diff(times)
+    return bool(steps.max() - steps.min() > 1e-3)
+
+
+def shape_after(width: int, height: int, max_side: Optional[int]) -> Tuple[int, int]:
+    """(width, height) scaled so that the longer side is at most ``max_side`` (aspect kept, even numbers not
+    required), or unchanged."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))

@@ -1,0 +1,140 @@
+"""Frame-exact reading through PyAV (FFmpeg's own decoders): frame i is FFmpeg's i-th decoded frame.
+
+Random access seeks to the keyframe at or before the frame's presentation timestamp and decodes forward to it;
+wanted frames are sorted and grouped by keyframe, each group decoded in one forward run, so a read never decodes
+more than one sequential pass of the file. Frames decoded from packets before the first keyframe after a seek are
+dropped (an open GOP's leading B-frames are not decodable there). Files whose timestamps the index could not
+verify are read by one forward decode from the start.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional, Tuple, Union
+
+import numpy as np
+
+from .index import FrameIndex, open_container, shape_after
+
+_RETRIES = 3  # earlier keyframes tried when a seek lands after the wanted frame
+
+
+def to_rgb(frame, rotation: int = 0, max_side: Optional[int] = None) -> np.ndarray:
+    """A PyAV VideoFrame as (H, W, 3) uint8 RGB, as FFmpeg displays it (rotation applied), reduced so that its
+    longer side is at most ``max_side`` (area interpolation, in the same pass as the colour conversion)."""
+    width, height = shape_after(frame.width, frame.height, max_side)
+    if (width, height) != (frame.width, frame.height):
+        rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+    else:
+        rgb = frame.to_ndarray(format="rgb24")
+    if rotation:
+        rgb = np.ascontiguousarray(np.rot90(rgb, rotation // 90))  # FFmpeg's angle is counter-clockwise
+    return rgb
+
+
+class PyAVVideo:
+    """Reader over one file's ``FrameIndex``: ``num_frames``, ``fps`` (average), ``times`` (N,) seconds,
+    ``width``/``height`` (as displayed), ``scan`` and ``read``."""
+
+    backend = "pyav"
+
+    def __init__(self, index: FrameIndex, max_side: Optional[int] = None):
+        self.index, self.path, self.max_side = index, index.path, max_side
+        self.num_frames, self.fps, self.times = index.num_frames, index.avg_fps, index.times
+        self.width, self.height = index.width, index.height
+
+    def scan(self, wanted: np.ndarray) -> Iterator[Tuple[int, Union[np.ndarray, ValueError]]]:
+        """``(index, frame)`` for each of the sorted unique ``wanted`` indices, in order, or ``(index,
+        ValueError)`` for a frame that does not decode."""
+        container, stream = open_container(self.path)
+        try:
+            if self.index.mode == "sequential":
+                yield from self._forward(container, stream, wanted)
+                return
+            keys = self.index.keys
+            targets = self.index.pts[wanted]
+            group = np.searchsorted(keys, targets, side="right") - 1  # keyframe at or before each target
+            start = 0
+            while start < len(wanted):
+                stop = start + int(np.sum(group[start:] == group[start]))
+                yield from self._group(container, stream, wanted[start:stop], targets[start:stop],
+                                       int(group[start]))
+                start = stop
+        finally:
+            container.close()
+
+    def _group(self, container, stream, indices, targets, key_pos: int):
+        for attempt in range(_RETRIES + 1):
+            pos = key_pos - attempt
+            if pos < 0:
+                container.seek(0, backward=True, any_frame=False)  # the very start, in AV_TIME_BASE
+            else:
+                container.seek(int(self.index.keys[pos]), stream=stream, backward=True, any_frame=False)
+            found = self._decode_to(container, stream, targets)
+            if found is not None or pos < 0:
+                break
+        found = found or {}
+        for index, pts in zip(indices.tolist(), targets.tolist()):
+            yield index, found.get(pts) if pts in found else self._failure(index, found.get("error"))
+
+    def _decode_to(self, container, stream, targets):
+        """Decode forward from the current seek position; ``{pts: frame}`` for the targets that came out (plus
+        ``"error"``: the last decoder error), or None when the seek landed after the first target."""
+        pending, found, floor = targets.tolist(), {}, None
+        for packet in container.demux(stream):
+            if floor is None:
+                if packet.size and not packet.is_keyframe:
+                    continue  # nothing before the first keyframe decodes correctly
+                if packet.size:
+                    floor = packet.pts
+                    if floor is None or floor > pending[0]:
+                        return None
+            try:
+                frames = packet.decode()
+            except Exception as err:  # damaged data: this packet's frame is missing, decoding goes on
+                found["error"] = err
+                continue
+            for frame in frames:
+                if frame.pts is None or floor is None or frame.pts < floor:
+                    continue
+                while pending and pending[0] < frame.pts:  # passed without coming out: it did not decode
+                    pending.pop(0)
+                if pending and pending[0] == frame.pts:
+                    found[pending.pop(0)] = to_rgb(frame, self.index.rotation, self.max_side)
+                if not pending:
+                    return found
+        return found
+
+    def _forward(self, container, stream, wanted):
+        wanted_set, last, n = set(wanted.tolist()), int(wanted[-1]), 0
+        error = None
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except Exception as err:
+                error = err
+                continue
+            for frame in frames:
+                if n in wanted_set:
+                    yield n, to_rgb(frame, self.index.rotation, self.max_side)
+                    wanted_set.discard(n)
+                n += 1
+                if n > last:
+                    return
+        for index in sorted(wanted_set):
+            yield index, self._failure(index, error)
+
+    def _failure(self, index: int, error) -> ValueError:
+        detail = f": {str(error).splitlines()[0][:120]}" if error is not None else ""
+        return ValueError(f"{self.path}: frame {index} could not be decoded (FFmpeg produced no picture for it; "
+                          f"the file is damaged there{detail})")
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        unique = np.unique(indices)
+        frames = []
+        for _, frame in self.scan(unique):
+            if isinstance(frame, ValueError):
+                raise frame
+            frames.append(frame)
+        return np.stack(frames)[np.searchsorted(unique, indices)]
+
+    def close(self):
+        pass
