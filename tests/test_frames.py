@@ -7,7 +7,7 @@ from gradeclip.io import decode as decode_module
 
 from conftest import write_video
 
-BACKENDS = ["decord", "opencv"]
+BACKENDS = ["pyav", "decord", "opencv"]
 
 
 def level(frames):
@@ -125,12 +125,13 @@ def test_bad_selection(selection):
 
 
 def test_unknown_backend(avi):
-    with pytest.raises(ValueError, match="allowed: auto, decord, opencv"):
+    with pytest.raises(ValueError, match="allowed: auto, pyav, decord, opencv"):
         read_frames(avi, backend="ffmpeg")
 
 
 def test_uniform_more_than_frames():
-    assert resolve_indices("uniform:50", 5).tolist() == [0, 1, 2, 3, 4]
+    with pytest.warns(UserWarning, match="asks for 50 frames but the video has 5"):
+        assert resolve_indices("uniform:50", 5).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_data_folder_from_environment(tmp_path, monkeypatch):

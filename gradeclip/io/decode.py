@@ -220,6 +220,7 @@ class _OpenCVVideo:
         if index is not None:  # true times; OpenCV applies the rotation flag itself, as FFmpeg does
             self.fps, self.width, self.height = index.avg_fps, index.width, index.height
             self.times = index.times[: self.num_frames]
+            self.listed = index.num_frames  # the frames FFmpeg decodes, not the container's estimate
 
     def _count(self) -> int:
         # OpenCV's CAP_PROP_FRAME_COUNT is an estimate; counting grabbed frames is exact.
@@ -279,8 +280,9 @@ def _first_line(err: Exception) -> str:
 
 def _decord_exact(index, path: str) -> bool:
     """True when decord reads this file frame-exactly: a codec and container where its seek was measured exact,
-    timestamps the index verified, and decord's own frame count and timestamps equal to the index's."""
-    if index.mode != "seek" or index.codec not in _DECORD_EXACT_CODECS \
+    timestamps the index verified, no rotation flag (decord returns wrongly sized arrays there), and decord's own
+    frame count and timestamps equal to the index's."""
+    if index.mode != "seek" or index.rotation or index.failed or index.codec not in _DECORD_EXACT_CODECS \
             or not any(name in _DECORD_EXACT_CONTAINERS for name in index.container.split(",")):
         return False
     decord = _decord()
@@ -310,6 +312,10 @@ def open_video(path, backend: str = "auto", *, max_side=None):
         video = _DecordVideo(path, index) if backend == "decord" else _OpenCVVideo(path, index)
     if video.num_frames == 0:
         video.close()
+        if index is not None and index.num_frames:
+            codec = {"libdav1d": "AV1", "libaom-av1": "AV1"}.get(index.codec, index.codec.upper())
+            raise ValueError(f"{path}: {codec} is not supported by OpenCV's decoders here; backend 'pyav' or "
+                             f"'auto' reads it")
         raise ValueError(f"{path} contains no decodable frames")
     return video
 

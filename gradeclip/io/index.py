@@ -28,7 +28,8 @@ class FrameIndex:
     presentation order; ``times`` (N,) float64 seconds; ``keys`` (K,) int64 sorted pts of keyframes; ``mode``
     "seek" (pts verified, random access by seeking) or "sequential" (reads decode from the start); ``rotation``
     degrees counter-clockwise that FFmpeg applies for display (0, 90, 180, 270); ``width``/``height`` as displayed
-    (after rotation); ``codec``/``container`` FFmpeg's names."""
+    (after rotation); ``codec``/``container`` FFmpeg's names; ``failed``: in sequential mode, the slots of packets
+    that did not decode (reported as failed frames, so that later frames keep their places)."""
 
     path: str
     pts: np.ndarray
@@ -42,6 +43,7 @@ class FrameIndex:
     codec: str
     container: str
     avg_fps: float
+    failed: frozenset = frozenset()
 
     @property
     def num_frames(self) -> int:
@@ -92,7 +94,8 @@ def _decode_labels(container, stream, limit: Optional[int] = None, start: Option
             floor = packet.pts
         try:
             frames = packet.decode()
-        except Exception:  # a damaged packet: its frame is missing, the others still come
+        except Exception:  # a damaged packet: its frame is missing (None keeps its slot), the others still come
+            labels.append(None)
             continue
         for frame in frames:
             if rotation is None:
@@ -150,12 +153,16 @@ def _build(path: str) -> FrameIndex:
             container.close()
             container, stream = open_container(path)
             labels, rot, _ = _decode_labels(container, stream)
+            while labels and labels[-1] is None:  # nothing decodes after these: the file ends there
+                labels.pop()
             rotation = rot or 0
             order = np.arange(len(labels), dtype=np.int64)
+            failed = frozenset(i for i, label in enumerate(labels) if label is None)
             times = _sequential_times(pts, len(labels), stream)
             keys = np.zeros(1, np.int64)
         else:
             times = order.astype(np.float64) * tb
+            failed = frozenset()
         if not len(order):
             raise ValueError(f"{path} contains no decodable frames")
         width, height = stream.codec_context.width, stream.codec_context.height
@@ -165,7 +172,7 @@ def _build(path: str) -> FrameIndex:
         if len(times) > 1 and times[-1] > times[0]:
             avg = (len(times) - 1) / (times[-1] - times[0])
         return FrameIndex(path, order, times, keys, tb, "seek" if trusted else "sequential", rotation, width,
-                          height, codec, container.format.name, avg)
+                          height, codec, container.format.name, avg, failed)
     finally:
         container.close()
 
@@ -176,7 +183,7 @@ def _check_tail(container, stream, order: np.ndarray, keys: np.ndarray) -> Optio
     last_key = keys[-1]
     tail = order[order >= last_key]
     labels, _, floor = _decode_labels(container, stream, start=last_key)
-    labels = [p for p in labels if p is not None and floor is not None and p >= floor]
+    labels = [p for p in labels if p is None or (floor is not None and p >= floor)]
     if floor != last_key or labels != tail[:len(labels)].tolist():
         return None
     return order[: len(order) - (len(tail) - len(labels))]

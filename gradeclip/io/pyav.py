@@ -104,6 +104,7 @@ class PyAVVideo:
         return found
 
     def _forward(self, container, stream, wanted):
+        """Decode from the start, numbering frames as the index did (a packet that fails takes one slot)."""
         wanted_set, last, n = set(wanted.tolist()), int(wanted[-1]), 0
         error = None
         for packet in container.demux(stream):
@@ -111,6 +112,12 @@ class PyAVVideo:
                 frames = packet.decode()
             except Exception as err:
                 error = err
+                if n in wanted_set:
+                    yield n, self._failure(n, err)
+                    wanted_set.discard(n)
+                n += 1
+                if n > last:
+                    return
                 continue
             for frame in frames:
                 if n in wanted_set:
