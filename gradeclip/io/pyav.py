@@ -14,7 +14,7 @@ import numpy as np
 
 from .index import FrameIndex, open_container, shape_after
 
-_RETRIES = 3  # earlier keyframes tried when a seek lands after the wanted frame
+_RETRIES = 3  # earlier keyframes tried (then the start) when a seek lands late or on a damaged keyframe
 
 
 def to_rgb(frame, rotation: int = 0, max_side: Optional[int] = None) -> np.ndarray:
@@ -62,46 +62,56 @@ class PyAVVideo:
             container.close()
 
     def _group(self, container, stream, indices, targets, key_pos: int):
-        for attempt in range(_RETRIES + 1):
-            pos = key_pos - attempt
+        # Start at the keyframe at or before the first target. Step back one keyframe when the seek landed after
+        # the target, or when the starting keyframe is damaged: FFmpeg conceals a damaged frame with the pictures
+        # before it, so its result depends on what was decoded earlier; from the very start nothing does.
+        pos, found = key_pos, {}
+        while True:
             if pos < 0:
                 container.seek(0, backward=True, any_frame=False)  # the very start, in AV_TIME_BASE
             else:
                 container.seek(int(self.index.keys[pos]), stream=stream, backward=True, any_frame=False)
-            found = self._decode_to(container, stream, targets)
-            if found is not None or pos < 0:
+            status, found = self._decode_to(container, stream, targets, strict=pos >= 0)
+            if status == "ok" or pos < 0:
                 break
-        found = found or {}
+            pos = pos - 1 if key_pos - pos < _RETRIES else -1
         for index, pts in zip(indices.tolist(), targets.tolist()):
-            yield index, found.get(pts) if pts in found else self._failure(index, found.get("error"))
+            yield index, found[pts] if pts in found else self._failure(index, found.get("error"))
 
-    def _decode_to(self, container, stream, targets):
-        """Decode forward from the current seek position; ``{pts: frame}`` for the targets that came out (plus
-        ``"error"``: the last decoder error), or None when the seek landed after the first target."""
-        pending, found, floor = targets.tolist(), {}, None
+    def _decode_to(self, container, stream, targets, strict: bool):
+        """Decode forward from the current seek position: ``("ok", {pts: frame, "error": last decoder error})``
+        for the targets that came out, or ``("late", ...)``/``("damaged", ...)`` (with ``strict``) when the seek
+        landed after the first target or the first keyframe does not decode cleanly."""
+        pending, found, floor, started = targets.tolist(), {}, None, False
         for packet in container.demux(stream):
             if floor is None:
                 if packet.size and not packet.is_keyframe:
                     continue  # nothing before the first keyframe decodes correctly
                 if packet.size:
                     floor = packet.pts
-                    if floor is None or floor > pending[0]:
-                        return None
+                    if strict and (floor is None or floor > pending[0]):
+                        return "late", found
             try:
                 frames = packet.decode()
             except Exception as err:  # damaged data: this packet's frame is missing, decoding goes on
+                if strict and not started:
+                    return "damaged", found
                 found["error"] = err
                 continue
             for frame in frames:
                 if frame.pts is None or floor is None or frame.pts < floor:
                     continue
+                if not started:
+                    started = True
+                    if strict and frame.is_corrupt:
+                        return "damaged", found
                 while pending and pending[0] < frame.pts:  # passed without coming out: it did not decode
                     pending.pop(0)
                 if pending and pending[0] == frame.pts:
                     found[pending.pop(0)] = to_rgb(frame, self.index.rotation, self.max_side)
                 if not pending:
-                    return found
-        return found
+                    return "ok", found
+        return "ok", found
 
     def _forward(self, container, stream, wanted):
         """Decode from the start, numbering frames as the index did (a packet that fails takes one slot)."""
@@ -130,7 +140,9 @@ class PyAVVideo:
             yield index, self._failure(index, error)
 
     def _failure(self, index: int, error) -> ValueError:
-        detail = f": {str(error).splitlines()[0][:120]}" if error is not None else ""
+        # FFmpeg's own words ("Invalid data found when processing input"), without the C function's name
+        reason = getattr(error, "strerror", None) or (str(error).splitlines()[0][:120] if error else "")
+        detail = f": {reason.rstrip('.').lower()}" if reason else ""
         return ValueError(f"{self.path}: frame {index} could not be decoded (FFmpeg produced no picture for it; "
                           f"the file is damaged there{detail})")
 
