@@ -247,21 +247,20 @@ def _video(args) -> int:
 def _explain(args) -> int:
     from .explain import explain
     from .viz.figures import format_scores
-    from .io.frames import read_frames, resolve_indices, video_info
+    from .io.frames import MAX_SIDE, read_frames, resolve_indices, video_info
     from .backbones.model import load_clip
 
     _check_common(args)
     info = video_info(args.video)
     index = int(resolve_indices(args.frame, info.num_frames)[0])
-    frames = read_frames(args.video, [index])
+    frames = read_frames(args.video, [index], max_side=MAX_SIDE)  # a 4K frame explained at 1920 px
     model, _ = load_clip(args.model, device=args.device)
     result = explain(model, frames, args.prompt, method=args.method)
     name = f"{Path(args.video).stem}_frame{index}_{args.method}"
     paths = _write_frame(result, name, args.out, dpi=args.dpi, cmap=args.cmap, alpha=args.alpha,
-                         title=f"{Path(args.video).name} · frame {index} ({index / info.fps:.2f} s)"
-                         if info.fps else None,
+                         title=f"{Path(args.video).name} · frame {index} ({info.times[index]:.2f} s)",
                          meta={"model": args.model, "video": str(args.video), "frame_index": index,
-                               "time_s": index / info.fps if info.fps else None})
+                               "time_s": info.times[index]})  # the frame's presentation time
     print(f"{Path(args.video).name}, frame {index} of {info.num_frames}; model {args.model}; method {args.method}")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
     print("wrote " + ", ".join(str(p) for p in paths))

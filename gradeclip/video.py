@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .explain import scores
-from .io.frames import video_info
+from .io.frames import MAX_SIDE, video_info
+from .io.index import shape_after
 from .methods.baselines import run_method
 from .backbones.model import check_vit, encode_prompts
 from .backbones.pixels import native_size, to_pixels
@@ -24,6 +25,7 @@ from .methods.registry import check_options
 from .io.stream import StreamErrors, select_indices, stream_frames
 
 SCALES = ("shared", "per_frame")
+_PIXEL_BUDGET = 16 * 480 * 640  # model-input pixels per forward: big frames go in smaller batches, the bar moves
 
 
 @dataclass
@@ -63,10 +65,15 @@ class VideoExplanation:
 
 def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
                   every: Optional[int] = None, count: Optional[int] = None, batch_size: int = 16,
-                  scale: float = 1.0, model_name: str = "", progress: bool = True, **options) -> VideoExplanation:
+                  scale: float = 1.0, model_name: str = "", progress: bool = True,
+                  max_side: Optional[int] = MAX_SIDE, **options) -> VideoExplanation:
     """Explain the selected frames of ``video`` (all, every ``every``-th, or ``count`` evenly spaced) for
-    ``prompts`` with ``method``, ``batch_size`` frames per forward, with a progress bar. Text features are computed
-    once. Frames that fail to decode are skipped and listed in ``failed``; the others are kept.
+    ``prompts`` with ``method``, at most ``batch_size`` frames per forward (fewer for large frames, so that
+    memory stays bounded and the progress bar moves), with a progress bar. Text features are computed once.
+    Frames that fail to decode are skipped and listed in ``failed``; the others are kept. ``times`` are the frames'
+    presentation times from the container. ``max_side``: frames with a longer side above this many pixels are
+    reduced while they are decoded (default ``MAX_SIDE`` = 1920: a 4K clip costs what a 1080p one does); None
+    keeps full size.
     """
     check_vit(model)
     check_options(method, options)
@@ -74,11 +81,16 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     text_features = encode_prompts(model, prompts)
     info = video_info(video)
     total = len(select_indices(info.num_frames, every=every, count=count))
+    width, height = shape_after(info.width, info.height, max_side)
+    patch = model.visual.conv1.kernel_size[0]
+    input_size = native_size(height, width, patch, scale)
+    batch_size = max(1, min(batch_size, _PIXEL_BUDGET // (input_size[0] * input_size[1])))
     errors = StreamErrors()
     raws, feats, indices, times = [], [], [], []
     bar = tqdm(total=total, desc=f"{Path(video).name} ({method})", unit="frame", disable=not progress)
     try:
-        for batch in stream_frames(video, every=every, count=count, batch_size=batch_size, errors=errors):
+        for batch in stream_frames(video, every=every, count=count, batch_size=batch_size, errors=errors,
+                                   max_side=max_side):
             raw, features = run_method(method, model, to_pixels(model, batch.frames, scale=scale), text_features,
                                        **options)
             raws.append(raw.cpu())
@@ -91,11 +103,10 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     if not raws:
         raise ValueError(f"{video}: no frame could be decoded")
     cosine, probs = scores(model, torch.cat(feats), text_features)
-    patch = model.visual.conv1.kernel_size[0]
     return VideoExplanation(
         video=str(video), prompts=prompts, method=method, model=model_name, raw=torch.cat(raws).numpy(),
         cosine=cosine, probs=probs, indices=np.concatenate(indices), times=np.concatenate(times), fps=info.fps,
-        frame_size=(info.height, info.width), input_size=native_size(info.height, info.width, patch, scale),
+        frame_size=(info.height, info.width), input_size=input_size,
         options=dict(options), failed=list(errors.failed))
 
 
@@ -114,10 +125,12 @@ def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = Non
         "maps": {"file": npz.name, "key": "maps", "dtype": "float16", "shape": list(result.raw.shape),
                  "axes": "frame, prompt, grid row, grid column", "values": "raw, not normalised"},
         "preprocessing": {"frame_size_hw": list(result.frame_size), "input_size_hw": list(result.input_size),
-                          "resize": "bicubic to the nearest multiple of the patch size, no crop",
+                          "resize": "bicubic to the nearest multiple of the patch size, no crop (frames above "
+                                    "the decoding bound reduced by area interpolation first)",
                           "normalisation": "CLIP mean and std"},
         "display_normalisation": "min-max per prompt over the video ('shared') unless the figure says 'per frame'",
-        "fps": result.fps, "frame_indices": result.indices.tolist(),
+        "fps": result.fps, "fps_note": "average rate; timestamps_s are the frames' presentation times",
+        "frame_indices": result.indices.tolist(),
         "timestamps_s": [round(float(t), 6) for t in result.times],
         "failed_frames": [{"index": i, "reason": r} for i, r in result.failed],
     }

@@ -177,6 +177,21 @@ def test_4k_frames_are_reduced_while_decoding(tmp_path):
     assert np.abs(small[0].astype(float) - reference).mean() < 3
     batches = list(stream_frames(path, max_side=640))
     assert batches[0].frames.shape[1:] == (360, 640, 3)
+    for backend in ("decord", "opencv"):  # the same bound from every backend
+        assert read_frames(path, [1], backend=backend, max_side=640).shape == (1, 360, 640, 3)
+
+
+def test_4k_explained_at_the_bounded_size(model, tmp_path):
+    """explain_video reduces a 4K clip to ``max_side`` before the model (input size from the reduced frame, frame
+    size still the video's); catches the bound being ignored, which ran a 4K frame at native size (140 s, 2 GB)."""
+    from gradeclip import explain_video
+    from gradeclip.backbones.pixels import native_size
+
+    path = make(tmp_path / "uhd.mp4", "testsrc2=size=3840x2160:rate=25:duration=0.08", "-c:v", "libx264",
+                "-preset", "ultrafast")
+    result = explain_video(model, path, ["a"], progress=False, max_side=256)
+    assert result.frame_size == (2160, 3840)
+    assert result.input_size == native_size(144, 256, 8) and result.raw.shape[2:] == (18, 32)
 
 
 @pytest.mark.parametrize("selection", [2, 2.0, np.int64(2), np.float32(2.0), [2], [2.0], (2,), iter([2]),

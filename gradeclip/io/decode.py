@@ -278,6 +278,18 @@ def _first_line(err: Exception) -> str:
     return text[0][:200] if text else type(err).__name__
 
 
+def reduce_frames(frames: np.ndarray, max_side) -> np.ndarray:
+    """(N, H, W, 3) uint8 reduced by area interpolation so that the longer side is at most ``max_side`` (for the
+    decord and OpenCV backends; PyAV reduces while it converts)."""
+    from .index import shape_after
+
+    width, height = shape_after(frames.shape[2], frames.shape[1], max_side)
+    if (width, height) == (frames.shape[2], frames.shape[1]):
+        return frames
+    import cv2
+    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
+
+
 def _decord_exact(index, path: str) -> bool:
     """True when decord reads this file frame-exactly: a codec and container where its seek was measured exact,
     timestamps the index verified, no rotation flag (decord returns wrongly sized arrays there), and decord's own

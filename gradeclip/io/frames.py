@@ -16,9 +16,12 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from .decode import open_video
+from .decode import open_video, reduce_frames
 
 Indices = Union[str, int, Iterable[int]]
+# Frames whose longer side is above this are reduced (area interpolation, while decoding) before they are explained:
+# the models run at the frame's native size, so a 4K frame would cost 4x a 1080p one for no gain in the maps.
+MAX_SIDE = 1920
 
 def data_dir() -> Path:
     """The repository's ``data/`` folder, or ``$GRADECLIP_DATA`` when set (e.g. a clone's data/ beside a regular,
@@ -139,13 +142,15 @@ def read_frames(path, indices: Indices = "middle", *, backend: str = "auto",
     Returns an array (N, H, W, 3), dtype uint8, RGB, in the order of ``indices`` (see ``resolve_indices``).
     ``backend``: ``"auto"`` (PyAV if installed, else decord, else OpenCV), ``"pyav"``, ``"decord"`` (decord where
     its seek is exact, PyAV elsewhere) or ``"opencv"``. ``max_side``: reduce frames while decoding so that the
-    longer side is at most this many pixels (PyAV; None: full size).
+    longer side is at most this many pixels (area interpolation; None: full size).
     Raises FileNotFoundError (missing path), ValueError (not a decodable video, no frames, bad selection) and
     IndexError (index out of range, with the valid range).
     """
     video = open_video(path, backend, max_side=max_side)
     try:
         wanted = resolve_indices(indices, video.num_frames)
-        return np.ascontiguousarray(video.read(wanted), dtype=np.uint8)
+        frames = video.read(wanted)
+        frames = frames if video.backend == "pyav" else reduce_frames(frames, max_side)
+        return np.ascontiguousarray(frames, dtype=np.uint8)
     finally:
         video.close()

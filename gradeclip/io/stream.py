@@ -15,7 +15,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..checks import positive_int
-from .decode import _CHUNK, _DecordVideo, open_video
+from .decode import _CHUNK, _DecordVideo, open_video, reduce_frames
 
 _REOPEN_EVERY = 64  # batches after which the decord reader is opened afresh (its buffers grow over get_batch calls)
 
@@ -80,6 +80,7 @@ def stream_frames(path, *, every: Optional[int] = None, count: Optional[int] = N
         else:
             reader = _batches_opencv(video, wanted, batch_size, errors)
         for indices, frames in reader:
+            frames = frames if video.backend == "pyav" else reduce_frames(frames, max_side)
             yield FrameBatch(indices, np.asarray(video.times, dtype=np.float64)[indices], frames)
     finally:
         video.close()

@@ -85,10 +85,13 @@ class _Mp4Writer:
 
 def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "shared", cmap: str = "jet",
                         alpha: float = 0.5, gif: bool = True, gif_fps: float = 8.0, gif_width: int = 720,
-                        batch_size: int = 16, fps: Optional[float] = None) -> List[Path]:
+                        batch_size: int = 16, fps: Optional[float] = None, panel_height: int = 360) -> List[Path]:
     """Write ``out_path`` (MP4) and, with ``gif=True``, a GIF beside it (at most ``gif_fps`` frames per second and
-    ``gif_width`` pixels wide). Frames are decoded again batch by batch. ``fps``: of the MP4 (default: the
-    video's rate divided by the frame step, so that the export runs in real time). Returns the paths written."""
+    ``gif_width`` pixels wide). Frames are decoded again batch by batch, reduced while decoding to about the size
+    they are shown at. ``fps``: of the MP4 (default: the video's average rate divided by the frame step, so that
+    the export runs in real time); each picture's timecode is the frame's presentation time. ``panel_height``: the
+    height in pixels of the frame and of each overlay panel (at most the frame's own), which bounds the export's
+    size whatever the video's. Returns the paths written."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     maps = result.normalized(scale)
@@ -98,12 +101,17 @@ def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "sha
     gif_step = max(1, round(fps / gif_fps))
     position = {int(i): n for n, i in enumerate(result.indices)}
     writer, gif_frames = _Mp4Writer(out_path, fps), []
+    height, width = result.frame_size
+    panel = min(height, panel_height)
+    decode_side = 2 * max(panel, round(width * panel / height))  # area reduction from 2x keeps it sharp
     try:
-        for batch in stream_frames(result.video, indices=result.indices, batch_size=batch_size):
+        for batch in stream_frames(result.video, indices=result.indices, batch_size=batch_size,
+                                   max_side=decode_side):
             for index, frame in zip(batch.indices.tolist(), batch.frames):
                 n = position[index]
                 picture = compose_frame(frame, maps[n], result.prompts, result.cosine[n], result.probs[n],
-                                        result.times[n], index, scale_label=label, cmap=cmap, alpha=alpha)
+                                        result.times[n], index, scale_label=label, cmap=cmap, alpha=alpha,
+                                        panel_height=panel)
                 writer.append(picture)
                 if gif and n % gif_step == 0:
                     image = Image.fromarray(picture)
@@ -144,7 +152,7 @@ def plot_timeline(result: VideoExplanation, *, max_thumbnails: int = 8, scale: s
     overlay of the best prompt at that moment). Returns a matplotlib Figure."""
     marks = keyframes(result, max_thumbnails)
     maps = result.normalized(scale)
-    thumbs = read_frames(result.video, [int(result.indices[n]) for n, _ in marks]) if marks else []
+    thumbs = read_frames(result.video, [int(result.indices[n]) for n, _ in marks], max_side=640) if marks else []
     cols = max(1, len(marks))
     fig = plt.figure(figsize=(max(8.0, 1.9 * cols), 6.0), layout="constrained")
     grid = fig.add_gridspec(2, cols, height_ratios=[1.6, 1])
