@@ -17,7 +17,8 @@ from typing import Optional, Tuple
 import numpy as np
 
 _HEAD_GROUPS = 2  # keyframe groups decoded at the start to check the timestamps
-_HEAD_MAX = 400  # at most this many frames for that check (a long-GOP file is checked on its first frames)
+_HEAD_MAX = 48  # at most this many frames for that check: scrambled AVI timestamps show within a few frames
+_TAIL = 16  # frames at the end whose decoding is checked (a truncated file loses its last ones)
 _CACHE = 8  # indices kept per process, keyed by path, size and modification time
 _cache: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
 
@@ -83,21 +84,33 @@ def _rotation(frame) -> int:
     return int(round(angle / 90.0)) % 4 * 90
 
 
-def _decode_labels(container, stream, limit: Optional[int] = None, start: Optional[int] = None):
+def _decode_labels(container, stream, limit: Optional[int] = None, start: Optional[int] = None,
+                   keep_from: Optional[int] = None):
     """pts of frames decoded in output order (from ``start`` pts by seeking, else from the beginning), at most
-    ``limit``; the first frame's rotation; and the first keyframe pts demuxed after the seek."""
+    ``limit``; the first frame's rotation; and the first keyframe pts demuxed after the seek. With ``keep_from``,
+    only frames from that pts on are listed (non-reference frames before it are not decoded, where the decoder
+    allows it)."""
+    from .pyav import SKIPS_NONREF
+
     if start is not None:
         container.seek(int(start), stream=stream, backward=True, any_frame=False)
     labels, rotation, floor = [], None, None
+    skip = keep_from is not None and stream.codec_context.name in SKIPS_NONREF
     for packet in container.demux(stream):
         if packet.size and floor is None and packet.is_keyframe:
             floor = packet.pts
+        early = keep_from is not None and packet.pts is not None and packet.pts < keep_from
+        if skip:
+            stream.codec_context.skip_frame = "NONREF" if early else "DEFAULT"
         try:
             frames = packet.decode()
         except Exception:  # a damaged packet: its frame is missing (None keeps its slot), the others still come
-            labels.append(None)
+            if not early:
+                labels.append(None)
             continue
         for frame in frames:
+            if keep_from is not None and frame.pts is not None and frame.pts < keep_from:
+                continue
             if rotation is None:
                 rotation = _rotation(frame)
             labels.append(frame.pts)
@@ -181,9 +194,9 @@ def _check_tail(container, stream, order: np.ndarray, keys: np.ndarray) -> Optio
     """Decode the last keyframe group: the frames that come out must be the index's last ones, in order. Frames
     missing at the very end (a truncated file) are dropped from the index; anything else is distrusted (None)."""
     last_key = keys[-1]
-    tail = order[order >= last_key]
-    labels, _, floor = _decode_labels(container, stream, start=last_key)
-    labels = [p for p in labels if p is None or (floor is not None and p >= floor)]
+    tail = order[order >= last_key][-_TAIL:]  # the last frames are checked; the others are decoded as needed
+    labels, _, floor = _decode_labels(container, stream, start=last_key, keep_from=int(tail[0]))
+    stream.codec_context.skip_frame = "DEFAULT"
     if floor != last_key or labels != tail[:len(labels)].tolist():
         return None
     return order[: len(order) - (len(tail) - len(labels))]

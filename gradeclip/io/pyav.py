@@ -14,6 +14,8 @@ import numpy as np
 
 from .index import FrameIndex, open_container, shape_after
 
+# decoders measured to return the same frames with non-reference frames skipped (AV_DISCARD_NONREF)
+SKIPS_NONREF = {"h264", "hevc", "mpeg4"}
 _RETRIES = 3  # earlier keyframes tried (then the start) when a seek lands late or on a damaged keyframe
 
 
@@ -72,6 +74,7 @@ class PyAVVideo:
             else:
                 container.seek(int(self.index.keys[pos]), stream=stream, backward=True, any_frame=False)
             status, found = self._decode_to(container, stream, targets, strict=pos >= 0)
+            stream.codec_context.skip_frame = "DEFAULT"
             if status == "ok" or pos < 0:
                 break
             pos = pos - 1 if key_pos - pos < _RETRIES else -1
@@ -83,7 +86,11 @@ class PyAVVideo:
         for the targets that came out, or ``("late", ...)``/``("damaged", ...)`` (with ``strict``) when the seek
         landed after the first target or the first keyframe does not decode cleanly."""
         pending, found, floor, started = targets.tolist(), {}, None, False
+        wanted, context = set(pending), stream.codec_context
+        skip = self.index.codec in SKIPS_NONREF
         for packet in container.demux(stream):
+            if skip:  # a frame that is neither wanted nor a reference for others need not be decoded at all
+                context.skip_frame = "DEFAULT" if packet.pts in wanted or packet.pts is None else "NONREF"
             if floor is None:
                 if packet.size and not packet.is_keyframe:
                     continue  # nothing before the first keyframe decodes correctly

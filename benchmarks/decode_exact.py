@@ -1,0 +1,137 @@
+"""Frame-exact decoding: what random access costs, as ratios measured in one run.
+
+1. A 1,500-frame MPEG-4 part 2 AVI with B-frames and a keyframe every 12 frames (320x240, CASIA-B's kind of
+   file): reading 16 evenly spaced frames (index built from scratch) against one full sequential decode to RGB.
+   Target: <= 0.3. The same with one keyframe for the whole file: at most one sequential pass (<= ~1.0).
+2. Files decord already read exactly (H.264 MP4, MJPEG AVI): the new default path (PyAV index + seek) against
+   today's decord path (decord reader with its end-of-file probe), 16 evenly spaced frames. Target: <= 1.1.
+3. 4K against 1080p: decoding 5 frames for explaining (reduced to 1920 px while decoding) and the peak memory of
+   the frames, 1 s clips; then ``explain_video`` of 1 frame with a random CLIP of ViT-B/32's shape (no weights
+   needed), whose cost should be about the same for both.
+
+Run: ``python benchmarks/decode_exact.py`` (about a minute on 2 cores). Medians of ``--repeat`` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+
+def _ffmpeg(path, source, *args):
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                    "-i", source, *args, str(path)], check=True)
+    return str(path)
+
+
+def _median(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _fresh():
+    from gradeclip.io import index
+
+    index._cache.clear()  # every measured read builds its index from scratch
+
+
+def _sequential(path):
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            frame.to_ndarray(format="rgb24")
+
+
+def _new(path, count=16):
+    from gradeclip import read_frames
+
+    _fresh()
+    return read_frames(path, f"uniform:{count}")
+
+
+def _today(path, count=16):
+    from gradeclip.io.decode import _DecordVideo
+
+    video = _DecordVideo(path)  # as before this change: decord, its end-of-file probe, get_batch
+    try:
+        return video.read(np.linspace(0, video.num_frames - 1, count).round().astype(np.int64))
+    finally:
+        video.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = "testsrc2=size=320x240:rate=25:duration=60"  # 1,500 frames
+        avi = _ffmpeg(tmp / "bframes.avi", src, "-c:v", "mpeg4", "-bf", "2", "-g", "12", "-q:v", "4")
+        one_key = _ffmpeg(tmp / "onekey.avi", src, "-c:v", "mpeg4", "-bf", "2", "-g", "1500", "-q:v", "4")
+        h264 = _ffmpeg(tmp / "h264.mp4", src, "-c:v", "libx264", "-preset", "veryfast")
+        mjpeg = _ffmpeg(tmp / "mjpeg.avi", src, "-c:v", "mjpeg", "-q:v", "5")
+
+        print("1. MPEG-4 part 2 AVI, B-frames, 1,500 frames, 320x240: 16 evenly spaced frames vs a full decode")
+        for name, path, target in [("keyframe every 12", avi, 0.3), ("one keyframe", one_key, 1.05)]:
+            full = _median(lambda: _sequential(path), args.repeat)
+            new = _median(lambda: _new(path), args.repeat)
+            print(f"   {name:18s} full decode {full:6.3f} s   16 frames {new:6.3f} s   ratio {new / full:5.3f}  "
+                  f"(target <= {target})")
+
+        print("2. files decord already read exactly: new default path vs today's decord path, 16 frames")
+        for name, path in [("H.264 MP4", h264), ("MJPEG AVI", mjpeg)]:
+            today = _median(lambda: _today(path), args.repeat)
+            new = _median(lambda: _new(path), args.repeat)
+            same = np.array_equal(_today(path), _new(path))
+            print(f"   {name:10s} today {today:6.3f} s   new {new:6.3f} s   ratio {new / today:5.3f}  "
+                  f"(target <= 1.1; same frames: {same})")
+
+        print("3. 4K vs 1080p, 1 s clips: 5 evenly spaced frames decoded for explaining (max_side 1920)")
+        from gradeclip import read_frames
+        from gradeclip.io.frames import MAX_SIDE
+        for name, size in [("1080p", "1920x1080"), ("4K", "3840x2160")]:
+            path = _ffmpeg(tmp / f"{name}.mp4", f"testsrc2=size={size}:rate=25:duration=1", "-c:v", "libx264",
+                           "-preset", "ultrafast")
+            _fresh()
+            tracemalloc.start()
+            start = time.perf_counter()
+            frames = read_frames(path, "uniform:5", max_side=MAX_SIDE)
+            seconds = time.perf_counter() - start
+            peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+            tracemalloc.stop()
+            print(f"   {name:5s} {seconds:6.3f} s   frames {frames.shape}   peak numpy memory {peak:6.1f} MiB")
+            explain_seconds = _median(lambda: _explain(path), 1)
+            print(f"   {name:5s} explain_video, 1 frame, random ViT-B/32-shaped CLIP: {explain_seconds:6.2f} s")
+
+
+def _explain(path):
+    import torch
+    from clip.model import CLIP
+
+    from gradeclip import explain_video
+
+    torch.manual_seed(0)
+    model = CLIP(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
+                 context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
+                 transformer_layers=12).float().eval()
+    _fresh()
+    explain_video(model, path, ["a test pattern"], count=1, progress=False)
+
+
+if __name__ == "__main__":
+    main()
