@@ -214,3 +214,27 @@ def test_refused_alike(selection):
 def test_uniform_above_frame_count_says_so():
     with pytest.warns(UserWarning, match="asks for 1000 frames but the video has 75"):
         assert len(resolve_indices("uniform:1000", 75)) == 75
+
+
+@pytest.mark.parametrize("name", ["mpeg4_bframes.avi", "xvid_bframes.avi", "h264_vfr.mkv"])
+def test_video_export_shows_the_frames_it_labels(made, name, model, tmp_path, monkeypatch):
+    """explain_video then write_overlay_video: each exported picture is composed from FFmpeg's frame at the label's
+    index, with its presentation time as timecode (``video --frames 5`` used to export other frames' pictures
+    under the right labels, with times from the average rate)."""
+    from gradeclip import explain_video, write_overlay_video
+    from gradeclip.viz import video_export
+
+    path, frames, times = made(name)
+    result = explain_video(model, path, ["a", "b"], count=5, progress=False)
+    assert result.indices.tolist() == np.linspace(0, len(frames) - 1, 5).round().astype(int).tolist()
+    if not name.endswith(".avi"):
+        np.testing.assert_allclose(result.times, times[result.indices], atol=1e-3)
+    shown = []
+    compose = video_export.compose_frame
+    monkeypatch.setattr(video_export, "compose_frame",
+                        lambda frame, *a, **k: shown.append((frame.copy(), a[4], a[5])) or compose(frame, *a, **k))
+    write_overlay_video(result, tmp_path / "out.mp4", gif=False)
+    assert [i for _, _, i in shown] == result.indices.tolist()
+    for frame, time_s, index in shown:
+        assert np.array_equal(frame, frames[index]), f"exported frame {index} is not FFmpeg's"
+        assert time_s == result.times[result.indices.tolist().index(index)]
