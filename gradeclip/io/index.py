@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 _HEAD_GROUPS = 2  # keyframe groups decoded at the start to check the timestamps
-_HEAD_MAX = 48  # at most this many frames for that check: scrambled AVI timestamps show within a few frames
+_HEAD_MAX = 16  # at most this many frames for that check: scrambled AVI timestamps show within a few frames
 _TAIL = 16  # frames at the end whose decoding is checked (a truncated file loses its last ones)
 _CACHE = 8  # indices kept per process, keyed by path, size and modification time
 _cache: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
