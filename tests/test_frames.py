@@ -44,10 +44,25 @@ def test_backends_agree(request, fmt):
 
 
 def test_auto_falls_back_to_opencv(avi, monkeypatch):
+    """Without PyAV, auto uses decord; without either, OpenCV; each still returns the right frames."""
+    monkeypatch.setattr(decode_module, "_pyav", lambda: None)
+    monkeypatch.setattr(decode_module, "_DecordVideo", _only(decode_module._DecordVideo, seen := []))
+    assert level(read_frames(avi, [1, 2])) == [1, 2] and seen == ["decord"]
+    with pytest.raises(ValueError, match="PyAV cannot be imported"):
+        read_frames(avi, 1, backend="pyav")
     monkeypatch.setattr(decode_module, "_decord", lambda: None)
-    assert level(read_frames(avi, [1, 2])) == [1, 2]
+    monkeypatch.setattr(decode_module, "_OpenCVVideo", _only(decode_module._OpenCVVideo, seen))
+    assert level(read_frames(avi, [1, 2])) == [1, 2] and seen == ["decord", "opencv"]
     with pytest.raises(ValueError, match="decord cannot be imported"):
         read_frames(avi, 1, backend="decord")
+
+
+def _only(cls, seen):
+    """``cls``, noting in ``seen`` each time a reader of it is made."""
+    def make(*args, **kwargs):
+        seen.append(cls.backend)
+        return cls(*args, **kwargs)
+    return make
 
 
 def test_more_frames_than_one_decord_batch(avi):

@@ -69,7 +69,7 @@ def stream_frames(path, *, every: Optional[int] = None, count: Optional[int] = N
         if indices is None:
             wanted = select_indices(video.num_frames, every=every, count=count)
         else:
-            wanted = np.asarray(indices, dtype=np.int64)
+            wanted = np.asarray(list(indices), dtype=np.int64)
             if wanted.ndim != 1 or not len(wanted) or np.any(np.diff(wanted) <= 0) or wanted[0] < 0 \
                     or wanted[-1] >= video.num_frames:
                 raise ValueError(f"indices must be increasing frame indices in 0..{video.num_frames - 1}")
