@@ -88,6 +88,8 @@ class PyAVVideo:
         pending, found, floor, started = targets.tolist(), {}, None, False
         wanted, context = set(pending), stream.codec_context
         skip = self.index.codec in SKIPS_NONREF
+        if not strict:  # from the very start: every frame FFmpeg outputs counts, as in its sequential decode
+            floor, started = float("-inf"), True
         for packet in container.demux(stream):
             if skip:  # a frame that is neither wanted nor a reference for others need not be decoded at all
                 context.skip_frame = "DEFAULT" if packet.pts in wanted or packet.pts is None else "NONREF"
