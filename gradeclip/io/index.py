@@ -5,19 +5,21 @@ keyframes, so that a frame is found by seeking to the keyframe at or before it a
 ``pyav.py``). Whether a file's timestamps can be trusted for that is *checked* by decoding its first keyframe
 groups and its last one: where the decoder's frames do not come out with exactly the demuxed timestamps in order
 (H.264 or packed-B-frame Xvid in AVI, where AVI stores decode-order times), the index is built from one full
-sequential decode instead ("sequential" mode), and reads decode forward from the start.
+sequential decode instead ("sequential" mode), which also records the frame index of each keyframe's picture, so
+that reads can seek to a keyframe and count from there.
 """
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import numpy as np
 
 _HEAD_GROUPS = 2  # keyframe groups decoded at the start to check the timestamps
 _HEAD_MAX = 16  # at most this many frames for that check: scrambled AVI timestamps show within a few frames
+_PLACEHOLDER = 16  # bytes: a "keyframe" packet this small is a packed-B-frame placeholder, not a picture
 _TAIL = 16  # frames at the end whose decoding is checked (a truncated file loses its last ones)
 _CACHE = 8  # indices kept per process, keyed by path, size and modification time
 _cache: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
@@ -30,7 +32,10 @@ class FrameIndex:
     "seek" (pts verified, random access by seeking) or "sequential" (reads decode from the start); ``rotation``
     degrees counter-clockwise that FFmpeg applies for display (0, 90, 180, 270); ``width``/``height`` as displayed
     (after rotation); ``codec``/``container`` FFmpeg's names; ``failed``: in sequential mode, the slots of packets
-    that did not decode (reported as failed frames, so that later frames keep their places)."""
+    that did not decode (reported as failed frames, so that later frames keep their places); ``key_frames``: in
+    sequential mode, the frame index of each keyframe packet's picture (``keys`` then holds those packets' pts in
+    decode order), so that a read can seek to a keyframe and count frames from it; empty where that does not hold.
+    """
 
     path: str
     pts: np.ndarray
@@ -45,6 +50,7 @@ class FrameIndex:
     container: str
     avg_fps: float
     failed: frozenset = frozenset()
+    key_frames: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def num_frames(self) -> int:
@@ -85,11 +91,11 @@ def _rotation(frame) -> int:
 
 
 def _decode_labels(container, stream, limit: Optional[int] = None, start: Optional[int] = None,
-                   keep_from: Optional[int] = None):
+                   keep_from: Optional[int] = None, key_positions: Optional[list] = None):
     """pts of frames decoded in output order (from ``start`` pts by seeking, else from the beginning), at most
     ``limit``; the first frame's rotation; and the first keyframe pts demuxed after the seek. With ``keep_from``,
     only frames from that pts on are listed (non-reference frames before it are not decoded, where the decoder
-    allows it)."""
+    allows it). ``key_positions`` collects the output positions of frames the decoder marks as keyframes."""
     from .pyav import SKIPS_NONREF
 
     if start is not None:
@@ -113,6 +119,8 @@ def _decode_labels(container, stream, limit: Optional[int] = None, start: Option
                 continue
             if rotation is None:
                 rotation = _rotation(frame)
+            if key_positions is not None and frame.key_frame:
+                key_positions.append(len(labels))
             labels.append(frame.pts)
             if limit is not None and len(labels) >= limit:
                 return labels, rotation, floor
@@ -138,12 +146,12 @@ def _build(path: str) -> FrameIndex:
     container, stream = open_container(path)
     try:
         codec = stream.codec_context.name
-        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size]
+        packets = [(p.pts, p.is_keyframe, p.size) for p in container.demux(stream) if p.size]
         tb = float(stream.time_base) if stream.time_base else 0.0
-        pts = [p for p, _ in packets]
+        pts = [p for p, _, _ in packets]
         trusted = bool(pts) and None not in pts and len(set(pts)) == len(pts) and bool(stream.time_base)
         order = np.sort(np.array(pts, dtype=np.int64)) if trusted else np.zeros(0, np.int64)
-        keys = np.array(sorted(p for p, k in packets if k and p is not None), dtype=np.int64)
+        keys = np.array(sorted(p for p, k, _ in packets if k and p is not None), dtype=np.int64)
         if not packets:
             raise ValueError(f"{path} contains no decodable frames (no video data)")
         container.close()
@@ -165,17 +173,18 @@ def _build(path: str) -> FrameIndex:
         if not trusted:  # one full decode: the frames that really come out, in output order
             container.close()
             container, stream = open_container(path)
-            labels, rot, _ = _decode_labels(container, stream)
+            key_positions = []
+            labels, rot, _ = _decode_labels(container, stream, key_positions=key_positions)
             while labels and labels[-1] is None:  # nothing decodes after these: the file ends there
                 labels.pop()
             rotation = rot or 0
             order = np.arange(len(labels), dtype=np.int64)
             failed = frozenset(i for i, label in enumerate(labels) if label is None)
             times = _sequential_times(pts, len(labels), stream)
-            keys = np.zeros(1, np.int64)
+            keys, key_frames = _anchors(packets, key_positions, failed)
         else:
             times = order.astype(np.float64) * tb
-            failed = frozenset()
+            failed, key_frames = frozenset(), np.zeros(0, np.int64)
         if not len(order):
             raise ValueError(f"{path} contains no decodable frames")
         width, height = stream.codec_context.width, stream.codec_context.height
@@ -185,7 +194,7 @@ def _build(path: str) -> FrameIndex:
         if len(times) > 1 and times[-1] > times[0]:
             avg = (len(times) - 1) / (times[-1] - times[0])
         return FrameIndex(path, order, times, keys, tb, "seek" if trusted else "sequential", rotation, width,
-                          height, codec, container.format.name, avg, failed)
+                          height, codec, container.format.name, avg, failed, key_frames)
     finally:
         container.close()
 
@@ -200,6 +209,20 @@ def _check_tail(container, stream, order: np.ndarray, keys: np.ndarray) -> Optio
     if floor != last_key or labels != tail[:len(labels)].tolist():
         return None
     return order[: len(order) - (len(tail) - len(labels))]
+
+
+def _anchors(packets, key_positions, failed) -> Tuple[np.ndarray, np.ndarray]:
+    """For a file read in sequential mode: ``(keys, key_frames)``, the pts of each keyframe packet (decode order)
+    and the frame index of its picture, when the decoder marked exactly one output frame per keyframe packet and
+    nothing failed; else empty arrays (reads then decode from the start)."""
+    # an Xvid/DivX AVI with packed B-frames has a few-byte placeholder packet after each keyframe's B-frames that
+    # the AVI index also marks as a keyframe; it holds no picture
+    key_pts = [p for p, is_key, size in packets if is_key and size >= _PLACEHOLDER]
+    usable = not failed and key_pts and None not in key_pts and len(key_pts) == len(key_positions) \
+        and all(a < b for a, b in zip(key_pts, key_pts[1:]))
+    if not usable:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.array(key_pts, dtype=np.int64), np.array(key_positions, dtype=np.int64)
 
 
 def _sequential_times(pts, count: int, stream) -> np.ndarray:

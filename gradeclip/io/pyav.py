@@ -4,7 +4,8 @@ Random access seeks to the keyframe at or before the frame's presentation timest
 wanted frames are sorted and grouped by keyframe, each group decoded in one forward run, so a read never decodes
 more than one sequential pass of the file. Frames decoded from packets before the first keyframe after a seek are
 dropped (an open GOP's leading B-frames are not decodable there). Files whose timestamps the index could not
-verify are read by one forward decode from the start.
+verify are read by counting frames from a keyframe whose frame index the index recorded, or else by one forward
+decode from the start.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class PyAVVideo:
         container, stream = open_container(self.path)
         try:
             if self.index.mode == "sequential":
-                yield from self._forward(container, stream, wanted)
+                yield from self._counted(container, stream, wanted)
                 return
             keys = self.index.keys
             targets = self.index.pts[wanted]
@@ -121,6 +122,55 @@ class PyAVVideo:
                 if not pending:
                     return "ok", found
         return "ok", found
+
+    def _counted(self, container, stream, wanted):
+        """Sequential-mode files: seek to the keyframe before each group of wanted frames and count the frames
+        from its picture (whose index the index's full decode recorded); decode from the start where the index has
+        no such anchors, where the seek lands on another keyframe, or where the counting cannot be checked."""
+        anchors = self.index.key_frames
+        if not len(anchors):
+            yield from self._forward(container, stream, wanted)
+            return
+        group = np.maximum(np.searchsorted(anchors, wanted, side="right") - 1, 0)
+        start = 0
+        while start < len(wanted):
+            stop = start + int(np.sum(group[start:] == group[start]))
+            done = self._from_anchor(container, stream, wanted[start:stop], int(group[start]))
+            if done is None:  # the seek cannot be trusted here: one forward decode for the rest
+                container.seek(0, backward=True, any_frame=False)
+                stream.codec_context.flush_buffers()
+                yield from self._forward(container, stream, wanted[start:])
+                return
+            yield from done
+            start = stop
+
+    def _from_anchor(self, container, stream, indices, j: int):
+        """``[(index, frame or ValueError)]`` for ``indices`` counted from keyframe ``j``'s picture, or None when
+        the seek landed on another keyframe or no keyframe picture came out first."""
+        key_pts, n = int(self.index.keys[j]), int(self.index.key_frames[j])
+        container.seek(key_pts, stream=stream, backward=True, any_frame=False)
+        wanted, last, out, started = set(indices.tolist()), int(indices[-1]), {}, False
+        first = True
+        for packet in container.demux(stream):
+            if first and packet.size:
+                if not packet.is_keyframe or packet.pts != key_pts:
+                    return None
+                first = False
+            try:
+                frames = packet.decode()
+            except Exception:
+                return None  # the index found no failing packet here; something else is read: do not guess
+            for frame in frames:
+                if not started:
+                    if not frame.key_frame:
+                        continue  # an open GOP's leading frames, decoded without their references
+                    started = True
+                if n in wanted:
+                    out[n] = to_rgb(frame, self.index.rotation, self.max_side)
+                n += 1
+                if n > last:
+                    return [(i, out[i]) for i in indices.tolist()]
+        return [(i, out[i] if i in out else self._failure(i, None)) for i in indices.tolist()]
 
     def _forward(self, container, stream, wanted):
         """Decode from the start, numbering frames as the index did (a packet that fails takes one slot)."""
