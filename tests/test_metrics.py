@@ -5,7 +5,8 @@ import torch
 
 from gradeclip import (boxes_to_masks, clip_scorer, compare_methods, deletion_insertion, encode_prompts,
                        energy_pointing_game, format_comparison, pointing_game, randomization_check,
-                       rank_correlation)
+                       prompt_sensitivity, rank_correlation)
+from gradeclip.eval.metrics import pointing_point
 from gradeclip.eval.metrics import randomize_last_blocks, replacement_image
 from gradeclip.methods.baselines import rollout, self_attention
 from gradeclip import grad_eclip_image
@@ -89,8 +90,61 @@ def test_pointing_games():
     assert pointing_game(maps, masks).tolist() == [True, False]
     np.testing.assert_allclose(energy_pointing_game(maps, masks), [1.0, 0.5 / 1.5])
     assert energy_pointing_game(np.zeros((6, 8)), masks[0]) == 0
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="leading dimensions"):
         pointing_game(maps, masks[:1, :3])
+
+
+def test_pointing_game_has_no_border_bias():
+    """The best token in the top-left corner, upsampled bilinearly: a plateau of equal pixels reaching pixel 0.
+    The point is the plateau's centre (1, 1), inside an object that starts 1 px from the border; argmax (pixel 0) is
+    outside it. Catches a return to plain ``argmax`` (the border bias)."""
+    import torch.nn.functional as F
+
+    grid = np.zeros((4, 4))
+    grid[0, 0] = 1.0
+    up = F.interpolate(torch.tensor(grid)[None, None], size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+    up = up.numpy()
+    assert up[0, 0] == up.max() == up[3, 3]  # the tied plateau the bias came from
+    mask = np.zeros((32, 32), bool)
+    mask[1:8, 1:8] = True
+    assert not mask.flat[up.argmax()]
+    assert pointing_game(up, mask)
+    assert pointing_point(up) == (1, 1)  # plateau rows and columns 0..3
+
+
+def test_pointing_game_on_the_token_grid_points_at_the_cell_centre():
+    """A raw (h, w) map against (H, W) masks: the maximal token (row 1, column 2 of a 4x4 grid over 32x32 px)
+    points at its cell centre (12, 20). Catches an off-by-one cell, swapped rows/columns, or a corner instead of
+    the centre (the masks below separate each of those)."""
+    grid = np.zeros((4, 4))
+    grid[1, 2] = 1.0
+    assert pointing_point(grid, (32, 32)) == (12, 20)
+    centre, corner, swapped = (np.zeros((32, 32), bool) for _ in range(3))
+    centre[10:14, 18:22] = True
+    corner[8:10, 16:18] = True
+    swapped[18:22, 10:14] = True
+    assert pointing_game(np.stack([grid] * 3), np.stack([centre, corner, swapped])).tolist() == [True, False, False]
+    # ties between separate maxima: the first one in row-major order wins
+    grid[3, 0] = 1.0
+    assert pointing_point(grid, (32, 32)) == (12, 20)
+
+
+def test_prompt_sensitivity_matches_scipy_spearman():
+    """(K, K) Spearman matrix against ``scipy.stats.spearmanr`` for maps with known relations: equal ranking
+    (a monotone transform: 1), reversed (-1) and unrelated (random: near 0). Catches the old bug (each map
+    compared with itself, a K x 1 column of ones) and a transposed or mis-broadcast matrix."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    base = rng.random((7, 9))
+    raw = np.stack([base, base ** 3 + 2, -base, rng.random((7, 9))])  # (K=4, h, w)
+    matrix = prompt_sensitivity(raw[None])
+    expected = spearmanr(raw.reshape(4, -1), axis=1).statistic
+    assert matrix.shape == (4, 4)
+    np.testing.assert_allclose(matrix, expected, atol=1e-12)
+    np.testing.assert_allclose(matrix[0, 1], 1.0)
+    np.testing.assert_allclose(matrix[0, 2], -1.0)
+    assert abs(matrix[0, 3]) < 0.3 and matrix[3, 0] == matrix[0, 3]
 
 
 def test_rank_correlation():
@@ -98,6 +152,10 @@ def test_rank_correlation():
     assert rank_correlation(a, a ** 3)[0] == pytest.approx(1.0)
     assert rank_correlation(a, -a)[0] == pytest.approx(-1.0)
     assert np.isnan(rank_correlation(a, np.ones_like(a))[0])
+    # broadcasting: (2, 1, h, w) against (1, 3, h, w) gives (2, 3), each pair compared (not each map with itself)
+    maps = np.random.default_rng(1).random((3, 4, 4))
+    out = rank_correlation(maps[:2, None], maps[None])
+    assert out.shape == (2, 3) and out[0, 0] == pytest.approx(1) and out[0, 1] < 0.99
 
 
 def test_randomization_check(model):
