@@ -8,6 +8,8 @@ The public names below are imported on first use (PEP 562), so that ``import gra
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -49,3 +51,16 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """The package module. ``gradeclip.explain`` is both a function and a submodule: importing the submodule
+    (from anywhere) makes Python set the package attribute to the module; keep the public function instead."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == f".{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -49,3 +49,12 @@ def test_every_public_name_resolves_lazily():
         assert getattr(gradeclip, name) is not None, name
     assert {"grad_eclip", "grad_cam", "rise"} <= set(gradeclip.method_names())
     assert set(gradeclip.__all__) <= set(dir(gradeclip))
+
+
+def test_explain_stays_the_function_when_its_module_is_imported_first():
+    """``gradeclip.explain`` names a function and a submodule; importing the submodule first (as any internal
+    module does) must not replace the function (the lazy package broke ``gradeclip.explain(...)`` that way)."""
+    code = ("import gradeclip.eval.compare, gradeclip, types\n"
+            "print('FUNCTION', callable(gradeclip.explain) and not isinstance(gradeclip.explain, types.ModuleType))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert "FUNCTION True" in run.stdout, run.stdout + run.stderr
