@@ -224,9 +224,9 @@ def _check_common(args) -> None:
 def _load_model(name: str, device):
     """``load_clip`` with a CLI message when a model name's weights are neither cached nor downloadable: the
     expected file, the cache folder and ``--model PATH``."""
-    import clip
+    from .backbones.model import DEFAULT_CACHE, load_clip  # first: it imports clip with its warning silenced
 
-    from .backbones.model import DEFAULT_CACHE, load_clip
+    import clip
 
     try:
         return load_clip(name, device=device)
@@ -305,6 +305,9 @@ def _video(args) -> int:
     _check_common(args)
     videos = _videos(args.video)
     model, _ = _load_model(args.model, args.device)
+    from .eval.shapes import warn_unknown_words
+
+    warn_unknown_words(model, args.prompt)
     failed = []
     for path in videos:
         try:
@@ -361,7 +364,19 @@ def _explain(args) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"gradeclip: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    import warnings
+
+    with warnings.catch_warnings():  # restores the caller's warning settings afterwards
+        warnings.showwarning = _show_warning  # one line, no source excerpt
+        return _main(argv)
+
+
+def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

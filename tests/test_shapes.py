@@ -109,3 +109,25 @@ def test_evaluate_command(capfd):
     assert lines[-1].startswith("chance level: a random point falls inside the object 0.")
     assert main(["evaluate", "--n", "3"]) == 1
     assert "choose a benchmark: --shapes" in capfd.readouterr().err
+
+
+def test_unknown_words_warn_with_the_shapes_model_only(model):
+    """The shapes CLIP warns about words its captions never held ("a person walking"), and only about those; a
+    known prompt and any other model stay silent. Catches a missing warning, a warning for every model, or a
+    vocabulary that forgot "and"."""
+    import warnings
+
+    from gradeclip import explain, load_clip, shapes_model
+    from gradeclip.eval.shapes import is_shapes_model, unknown_words
+
+    assert unknown_words(["a red circle and a blue square", "A Yellow Triangle."]) == []
+    assert unknown_words(["a person walking", "no red circle"]) == ["no", "person", "walking"]
+    shapes, _ = load_clip(shapes_model())
+    assert is_shapes_model(shapes) and not is_shapes_model(model)
+    image = np.zeros((48, 48, 3), np.uint8)
+    with pytest.warns(UserWarning, match=r"never saw the word\(s\) 'person', 'walking'"):
+        explain(shapes, image, ["a person walking", "a red circle"], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explain(shapes, image, ["a red circle and a blue square"], progress=False)
+        explain(model, image[:32, :32], ["a person walking"], progress=False)
