@@ -1,33 +1,66 @@
 """gradeclip: what CLIP looks at when it matches a video frame with a text prompt.
 
 Video -> frames (uint8 RGB) -> pixels (normalised, native aspect) -> CLIP -> maps and scores -> figures and files.
+
+The public names below are imported on first use (PEP 562), so that ``import gradeclip`` and
+``python -m gradeclip --help`` do not load torch; ``from gradeclip import explain`` works as usual.
 """
-from .eval.compare import compare_methods, format_comparison
-from .explain import Explanation, explain, normalize_maps, similarity, word_importance
-from .viz.figures import (format_scores, overlay, plot_explanation, plot_frame_strip, plot_method_grid, plot_scores,
-                      plot_word_importance, save_explanation, save_figure)
-from .io.frames import VideoInfo, read_frames, resolve_indices, sample_video, video_info
-from .methods.grad_eclip import grad_eclip_image, grad_eclip_text
-from .eval.evaluate import evaluate_shapes, format_evaluation, shapes_model, shapes_video
-from .eval.metrics import (boxes_to_masks, clip_scorer, deletion_insertion, energy_pointing_game, pointing_game,
-                      prompt_sensitivity, randomization_check, rank_correlation)
-from .backbones.model import encode_prompts, load_clip, tokenize
-from .backbones.pixels import to_pixels
-from .methods.registry import METHODS, get_method, method_names
-from .io.stream import FrameBatch, select_indices, stream_frames
-from .video import VideoExplanation, explain_video, save_video_maps
-from .viz.video_export import keyframes, plot_timeline, write_overlay_video
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "METHODS", "Explanation", "VideoInfo", "boxes_to_masks", "clip_scorer", "compare_methods", "deletion_insertion",
-    "encode_prompts", "energy_pointing_game", "explain", "format_comparison", "format_scores", "get_method",
-    "grad_eclip_image", "grad_eclip_text", "load_clip", "method_names", "normalize_maps", "overlay",
-    "plot_explanation", "plot_frame_strip", "plot_method_grid", "plot_scores", "plot_word_importance",
-    "pointing_game", "randomization_check", "rank_correlation", "read_frames", "resolve_indices", "sample_video",
-    "save_explanation", "save_figure", "similarity", "to_pixels", "tokenize", "video_info", "word_importance",
-    "FrameBatch", "VideoExplanation", "explain_video", "keyframes", "plot_timeline", "save_video_maps",
-    "select_indices", "stream_frames", "write_overlay_video",
-    "evaluate_shapes", "format_evaluation", "prompt_sensitivity", "shapes_model", "shapes_video",
-]
+# public name -> module that defines it (relative to this package)
+_EXPORTS = {
+    **dict.fromkeys(["compare_methods", "format_comparison"], ".eval.compare"),
+    **dict.fromkeys(["Explanation", "explain", "normalize_maps", "similarity", "word_importance"], ".explain"),
+    **dict.fromkeys(["format_scores", "overlay", "plot_explanation", "plot_frame_strip", "plot_method_grid",
+                     "plot_scores", "plot_word_importance", "save_explanation", "save_figure"], ".viz.figures"),
+    **dict.fromkeys(["VideoInfo", "read_frames", "resolve_indices", "sample_video", "video_info"], ".io.frames"),
+    **dict.fromkeys(["grad_eclip_image", "grad_eclip_text"], ".methods.grad_eclip"),
+    **dict.fromkeys(["evaluate_shapes", "format_evaluation", "shapes_model", "shapes_video"], ".eval.evaluate"),
+    **dict.fromkeys(["boxes_to_masks", "clip_scorer", "deletion_insertion", "energy_pointing_game", "pointing_game",
+                     "prompt_sensitivity", "randomization_check", "rank_correlation"], ".eval.metrics"),
+    **dict.fromkeys(["encode_prompts", "load_clip", "tokenize"], ".backbones.model"),
+    "to_pixels": ".backbones.pixels",
+    **dict.fromkeys(["METHODS", "get_method", "method_names"], ".methods.registry"),
+    **dict.fromkeys(["FrameBatch", "select_indices", "stream_frames"], ".io.stream"),
+    **dict.fromkeys(["VideoExplanation", "explain_video", "save_video_maps"], ".video"),
+    **dict.fromkeys(["keyframes", "plot_timeline", "write_overlay_video"], ".viz.video_export"),
+    **dict.fromkeys(["output_dir", "resolve_model", "resolve_video"], ".paths"),
+}
+_SUBPACKAGES = ("backbones", "batch", "eval", "io", "methods", "viz", "cli", "paths", "explain", "video", "checks")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        if _EXPORTS[name] == ".methods.registry":  # importing the methods registers every built-in one
+            importlib.import_module(".methods.baselines", __name__)
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """The package module. ``gradeclip.explain`` is both a function and a submodule: importing the submodule
+    (from anywhere) makes Python set the package attribute to the module; keep the public function instead."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == f".{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

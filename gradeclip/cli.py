@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import List, Optional
 
 DEFAULT_MODEL = "ViT-B/32"
+# The built-in method names, for --help without importing torch (a test keeps this equal to method_names())
+METHOD_NAMES = ("eigencam", "game", "grad_cam", "grad_eclip", "grad_eclip_no_spatial", "gradcam_pp", "layercam",
+                "maskclip", "rise", "rollout", "scorecam", "self_attention", "xgradcam")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,11 +56,12 @@ def _common(p) -> None:
                         "(default: $GRADECLIP_MODEL or ViT-B/32)")
     p.add_argument("--out", "-o", default="outputs", metavar="DIR", help="output folder (default: outputs)")
     p.add_argument("--method", default="grad_eclip", metavar="NAME",
-                   help="explanation method (default: grad_eclip; see the README for the list)")
+                   help=f"explanation method: {', '.join(METHOD_NAMES)} (default: grad_eclip)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
     p.add_argument("--dpi", type=int, default=150, help="resolution of PNG figures (default: 150)")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay, 0..1 (default: 0.5)")
-    p.add_argument("--cmap", default="jet", help="matplotlib colour map of the heatmap (default: jet)")
+    p.add_argument("--cmap", default="jet", metavar="NAME",
+                   help="matplotlib colour map of the heatmap, e.g. jet, turbo, viridis, inferno (default: jet)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("video", metavar="VIDEO", help="path of the video file (any format FFmpeg decodes)")
     ex.add_argument("--frame", "-f", type=_frame, default="middle", metavar="middle|INDEX",
                     help="frame to explain: 'middle' (default) or an index (negative counts from the end)")
+    ex.add_argument("--words", action="store_true",
+                    help="also write each prompt's word importance (figure NAME_words_K.png/.pdf and NAME_words.json)")
     _common(ex)
     vid = sub.add_parser("video", help="explain every (or every k-th) frame of a video or of each video in a folder",
                          description="Explain a whole video, or each video in a folder: writes an MP4 and a GIF of "
@@ -107,6 +113,7 @@ DEMO_PROMPTS = ["a red circle", "a blue square", "a yellow triangle", "a green c
 
 
 def _demo(args) -> int:
+    _check_out(args.out)
     from .eval.evaluate import shapes_model, shapes_video
     from .explain import explain
     from .viz.figures import format_scores
@@ -152,7 +159,15 @@ def _evaluate(args) -> int:
 def _videos(path: str) -> List[Path]:
     target = Path(path)
     if target.is_dir():
-        found = sorted(p for p in target.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        found = []
+        for entry in sorted(target.iterdir()):
+            if entry.is_file() and entry.suffix.lower() in VIDEO_SUFFIXES:
+                found.append(entry)
+            elif entry.is_dir():
+                print(f"gradeclip: skipped {entry}: a folder (folders inside are not searched)", file=sys.stderr)
+            else:
+                print(f"gradeclip: skipped {entry}: not a video file name (videos end in "
+                      f"{', '.join(VIDEO_SUFFIXES)})", file=sys.stderr)
         if not found:
             raise _UserError(f"no video files in {path} (looked for {', '.join(VIDEO_SUFFIXES)})")
         return found
@@ -161,8 +176,39 @@ def _videos(path: str) -> List[Path]:
     return [target]
 
 
+def _check_out(out) -> None:
+    """The output folder exists as a writable folder, or can be created (its nearest existing parent is a writable
+    folder); checked before any work so that nothing is computed for nothing."""
+    path = Path(out).expanduser().absolute()
+    if path.exists():
+        if not path.is_dir():
+            raise _UserError(f"--out {out}: exists and is not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise _UserError(f"--out {out}: the folder is not writable")
+        return
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir():
+        raise _UserError(f"--out {out}: cannot create it, {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _UserError(f"--out {out}: cannot create it, {parent} is not writable")
+
+
+def _check_cmap(name: str) -> None:
+    import difflib
+
+    import matplotlib
+
+    if name not in matplotlib.colormaps:
+        close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise _UserError(f"unknown colour map {name!r}; {hint}any name of matplotlib.colormaps works, "
+                         f"e.g. jet, turbo, viridis, inferno")
+
+
 def _check_common(args) -> None:
+    """Every option of explain and video, before any video is read or model loaded."""
     from .methods.registry import get_method
+    from .methods import baselines  # noqa: F401  (registers the built-in methods)
 
     if not 0 <= args.alpha <= 1:
         raise _UserError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -170,7 +216,28 @@ def _check_common(args) -> None:
         raise _UserError(f"--dpi must be positive, got {args.dpi}")
     if any(not p.strip() for p in args.prompt):
         raise _UserError("empty --prompt: every prompt needs some text")
+    _check_cmap(args.cmap)
     get_method(args.method)
+    _check_out(args.out)
+
+
+def _load_model(name: str, device):
+    """``load_clip`` with a CLI message when a model name's weights are neither cached nor downloadable: the
+    expected file, the cache folder and ``--model PATH``."""
+    from .backbones.model import DEFAULT_CACHE, load_clip  # first: it imports clip with its warning silenced
+
+    import clip
+
+    try:
+        return load_clip(name, device=device)
+    except RuntimeError as err:
+        if name not in clip.available_models():
+            raise
+        expected = clip.clip._MODELS[name].rsplit("/", 1)[-1]
+        cause = str(err).split("downloading them failed", 1)[-1].split(". Download", 1)[0].strip(" ()")
+        raise _UserError(f"the weights of {name} ({expected}) are not in the cache folder {DEFAULT_CACHE} and could "
+                         f"not be downloaded ({cause}); copy {expected} into {DEFAULT_CACHE}, or pass "
+                         f"--model PATH with the path of a local checkpoint") from None
 
 
 def _write_frame(result, name: str, out, *, title, meta: dict, dpi=150, cmap="jet", alpha=0.5) -> list:
@@ -208,13 +275,39 @@ def _write_video(result, stem: str, out, *, scale="shared", cmap="jet", alpha=0.
     return paths
 
 
+def _write_words(model, frame, prompts, name: str, out, *, dpi=150) -> list:
+    """Each prompt's word importance for ``frame``: a figure per prompt (``NAME_words_K``) and one JSON file."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .explain import word_importance
+    from .viz.figures import plot_word_importance, save_figure
+
+    paths, record = [], []
+    for k, prompt in enumerate(prompts):
+        pairs = word_importance(model, frame, prompt)
+        record.append({"prompt": prompt, "words": [[word, round(float(weight), 6)] for word, weight in pairs]})
+        fig = plot_word_importance(pairs, title=f"word importance · {prompt}")
+        paths += save_figure(fig, f"{name}_words_{k}", out, dpi=dpi)
+        plt.close(fig)
+    path = Path(out) / f"{name}_words.json"
+    path.write_text(json.dumps({"frame_size": list(frame.shape[:2]), "prompts": record}, indent=2) + os.linesep)
+    return paths + [path]
+
+
 def _video(args) -> int:
-    from .backbones.model import load_clip
     from .video import explain_video
 
     _check_common(args)
     videos = _videos(args.video)
-    model, _ = load_clip(args.model, device=args.device)
+    model, _ = _load_model(args.model, args.device)
+    from .eval.shapes import warn_unknown_words
+
+    warn_unknown_words(model, args.prompt)
     failed = []
     for path in videos:
         try:
@@ -224,7 +317,9 @@ def _video(args) -> int:
             seconds = time.perf_counter() - start
         except (ValueError, IndexError, OSError) as err:
             failed.append(path.name)
-            print(f"gradeclip: error: {path}: {' '.join(str(err).split())}", file=sys.stderr)
+            message = " ".join(str(err).split())
+            where = "" if str(path) in message else f"{path}: "  # most errors already name the file
+            print(f"gradeclip: error: {where}{message}", file=sys.stderr)
             continue
         paths = _write_video(result, f"{path.stem}_{args.method}", args.out, scale=args.colour_scale,
                              cmap=args.cmap, alpha=args.alpha, gif=not args.no_gif, dpi=args.dpi)
@@ -248,26 +343,39 @@ def _explain(args) -> int:
     from .explain import explain
     from .viz.figures import format_scores
     from .io.frames import MAX_SIDE, read_frames, resolve_indices, video_info
-    from .backbones.model import load_clip
 
     _check_common(args)
     info = video_info(args.video)
     index = int(resolve_indices(args.frame, info.num_frames)[0])
     frames = read_frames(args.video, [index], max_side=MAX_SIDE)  # a 4K frame explained at 1920 px
-    model, _ = load_clip(args.model, device=args.device)
+    model, _ = _load_model(args.model, args.device)
     result = explain(model, frames, args.prompt, method=args.method)
     name = f"{Path(args.video).stem}_frame{index}_{args.method}"
     paths = _write_frame(result, name, args.out, dpi=args.dpi, cmap=args.cmap, alpha=args.alpha,
                          title=f"{Path(args.video).name} · frame {index} ({info.times[index]:.2f} s)",
                          meta={"model": args.model, "video": str(args.video), "frame_index": index,
                                "time_s": info.times[index]})  # the frame's presentation time
+    if args.words:
+        paths += _write_words(model, frames[0], result.prompts, name, args.out, dpi=args.dpi)
     print(f"{Path(args.video).name}, frame {index} of {info.num_frames}; model {args.model}; method {args.method}")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"gradeclip: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    import warnings
+
+    with warnings.catch_warnings():  # restores the caller's warning settings afterwards
+        warnings.showwarning = _show_warning  # one line, no source excerpt
+        return _main(argv)
+
+
+def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

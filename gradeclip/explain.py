@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .checks import positive_int
+from .eval.shapes import warn_unknown_words
 from .methods.grad_eclip import grad_eclip_text
 from .methods.baselines import run_method  # importing methods registers every method in METHODS
 from .backbones.model import check_vit, clip_preprocess, encode_prompts, token_words, tokenize
@@ -91,6 +92,7 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
     positive_int(batch_size, "batch_size")
     frames = as_frames(frames)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    warn_unknown_words(model, prompts)
     text_features = encode_prompts(model, prompts, truncate=truncate)
     starts = range(0, len(frames), batch_size)
     raws, features = [], []

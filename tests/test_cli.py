@@ -67,6 +67,11 @@ def test_help_documents_every_option(capsys):
     (["explain", "{video}", "-p", "word " * 80, "--model", "{checkpoint}"], "context length is 77"),
     (["explain", "{notvideo}", "-p", "x"], "not a decodable video"),
     (["bogus"], "invalid choice"),
+    (["explain", "{video}", "-p", "x", "--cmap", "jett"], "unknown colour map 'jett'; did you mean jet"),
+    (["video", "{video}", "-p", "x", "--cmap", "jett"], "unknown colour map 'jett'"),
+    (["explain", "{video}", "-p", "x", "--out", "{notvideo}"], "exists and is not a folder"),
+    (["video", "{video}", "-p", "x", "--out", "{notvideo}/sub"], "is not a folder"),
+    (["video", "{video}", "-p", "x", "--method", "grad_eclipse"], "unknown method 'grad_eclipse'"),
 ])
 def test_bad_input_is_one_line_and_status_1(video, checkpoint, tmp_path, monkeypatch, capfd, args, message):
     # in-process for speed; capfd also sees what native libraries print to file descriptor 2
@@ -84,3 +89,99 @@ def test_error_exit_status_in_a_real_process(tmp_path):
     proc = run("explain", tmp_path / "missing.avi", "-p", "x")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"gradeclip: error: video not found: {tmp_path / 'missing.avi'}"]
+
+
+def test_options_are_checked_before_any_work(video, tmp_path, monkeypatch, capfd):
+    """A bad --cmap fails before the model is loaded or the video read (it used to fail after the whole video was
+    explained, and the MP4 was lost). Catches validation moved after the work: loading the model raises here."""
+    import gradeclip.backbones.model as model_module
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(model_module, "load_clip", no_work)
+    for command in ("explain", "video"):
+        assert main([command, video, "-p", "x", "--cmap", "jett", "--out", str(tmp_path)]) == 1
+        assert "unknown colour map" in capfd.readouterr().err
+
+
+def test_unwritable_out_is_refused(video, tmp_path, monkeypatch, capfd):
+    """--out inside a folder the user may not write to is refused before any work, for an existing folder and for
+    one that would be created there. The permission answer is faked, since tests may run as root (who may write
+    anywhere). Catches a check of the folder itself only, or no write check at all."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path).startswith(str(locked)) else
+                        real(path, mode))
+    assert main(["explain", video, "-p", "x", "--out", str(locked)]) == 1
+    assert "the folder is not writable" in capfd.readouterr().err
+    assert main(["explain", video, "-p", "x", "--out", str(locked / "new" / "deeper")]) == 1
+    assert f"cannot create it, {locked} is not writable" in capfd.readouterr().err
+
+
+def test_method_help_lists_every_registered_method(capsys):
+    """``--method`` help names the methods (it said "see the README"); the static list the help uses without
+    importing torch equals the registry. Catches a method added to the registry but not to the help."""
+    from gradeclip import method_names
+    from gradeclip.cli import METHOD_NAMES
+
+    assert list(METHOD_NAMES) == method_names()
+    with pytest.raises(SystemExit):
+        main(["video", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(METHOD_NAMES) in text.replace("- ", "-")
+
+
+def test_missing_weights_message_names_file_cache_and_flag(video, tmp_path, monkeypatch, capfd):
+    """Without cached weights and without network, the one-line message names the expected file (ViT-B-32.pt),
+    the cache folder and --model PATH."""
+    import clip
+
+    def offline(name, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(clip, "load", offline)
+    assert main(["explain", video, "-p", "x", "--out", str(tmp_path)]) == 1
+    err = capfd.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    for part in ("ViT-B-32.pt", ".cache/clip", "--model PATH", "network is unreachable"):
+        assert part in err, (part, err)
+
+
+def test_folder_mode_reports_each_skipped_file(video, checkpoint, tmp_path, capfd):
+    """Files that are not videos, folders and videos that fail to decode are each named with the reason; the
+    good video is still explained. Catches files skipped silently."""
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(video, folder / "good.avi")
+    (folder / "notes.txt").write_text("not a video")
+    (folder / "broken.avi").write_text("not a video either " * 20)
+    (folder / "sub").mkdir()
+    code = main(["video", str(folder), "-p", "x", "--model", str(checkpoint), "--out", str(tmp_path / "out"),
+                 "--frames", "2", "--no-gif"])
+    captured = capfd.readouterr()
+    assert code == 1  # one of two videos failed
+    assert f"skipped {folder / 'notes.txt'}: not a video file name" in captured.err
+    assert f"skipped {folder / 'sub'}: a folder" in captured.err
+    assert "broken.avi" in captured.err and "1 of 2 videos failed: broken.avi" in captured.err
+    broken = str(folder / "broken.avi")
+    assert f"error: {broken}: {broken}" not in captured.err  # the path is not printed twice in a row
+    assert (tmp_path / "out" / "good_grad_eclip.mp4").is_file()
+
+
+def test_explain_words_writes_figure_and_json(video, checkpoint, tmp_path):
+    """``explain --words`` writes each prompt's word importance (the README promised it; the CLI never wrote it):
+    one figure per prompt and a JSON whose words are the prompt's words with weights summing to 1."""
+    out = tmp_path / "out"
+    assert main(["explain", video, "-p", "a red car", "-p", "a tree", "--words", "--model", str(checkpoint),
+                 "--out", str(out), "--dpi", "50"]) == 0
+    stem = "walk_frame6_grad_eclip"
+    assert (out / f"{stem}_words_0.png").is_file() and (out / f"{stem}_words_1.pdf").is_file()
+    record = json.loads((out / f"{stem}_words.json").read_text())
+    assert [p["prompt"] for p in record["prompts"]] == ["a red car", "a tree"]
+    words = record["prompts"][0]["words"]
+    assert [w for w, _ in words] == ["a", "red", "car"]
+    assert sum(weight for _, weight in words) == pytest.approx(1, abs=1e-4)

@@ -87,3 +87,35 @@ def test_save_explanation(tmp_path, result):
     np.testing.assert_allclose(record["cosine"], result.cosine, atol=1e-6)
     np.testing.assert_allclose(record["probs"], result.probs, atol=1e-6)
     assert record["raw_maps"]["shape"] == list(result.raw.shape)
+
+
+def test_method_grid_is_a_paper_figure(model):
+    """Six methods for two prompts at 4 panels a row: 2 rows per prompt (the frame + 6 panels = 7), display names
+    as titles, the prompt beside each row, one labelled colorbar, an all-zero map marked. Catches a grid that does
+    not wrap (the old 13 columns), code names as titles, a colorbar per panel or none."""
+    import copy
+
+    from gradeclip import plot_method_grid
+    from gradeclip.viz.figures import ZERO_LABEL
+
+    frames = np.random.default_rng(2).integers(0, 256, size=(1, 24, 40, 3), dtype=np.uint8)
+    names = ["grad_eclip", "grad_cam", "gradcam_pp", "scorecam", "game", "self_attention"]
+    base = explain(model, frames, PROMPTS)
+    explanations = {}
+    for name in names:  # the same maps under six names: the layout, not the methods, is tested here
+        explanations[name] = copy.deepcopy(base)
+    explanations["game"].raw[0, 1] = 0  # an all-zero map for the second prompt
+    fig = plot_method_grid(explanations, columns=4)
+    colorbars = [ax for ax in fig.axes if "relevance" in ax.get_ylabel()]
+    panels = [ax for ax in fig.axes if ax not in colorbars]
+    assert len(colorbars) == 1 and len(panels) == 2 * 2 * 4
+    titles = [ax.get_title() for ax in panels]
+    for display in ("Grad-ECLIP", "Grad-CAM", "Grad-CAM++", "Score-CAM", "GAME", "Self-attention"):
+        assert titles.count(display) == 2, display
+    assert not set(titles) & set(names)
+    row_labels = [ax.get_ylabel() for ax in panels if ax.get_ylabel()]
+    assert row_labels == ["a person", "a person", "a tree", "a tree"]  # beside every row, not only the first
+    zero = [ax for ax in panels if any(t.get_text() == ZERO_LABEL for t in ax.texts)]
+    assert len(zero) == 1 and zero[0].get_title() == "GAME" and panels.index(zero[0]) >= 8  # second prompt
+    assert fig.get_size_inches()[0] == pytest.approx(7.0)
+    plt.close("all")

@@ -197,10 +197,24 @@ def test_zero_gradient_gives_zero_maps(model):
 
 
 def test_constant_keys_give_finite_maps(model, text_features):
-    # All patches identical -> all q.k cosines equal: lambda must not be 0/0
+    """All patch keys identical (constant pixels and, on a copy, one positional embedding for every patch: with the
+    model's own embeddings the keys differ and the guard is never reached): every q.k cosine is equal, so lambda
+    would be 0/0. The guard makes lambda 1 everywhere, i.e. the map equals the map without the spatial weight.
+    Catches a guard returning 0 (a zero map), NaN, or an epsilon that turns float noise into a spatial weight."""
+    import copy
+
+    from gradeclip.methods.grad_eclip import qk_weight
+
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.visual.positional_embedding[1:] = twin.visual.positional_embedding[1:].mean(0)
     pixels = torch.zeros(1, 3, 32, 32)
-    maps = grad_eclip_image(model, pixels, text_features)
-    assert torch.isfinite(maps).all()
+    maps = grad_eclip_image(twin, pixels, text_features)
+    assert torch.isfinite(maps).all() and maps.abs().sum() > 0
+    torch.testing.assert_close(maps, grad_eclip_image(twin, pixels, text_features, spatial_weight=False),
+                               rtol=1e-5, atol=1e-7)
+    keys = torch.randn(1, 1, 8).expand(1, 5, 8)
+    assert torch.equal(qk_weight(torch.randn(1, 8), keys), torch.ones(1, 5))
 
 
 @pytest.mark.parametrize("layers", [2, 1])

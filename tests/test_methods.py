@@ -189,6 +189,43 @@ def test_rise_known_answer_and_seed(model, text_features):
         rise(model, pixels, text_features, p=0)
 
 
+def test_rise_with_p_below_one_matches_its_formula(model, text_features, monkeypatch):
+    """p = 0.3: the masks RISE feeds the model are recorded (masked image / image), the saliency is recomputed
+    here from the formula sum_m cos(masked_m) * mask_m / (N * p), clipped at 0, averaged per patch, and the masks
+    keep about p of the image. Catches a missing or inverted 1/p, a keep rate of 1 - p (``>`` for ``<``), masks
+    applied to the wrong image, or no clipping; with p = 1 all of these were invisible."""
+    import gradeclip.methods.baselines as baselines
+
+    pixels = torch.rand(1, 3, 32, 32) + 0.5  # no zeros: the masks are recovered by division
+    seen = []
+    real = baselines.encode_pixels
+
+    def recording(m, images):
+        seen.append(images.detach().clone())
+        return real(m, images)
+
+    monkeypatch.setattr(baselines, "encode_pixels", recording)
+    got = rise(model, pixels, text_features, n_masks=48, p=0.3, batch_size=16, seed=3)
+    masked = torch.cat(seen)  # (48, 3, 32, 32)
+    masks = (masked / pixels)[:, 0]
+    torch.testing.assert_close(masked / pixels, masks[:, None].expand_as(masked), rtol=1e-4, atol=1e-5)
+    assert abs(masks.mean().item() - 0.3) < 0.1
+    with torch.no_grad():
+        cos = F.normalize(real(model, masked), dim=-1) @ F.normalize(text_features, dim=-1).T  # (48, K)
+    saliency = (torch.einsum("mk,mhw->khw", cos, masks) / (48 * 0.3)).clamp(min=0)
+    want = F.avg_pool2d(saliency[None], 8)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_game_default_start_layer_is_the_last_block(model, text_features):
+    """GAME's default relevance starts at the last block (start_layer=-1), as documented. Catches a default of 0
+    (the whole stack, a different map on this 2-block model)."""
+    pixels = torch.randn(1, 3, 32, 32)
+    default = game(model, pixels, text_features)
+    torch.testing.assert_close(default, ref_game(model, pixels, text_features, 1))
+    assert not torch.allclose(default, game(model, pixels, text_features, start_layer=0))
+
+
 def test_camlib_wrapper_outputs_clip_cosine(model, text_features):
     pixels = torch.randn(3, 3, 32, 32)
     with torch.no_grad():

@@ -5,7 +5,8 @@ import torch
 
 from gradeclip import (boxes_to_masks, clip_scorer, compare_methods, deletion_insertion, encode_prompts,
                        energy_pointing_game, format_comparison, pointing_game, randomization_check,
-                       rank_correlation)
+                       prompt_sensitivity, rank_correlation)
+from gradeclip.eval.metrics import pointing_point
 from gradeclip.eval.metrics import randomize_last_blocks, replacement_image
 from gradeclip.methods.baselines import rollout, self_attention
 from gradeclip import grad_eclip_image
@@ -89,8 +90,61 @@ def test_pointing_games():
     assert pointing_game(maps, masks).tolist() == [True, False]
     np.testing.assert_allclose(energy_pointing_game(maps, masks), [1.0, 0.5 / 1.5])
     assert energy_pointing_game(np.zeros((6, 8)), masks[0]) == 0
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="leading dimensions"):
         pointing_game(maps, masks[:1, :3])
+
+
+def test_pointing_game_has_no_border_bias():
+    """The best token in the top-left corner, upsampled bilinearly: a plateau of equal pixels reaching pixel 0.
+    The point is the plateau's centre (1, 1), inside an object that starts 1 px from the border; argmax (pixel 0) is
+    outside it. Catches a return to plain ``argmax`` (the border bias)."""
+    import torch.nn.functional as F
+
+    grid = np.zeros((4, 4))
+    grid[0, 0] = 1.0
+    up = F.interpolate(torch.tensor(grid)[None, None], size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+    up = up.numpy()
+    assert up[0, 0] == up.max() == up[3, 3]  # the tied plateau the bias came from
+    mask = np.zeros((32, 32), bool)
+    mask[1:8, 1:8] = True
+    assert not mask.flat[up.argmax()]
+    assert pointing_game(up, mask)
+    assert pointing_point(up) == (1, 1)  # plateau rows and columns 0..3
+
+
+def test_pointing_game_on_the_token_grid_points_at_the_cell_centre():
+    """A raw (h, w) map against (H, W) masks: the maximal token (row 1, column 2 of a 4x4 grid over 32x32 px)
+    points at its cell centre (12, 20). Catches an off-by-one cell, swapped rows/columns, or a corner instead of
+    the centre (the masks below separate each of those)."""
+    grid = np.zeros((4, 4))
+    grid[1, 2] = 1.0
+    assert pointing_point(grid, (32, 32)) == (12, 20)
+    centre, corner, swapped = (np.zeros((32, 32), bool) for _ in range(3))
+    centre[10:14, 18:22] = True
+    corner[8:10, 16:18] = True
+    swapped[18:22, 10:14] = True
+    assert pointing_game(np.stack([grid] * 3), np.stack([centre, corner, swapped])).tolist() == [True, False, False]
+    # ties between separate maxima: the first one in row-major order wins
+    grid[3, 0] = 1.0
+    assert pointing_point(grid, (32, 32)) == (12, 20)
+
+
+def test_prompt_sensitivity_matches_scipy_spearman():
+    """(K, K) Spearman matrix against ``scipy.stats.spearmanr`` for maps with known relations: equal ranking
+    (a monotone transform: 1), reversed (-1) and unrelated (random: near 0). Catches the old bug (each map
+    compared with itself, a K x 1 column of ones) and a transposed or mis-broadcast matrix."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    base = rng.random((7, 9))
+    raw = np.stack([base, base ** 3 + 2, -base, rng.random((7, 9))])  # (K=4, h, w)
+    matrix = prompt_sensitivity(raw[None])
+    expected = spearmanr(raw.reshape(4, -1), axis=1).statistic
+    assert matrix.shape == (4, 4)
+    np.testing.assert_allclose(matrix, expected, atol=1e-12)
+    np.testing.assert_allclose(matrix[0, 1], 1.0)
+    np.testing.assert_allclose(matrix[0, 2], -1.0)
+    assert abs(matrix[0, 3]) < 0.3 and matrix[3, 0] == matrix[0, 3]
 
 
 def test_rank_correlation():
@@ -98,6 +152,10 @@ def test_rank_correlation():
     assert rank_correlation(a, a ** 3)[0] == pytest.approx(1.0)
     assert rank_correlation(a, -a)[0] == pytest.approx(-1.0)
     assert np.isnan(rank_correlation(a, np.ones_like(a))[0])
+    # broadcasting: (2, 1, h, w) against (1, 3, h, w) gives (2, 3), each pair compared (not each map with itself)
+    maps = np.random.default_rng(1).random((3, 4, 4))
+    out = rank_correlation(maps[:2, None], maps[None])
+    assert out.shape == (2, 3) and out[0, 0] == pytest.approx(1) and out[0, 1] < 0.99
 
 
 def test_randomization_check(model):
@@ -129,3 +187,85 @@ def test_compare_methods(model):
     assert "deletion AUC" in table and "grad_eclip" in table.splitlines()[2]
     with pytest.raises(ValueError, match="unknown method"):
         compare_methods(model, frames, ["a"], methods=["nope"])
+
+
+def test_noise_replacement_is_seeded_uniform():
+    """Noise is uniform in [0, 1] before CLIP's normalisation, the same for one seed and different for another.
+    Catches an ignored seed or noise left unnormalised."""
+    from gradeclip.backbones.pixels import CLIP_MEAN, CLIP_STD
+
+    pixels = torch.zeros(1, 3, 40, 40)
+    a = replacement_image(pixels, "noise", seed=1)
+    assert torch.equal(a, replacement_image(pixels, "noise", seed=1))
+    assert not torch.equal(a, replacement_image(pixels, "noise", seed=2))
+    raw = a * torch.tensor(CLIP_STD).view(1, 3, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    assert raw.min() >= 0 and raw.max() <= 1 and abs(raw.mean().item() - 0.5) < 0.05
+
+
+def test_blur_sigma_is_a_twentieth_of_the_longer_side():
+    """An impulse blurred on a 101x61 image (sigma = 101 / 20 = 5.05) has the profile exp(-x^2 / (2 sigma^2)),
+    normalised, along its row. Catches a sigma from the shorter side (3.05) or a wrong divisor."""
+    pixels = torch.zeros(1, 3, 61, 101)
+    pixels[0, :, 30, 50] = 1.0
+    row = replacement_image(pixels, "blur")[0, 0, 30, 50 - 8:50 + 9].double()
+    x = torch.arange(-8, 9, dtype=torch.float64)
+    want = torch.exp(-x ** 2 / (2 * 5.05 ** 2))
+    torch.testing.assert_close(row / row.max(), want / want.max(), rtol=0, atol=2e-3)
+
+
+def test_prob_score_uses_the_models_logit_scale(model):
+    """``score="prob"`` is the softmax of logit_scale.exp() * cosine, with the model's own scale (changed here to
+    make the point). Catches a missing or fixed scale (softmax of raw cosines is near uniform)."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.logit_scale.fill_(np.log(50.0))
+    text = encode_prompts(twin, ["a dog", "a cat", "a tree"])
+    images = torch.randn(2, 3, 32, 32)
+    cosine = clip_scorer(twin, text)(images)
+    probs = clip_scorer(twin, text, score="prob")(images)
+    torch.testing.assert_close(probs, (50.0 * cosine).softmax(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_energy_pointing_game_ignores_negative_values():
+    """Negative values count as 0 (only positive evidence is energy): inside 1 of a positive total 2 = 0.5.
+    Without the clipping the share would be (-5 + 1) / (-5 + 1 + 1) = 1.33."""
+    maps = np.array([[-5.0, 1.0], [0.0, 1.0]])
+    mask = np.array([[True, True], [False, False]])
+    assert energy_pointing_game(maps, mask) == pytest.approx(0.5)
+
+
+def test_deletion_ranks_low_resolution_maps_bilinearly():
+    """A 2x2 map over 8x8 pixels: the score of each deletion step is the sum, over the deleted pixels, of the
+    bilinear (align_corners=False) upsampling of the map, so the curve follows the true ranking whatever the order
+    of ties. Catches nearest-neighbour upsampling (a different ranking), a reversed order, or align_corners=True."""
+    import torch.nn.functional as F
+
+    small = torch.tensor([[[[0.0, 1.0], [3.0, 7.0]]]])
+    up = F.interpolate(small, size=(8, 8), mode="bilinear", align_corners=False)[0, 0]
+    pixels = torch.full((1, 3, 8, 8), 10.0)
+    black = replacement_image(pixels, "black")[0, 0, 0, 0]
+
+    def score(images):  # (M, 3, 8, 8) -> (M, 1): the upsampled values of the pixels that were deleted
+        return ((images[:, 0] == black).float() * up).sum((-2, -1))[:, None]
+
+    curves = deletion_insertion(score, pixels, small, steps=8, replacement="black")
+    values = up.flatten().sort(descending=True).values
+    want = torch.stack([values[:round(s / 8 * 64)].sum() for s in range(9)]).numpy()
+    np.testing.assert_allclose(curves["deletion_curve"][0, 0], want, rtol=1e-5)
+
+
+def test_randomisation_resets_layernorms_of_the_last_blocks_only(model):
+    """The re-initialised blocks have LayerNorms at identity (weight 1, bias 0), other weights N(0, 0.02) and zero
+    biases; earlier blocks are untouched. Catches LayerNorms left trained or randomised like the rest."""
+    twin = randomize_last_blocks(model, 1)
+    last, first = twin.visual.transformer.resblocks[-1], twin.visual.transformer.resblocks[0]
+    for norm in (last.ln_1, last.ln_2):
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+        assert torch.equal(norm.bias, torch.zeros_like(norm.bias))
+    assert torch.equal(last.attn.in_proj_bias, torch.zeros_like(last.attn.in_proj_bias))
+    assert abs(last.mlp.c_fc.weight.std().item() - 0.02) < 0.002
+    original = model.visual.transformer.resblocks[0]
+    assert torch.equal(first.ln_1.weight, original.ln_1.weight) and not torch.equal(
+        original.ln_1.weight, torch.ones_like(original.ln_1.weight))

@@ -93,3 +93,28 @@ def test_encode_prompts(model):
 def test_public_surface():
     for name in gradeclip.__all__:
         assert hasattr(gradeclip, name), name
+
+
+def test_pixels_equal_clips_own_transform(model):
+    """A 64x64 frame at scale 0.5 through ``to_pixels`` equals CLIP's own transform (``clip.clip._transform(32)``:
+    bicubic resize, centre crop, ToTensor, Normalize) on the same image. Catches swapped mean/std channel order,
+    BGR input, bilinear instead of bicubic resizing, or a missing /255."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from gradeclip import to_pixels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import clip
+
+    y, x = np.mgrid[0:64, 0:64]
+    rng = np.random.default_rng(0)
+    frame = np.clip(np.stack([x * 4, y * 4, 255 - x * 2], -1) + rng.integers(-40, 40, (64, 64, 3)), 0, 255)
+    frame = frame.astype(np.uint8)
+    want = clip.clip._transform(32)(Image.fromarray(frame))[None]
+    got = to_pixels(model, frame, scale=0.5)
+    assert got.shape == want.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)

@@ -10,8 +10,9 @@ from gradeclip.cli import main
 from gradeclip.eval.shapes import (BACKGROUNDS, COLOURS, SHAPES, ShapeObject, class_prompts, failure_cases,
                               random_scene, render_scene, shape_mask)
 
-# Grad-ECLIP's pointing game on the first 20 held-out scenes measured 0.30 with the shipped model (50 scenes:
-# 0.30; chance, a random point, 0.064): the threshold leaves room for other platforms' numerics.
+# Grad-ECLIP's pointing game on the 50 held-out scenes of the README measured 0.36 with the shipped model and the
+# border-free rule (0.30 with the old argmax rule; chance, a random point, 0.064): the threshold leaves room for
+# other platforms' numerics.
 POINTING_THRESHOLD = 0.2
 RECORD = json.loads((Path(gradeclip.shapes_model()).with_suffix(".json")).read_text())
 
@@ -91,6 +92,27 @@ def test_grad_eclip_points_at_the_prompted_object(shapes_clip):
     assert rows[0]["pointing"] >= POINTING_THRESHOLD, rows[0]
 
 
+def test_grad_eclip_points_at_the_prompted_object_not_at_another(shapes_clip):
+    """In the held-out scenes with two or more objects, Grad-ECLIP's map for "a red circle" hits the red circle's
+    mask far more often than another object's mask of the same scene (measured on these 40 scenes: 0.31 against
+    0.10). Catches maps, prompts or masks paired in the wrong order, which the threshold test alone lets pass."""
+    from gradeclip.eval.evaluate import EVAL_SEEDS
+    from gradeclip.eval.metrics import pointing_game
+    from gradeclip.eval.shapes import random_scene
+
+    own, other = [], []
+    for i in range(40):
+        scene = random_scene(EVAL_SEEDS + i, size=shapes_clip.visual.input_resolution)
+        if len(scene.objects) < 2:
+            continue
+        result = gradeclip.explain(shapes_clip, scene.image, [f"a {o.name}" for o in scene.objects], progress=False)
+        own += pointing_game(result.raw[0], scene.masks).tolist()
+        other += pointing_game(result.raw[0], np.roll(scene.masks, 1, axis=0)).tolist()  # the next object's mask
+    assert len(own) >= 40
+    assert np.mean(own) >= POINTING_THRESHOLD and np.mean(own) >= np.mean(other) + 0.15, (np.mean(own),
+                                                                                          np.mean(other))
+
+
 def test_demo_command(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
@@ -109,3 +131,25 @@ def test_evaluate_command(capfd):
     assert lines[-1].startswith("chance level: a random point falls inside the object 0.")
     assert main(["evaluate", "--n", "3"]) == 1
     assert "choose a benchmark: --shapes" in capfd.readouterr().err
+
+
+def test_unknown_words_warn_with_the_shapes_model_only(model):
+    """The shapes CLIP warns about words its captions never held ("a person walking"), and only about those; a
+    known prompt and any other model stay silent. Catches a missing warning, a warning for every model, or a
+    vocabulary that forgot "and"."""
+    import warnings
+
+    from gradeclip import explain, load_clip, shapes_model
+    from gradeclip.eval.shapes import is_shapes_model, unknown_words
+
+    assert unknown_words(["a red circle and a blue square", "A Yellow Triangle."]) == []
+    assert unknown_words(["a person walking", "no red circle"]) == ["no", "person", "walking"]
+    shapes, _ = load_clip(shapes_model())
+    assert is_shapes_model(shapes) and not is_shapes_model(model)
+    image = np.zeros((48, 48, 3), np.uint8)
+    with pytest.warns(UserWarning, match=r"never saw the word\(s\) 'person', 'walking'"):
+        explain(shapes, image, ["a person walking", "a red circle"], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explain(shapes, image, ["a red circle and a blue square"], progress=False)
+        explain(model, image[:32, :32], ["a person walking"], progress=False)

@@ -118,13 +118,42 @@ def test_exports_read_back(model, avi, tmp_path):
     assert record["model"] == "tiny" and record["prompts"] == ["a person", "a tree"]
     assert record["frame_indices"] == list(range(0, 30, 2)) and len(record["timestamps_s"]) == 15
     assert record["preprocessing"]["input_size_hw"] == [48, 64]
-    mp4, gif = write_overlay_video(result, tmp_path / "overlay.mp4", gif_fps=5)
+    mp4, gif = write_overlay_video(result, tmp_path / "overlay.mp4")
     info = video_info(mp4)
     assert info.num_frames == 15 and info.fps == pytest.approx(12.5)
     first = read_frames(mp4, 0)[0]
     assert first.shape == (info.height, info.width, 3) and info.width > 3 * 64  # frame + 2 overlays + colorbar
     with Image.open(gif) as image:
-        assert image.n_frames == 8  # every 3rd of 15 frames (12.5 fps -> 5 fps)
+        # every exported frame, full size, at the MP4's rate (it kept every other frame, downscaled)
+        assert image.n_frames == 15 and image.width >= info.width and image.height >= info.height
+        assert image.info["duration"] == pytest.approx(1000 / 12.5, abs=10)
+
+
+
+def test_gif_palette_does_not_posterise(tmp_path):
+    """A smooth frame and heatmaps through the GIF writer: after a 5x5 box blur (which averages dithering out but
+    not bands) the GIF stays within 2 levels of the picture on average, less than half of the error of a single
+    adaptive palette without dithering (Pillow's default, the old writer). Catches posterised GIFs."""
+    from scipy.ndimage import uniform_filter
+
+    from gradeclip.viz.video_export import _GifWriter, compose_frame
+
+    y, x = np.mgrid[0:120, 0:160]
+    frame = np.stack([x * 1.5, y * 2, 255 - x], -1).astype(np.uint8)
+    maps = np.stack([np.exp(-((x - 60) ** 2 + (y - 50) ** 2) / 2000.0), x / 160.0])
+    picture = compose_frame(frame, maps, ["a", "b"], [0.1, 0.2], [0.4, 0.6], 1.0, 3, scale_label="shared",
+                            method="grad_eclip")
+    writer = _GifWriter(tmp_path / "a.gif", 10)
+    writer.append(picture)
+    writer.append(picture)
+    writer.close()
+    Image.fromarray(picture).save(tmp_path / "b.gif")
+    blur = lambda a: uniform_filter(np.asarray(a, dtype=float), (5, 5, 1))  # noqa: E731
+    with Image.open(tmp_path / "a.gif") as ours, Image.open(tmp_path / "b.gif") as plain:
+        assert ours.n_frames == 2
+        error = np.abs(blur(ours.convert("RGB")) - blur(picture)).mean()
+        plain_error = np.abs(blur(plain.convert("RGB")) - blur(picture)).mean()
+    assert error < 2 and error < plain_error / 2, (error, plain_error)
 
 
 def test_timeline_and_keyframes(avi):
@@ -134,11 +163,20 @@ def test_timeline_and_keyframes(avi):
     marks = keyframes(result)
     positions = [n for n, _ in marks]
     assert positions == sorted(positions)
-    assert (3, "peak: p0") in marks and (1, "best → p0") in marks or (1, "peak: p0") not in marks
+    # p0 peaks at 3 and dips at 0 and 4 (the first wins: 0); p1 peaks at 2 and dips at 3 and 5 (3: taken); the best
+    # prompt changes at 1 (to p0), 2, 3, 4 and 5: one label per position, the first given wins
+    assert marks == [(0, "valley: p0"), (1, "best → p0"), (2, "peak: p1"), (3, "peak: p0"), (4, "best → p1"),
+                     (5, "best → p0")]
     assert any("valley" in label for _, label in marks)
     fig = plot_timeline(result)
     assert len([ax for ax in fig.axes if ax.get_images()]) == len(marks)
     assert "shared over the video" in fig.axes[0].get_title()
+    # each thumbnail says which prompt's map it shows (the best prompt at that moment); one colorbar names the method
+    thumbs = [ax for ax in fig.axes if ax.get_images()]
+    best = [result.prompts[int(result.cosine[n].argmax())] for n, _ in marks]
+    assert [ax.get_title().split("map: ")[1] for ax in thumbs] == best
+    assert [ax.get_ylabel().split(" relevance")[0] for ax in fig.axes if "relevance" in ax.get_ylabel()] == [
+        "Grad-ECLIP"]
 
 
 def test_memory_stays_bounded(tmp_path):
@@ -185,3 +223,13 @@ def test_video_cli_bad_input(avi, tmp_path, capfd, args, message):
     code = main([a.format(video=avi, empty=empty) for a in args])
     err = capfd.readouterr().err
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_sidecar_sizes_are_height_then_width_and_follow_scale(model, avi, tmp_path):
+    """The 48x64 (H x W) video at scale 0.5 with patch 8: the sidecar says frame_size_hw [48, 64] and input_size_hw
+    [24, 32], and the raw maps are (3, 4). Catches (W, H) order or an input size that ignores ``scale``."""
+    result = explain_video(model, avi, ["a person"], count=2, scale=0.5, progress=False, model_name="tiny")
+    assert result.raw.shape[-2:] == (3, 4)
+    _, sidecar = save_video_maps(result, tmp_path)
+    record = json.loads(sidecar.read_text())["preprocessing"]
+    assert record["frame_size_hw"] == [48, 64] and record["input_size_hw"] == [24, 32]

@@ -65,7 +65,7 @@ def evaluate_shapes(model, *, n: int = 50, methods: Optional[Sequence[str]] = No
             result = explain(model, scene.image, prompts, method=name, progress=False, **options.get(name, {}))
             seconds += time.perf_counter() - start
             maps += len(prompts)
-            hits += pointing_game(result.maps[0], scene.masks).tolist()
+            hits += pointing_game(result.raw[0], scene.masks).tolist()  # the token grid: see pointing_point
             energy += energy_pointing_game(result.maps[0], scene.masks).tolist()
             curves = deletion_insertion(clip_scorer(model, encode_prompts(model, prompts)),
                                         to_pixels(model, scene.image), torch.from_numpy(result.raw), steps=steps)

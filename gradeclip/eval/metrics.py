@@ -8,7 +8,8 @@ longer side), ``"black"`` or ``"noise"`` (uniform, seeded). The curve has ``step
 0, 1/steps, ..., 1; its AUC is the trapezoid area over [0, 1]. A faithful map has a low deletion AUC (the score
 falls fast) and a high insertion AUC. All images of all curves are scored in batches, not one forward each.
 
-Pointing game: a hit when the map's maximum lies in the object's mask (or box). Energy pointing game: the share
+Pointing game: a hit when the map's point (the centre of its maximal plateau or token, see ``pointing_point``)
+lies in the object's mask (or box). Energy pointing game: the share
 of the map's mass inside it. Randomisation check (Adebayo et al. 2018): re-initialise the last blocks and measure
 the rank correlation between the maps before and after; a method that ignores the model scores high.
 """
@@ -126,12 +127,44 @@ def _check_pair(maps, masks):
     return maps, masks
 
 
+def pointing_point(heatmap, size=None) -> tuple:
+    """The pixel ``(row, col)`` a map points at, free of a border bias. ``heatmap``: (h, w) float, on the token grid
+    or at any resolution; ``size``: the (H, W) of the image the point is for (default: the map's own size).
+
+    Rule: the maximal cells may tie (bilinear upsampling turns the best token of the first row or column into a
+    plateau of equal pixels reaching the border, where ``argmax`` would pick the plateau's first pixel); the point
+    is the centre of the connected plateau of maxima that contains the first maximum in row-major order (its cell
+    nearest the plateau's centroid), and a cell (i, j) of an (h, w) map becomes the image pixel at the centre of
+    that cell, ``(floor((i + 0.5) * H / h), floor((j + 0.5) * W / w))``.
+    """
+    from scipy import ndimage
+
+    heatmap = np.nan_to_num(np.asarray(heatmap, dtype=np.float64), nan=-np.inf)
+    h, w = heatmap.shape
+    H, W = size if size is not None else (h, w)
+    top = heatmap == heatmap.max()
+    labels, _ = ndimage.label(top)
+    first = np.unravel_index(np.argmax(top), top.shape)
+    cells = np.argwhere(labels == labels[first])  # (n, 2) cells of the plateau holding the first maximum
+    centre = cells[np.argmin(((cells - cells.mean(0)) ** 2).sum(1))]
+    return int((centre[0] + 0.5) * H / h), int((centre[1] + 0.5) * W / w)
+
+
 def pointing_game(maps, masks) -> np.ndarray:
-    """Hits (...,) bool: whether each map's maximum (first one on ties) lies inside its mask (..., H, W)."""
-    maps, masks = _check_pair(maps, masks)
-    flat = maps.reshape(*maps.shape[:-2], -1)
-    best = flat.argmax(-1)
-    return np.take_along_axis(masks.reshape(flat.shape), best[..., None], -1)[..., 0]
+    """Hits (...,) bool: whether the point of each map (..., h, w) lies inside its mask (..., H, W).
+
+    The point follows ``pointing_point``: the centre of the maximal plateau (so bilinear ties at the border do not
+    drag it to pixel 0), and a map on a coarser grid (e.g. the raw token grid) points at the centre of its maximal
+    cell in mask pixels. Leading dimensions of maps and masks must match.
+    """
+    maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool)
+    if maps.ndim < 2 or maps.shape[:-2] != masks.shape[:-2] or masks.ndim != maps.ndim:
+        raise ValueError(f"maps (..., h, w) {maps.shape} and masks (..., H, W) {masks.shape} must have the same "
+                         f"leading dimensions")
+    size = masks.shape[-2:]
+    flat_maps, flat_masks = maps.reshape(-1, *maps.shape[-2:]), masks.reshape(-1, *size)
+    hits = [bool(mask[pointing_point(m, size)]) for m, mask in zip(flat_maps, flat_masks)]
+    return np.asarray(hits, dtype=bool).reshape(maps.shape[:-2])
 
 
 def energy_pointing_game(maps, masks) -> np.ndarray:
@@ -144,24 +177,27 @@ def energy_pointing_game(maps, masks) -> np.ndarray:
 
 
 def rank_correlation(a, b) -> np.ndarray:
-    """Spearman rank correlation of maps a and b (..., h, w) over their last two axes (ties get mean ranks);
-    NaN where a map is constant (the correlation is undefined)."""
+    """Spearman rank correlation of maps a and b (..., h, w) over their last two axes (ties get mean ranks); the
+    leading axes broadcast against each other. NaN where a map is constant (the correlation is undefined)."""
     from scipy.stats import rankdata
 
-    a = np.asarray(a, dtype=np.float64).reshape(*np.shape(a)[:-2], -1)
-    b = np.asarray(b, dtype=np.float64).reshape(a.shape)
+    a, b = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    a, b = a.reshape(*a.shape[:-2], -1), b.reshape(*b.shape[:-2], -1)
     ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
     ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
     denom = np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (ra * rb).sum(-1) / denom, np.nan)
+        return np.where(denom > 0, (ra * rb).sum(-1) / np.where(denom > 0, denom, 1), np.nan)
 
 
 def prompt_sensitivity(raw) -> np.ndarray:
-    """Rank correlations (K, K) between the maps of K prompts for one frame (raw (K, h, w), or (1, K, h, w)).
-    Off-diagonal values near 1 mean the map hardly depends on the prompt."""
+    """Rank correlations (K, K) between the maps of K prompts for one frame (raw (K, h, w), or (1, K, h, w));
+    entry (i, j) compares prompt i's map with prompt j's, the diagonal is 1. Off-diagonal values near 1 mean the
+    map hardly depends on the prompt; near 0, the prompts light unrelated regions."""
     raw = np.asarray(raw)
     raw = raw[0] if raw.ndim == 4 else raw
+    if raw.ndim != 3:
+        raise ValueError(f"raw maps must be (K, h, w) or (1, K, h, w), got shape {raw.shape}")
     return rank_correlation(raw[:, None], raw[None, :])
 
 

@@ -17,6 +17,30 @@ from PIL import Image
 from ..explain import Explanation
 
 DEFAULT_OUT = "outputs"
+# How papers write the methods' names (code names are registry keys)
+DISPLAY_NAMES = {
+    "grad_eclip": "Grad-ECLIP", "grad_eclip_no_spatial": "Grad-ECLIP (no spatial weight)", "grad_cam": "Grad-CAM",
+    "self_attention": "Self-attention", "rollout": "Attention rollout", "game": "GAME", "maskclip": "MaskCLIP",
+    "rise": "RISE", "gradcam_pp": "Grad-CAM++", "xgradcam": "XGrad-CAM", "layercam": "LayerCAM",
+    "eigencam": "EigenCAM", "scorecam": "Score-CAM",
+}
+ZERO_LABEL = "all-zero map\n(no relevance anywhere)"
+
+
+def display_name(method: str) -> str:
+    """The name a paper uses for ``method`` (e.g. ``"gradcam_pp"`` -> ``"Grad-CAM++"``); unknown names unchanged."""
+    return DISPLAY_NAMES.get(method, method)
+
+
+def _relevance_label(method: str) -> str:
+    return f"{display_name(method)} relevance\n(each map scaled to 0–1)"
+
+
+def _mark_zero(ax, frame) -> None:
+    """Show a map that is zero everywhere as such (the colour map would paint it as "low relevance")."""
+    ax.imshow(frame, alpha=0.35)
+    ax.text(0.5, 0.5, ZERO_LABEL, transform=ax.transAxes, ha="center", va="center", fontsize=8,
+            bbox=dict(facecolor="white", edgecolor="0.3", alpha=0.9, pad=2))
 
 
 def overlay(frame: np.ndarray, heatmap: np.ndarray, *, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
@@ -47,7 +71,7 @@ def _title(prompt: str, width: int = 28) -> str:
 def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", alpha: float = 0.5,
                      title: Optional[str] = None):
     """Figure: frame ``index`` of ``result`` beside one overlay per prompt, cosine and probability in each title,
-    and a colorbar of the (per-map normalised) relevance. Returns a matplotlib Figure."""
+    and a colorbar naming the method. A map that is zero everywhere is marked as such. Returns a Figure."""
     n, k = result.maps.shape[:2]
     if not -n <= index < n:
         raise IndexError(f"frame index {index} out of range for {n} explained frame(s)")
@@ -58,38 +82,71 @@ def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", 
     axes[0].imshow(frame)
     axes[0].set_title("frame", fontsize=10)
     for j, ax in enumerate(axes[1:]):
-        ax.imshow(overlay(frame, result.maps[index, j], cmap=cmap, alpha=alpha))
+        if _is_zero(result, index, j):
+            _mark_zero(ax, frame)
+        else:
+            ax.imshow(overlay(frame, result.maps[index, j], cmap=cmap, alpha=alpha))
         ax.set_title(f"{_title(result.prompts[j])}\ncos {result.cosine[index, j]:.3f} · "
                      f"p {result.probs[index, j]:.2f}", fontsize=10)
     for ax in axes:
         ax.axis("off")
     mappable = matplotlib.cm.ScalarMappable(norm=mcolors.Normalize(0, 1), cmap=cmap)
-    fig.colorbar(mappable, ax=list(axes), shrink=0.8, label=f"{result.method} relevance (per map, 0–1)")
+    fig.colorbar(mappable, ax=list(axes), shrink=0.8, label=_relevance_label(result.method))
     if title:
         fig.suptitle(title)
     return fig
 
 
-def plot_method_grid(explanations, index: int = 0, *, cmap: str = "jet", alpha: float = 0.5):
-    """Grid of overlays for one frame: a row per prompt, a column per method (``explanations``: dict name ->
-    ``Explanation`` of the same frames and prompts, as ``compare_methods`` returns). Returns a Figure."""
+def _is_zero(result: Explanation, index: int, prompt: int) -> bool:
+    return not np.any(np.asarray(result.raw[index, prompt]) > 0)
+
+
+def plot_method_grid(explanations, index: int = 0, *, cmap: str = "jet", alpha: float = 0.5, columns: int = 4,
+                     width: float = 7.0):
+    """Paper figure of one frame's overlays: for each prompt, the frame and then one panel per method, wrapped into
+    rows of ``columns`` panels; the prompt is written beside each of its rows, panels are titled with the methods'
+    display names ("Grad-ECLIP", "Grad-CAM++"), one colorbar is shared by all, and an all-zero map is marked.
+    ``explanations``: dict name -> ``Explanation`` of the same frames and prompts (as ``compare_methods`` returns).
+    ``width``: figure width in inches (7 fits a two-column paper's full width). Returns a Figure."""
     names = list(explanations)
     if not names:
         raise ValueError("no explanations to plot")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be an int >= 1, got {columns!r}")
     first = explanations[names[0]]
     frame, prompts = first.frames[index], first.prompts
+    panels = [None] + names  # None: the frame itself
+    columns = min(columns, len(panels))
+    rows_per_prompt = -(-len(panels) // columns)
+    side = width / (columns + 0.35)  # room for the row labels and the colorbar
     aspect = frame.shape[0] / frame.shape[1]
-    fig, axes = plt.subplots(len(prompts), len(names) + 1, squeeze=False, layout="constrained",
-                             figsize=(2.1 * (len(names) + 1), 2.1 * aspect * len(prompts) + 0.6))
-    for row, prompt in enumerate(prompts):
-        axes[row, 0].imshow(frame)
-        axes[row, 0].set_title(_title(prompt, 22), fontsize=9)
-        for col, name in enumerate(names, start=1):
-            axes[row, col].imshow(overlay(frame, explanations[name].maps[index, row], cmap=cmap, alpha=alpha))
-            if row == 0:
-                axes[row, col].set_title(name, fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = plt.subplots(len(prompts) * rows_per_prompt, columns, squeeze=False, layout="constrained",
+                             figsize=(width, side * aspect * len(prompts) * rows_per_prompt + 0.3 * len(prompts)))
+    for p, prompt in enumerate(prompts):
+        for slot in range(rows_per_prompt * columns):
+            ax = axes[p * rows_per_prompt + slot // columns, slot % columns]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if slot >= len(panels):
+                ax.axis("off")
+                continue
+            name = panels[slot]
+            if name is None:
+                ax.imshow(frame)
+                ax.set_title("frame", fontsize=8)
+            elif _is_zero(explanations[name], index, p):
+                _mark_zero(ax, frame)
+            else:
+                ax.imshow(overlay(frame, explanations[name].maps[index, p], cmap=cmap, alpha=alpha))
+            if name is not None:
+                ax.set_title(display_name(name), fontsize=8)
+            if slot % columns == 0:
+                ax.set_ylabel(_title(prompt, 26), fontsize=8, fontweight="bold")
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+    mappable = matplotlib.cm.ScalarMappable(norm=mcolors.Normalize(0, 1), cmap=cmap)
+    fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.6, aspect=30,
+                 label="relevance (each map scaled to 0–1)").ax.tick_params(labelsize=7)
     return fig
 
 

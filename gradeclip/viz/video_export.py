@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from .figures import overlay
+from .figures import display_name, overlay
 from ..io.frames import read_frames
 from ..io.stream import stream_frames
 from ..video import VideoExplanation
@@ -23,20 +23,30 @@ def _text(img, text, org, scale=0.45, colour=(255, 255, 255)):
     cv2.putText(img, text, org, _FONT, scale, colour, 1, cv2.LINE_AA)  # on the dark header and footer bands
 
 
-def _colorbar(height: int, cmap: str) -> np.ndarray:
-    """A vertical colour bar (height, 46, 3) uint8 RGB, 1 at the top, with its end labels."""
+def _colorbar(height: int, cmap: str, label: str = "relevance") -> np.ndarray:
+    """A vertical colour bar (height, 62, 3) uint8 RGB, 1 at the top, with its end labels and ``label`` written
+    bottom to top beside it."""
     ramp = matplotlib.colormaps[cmap](np.linspace(1, 0, height - 24))[:, :3] * 255
-    bar = np.full((height, 46, 3), 255, np.uint8)
+    bar = np.full((height, 62, 3), 255, np.uint8)
     bar[12:height - 12, 4:16] = ramp[:, None, :].astype(np.uint8)
     cv2.putText(bar, "1", (20, 20), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(bar, "0", (20, height - 10), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    scale = 0.4
+    while scale > 0.2 and cv2.getTextSize(label, _FONT, scale, 1)[0][0] > height - 8:
+        scale -= 0.05  # shrink a long label until it fits the bar's height
+    (width, text_h), _ = cv2.getTextSize(label, _FONT, scale, 1)
+    strip = np.full((16, height, 3), 255, np.uint8)  # written horizontally, then turned to read bottom to top
+    cv2.putText(strip, label, (max(0, (height - width) // 2), 8 + text_h // 2), _FONT, scale, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    bar[:, 44:60] = np.rot90(strip)
     return bar
 
 
 def compose_frame(frame, maps, prompts, cosine, probs, time_s, index, *, scale_label, cmap="jet", alpha=0.5,
-                  panel_height: Optional[int] = None) -> np.ndarray:
+                  panel_height: Optional[int] = None, method: str = "") -> np.ndarray:
     """One video frame of the export: the frame beside an overlay per prompt (maps (K, h, w) in [0, 1]), each
-    titled with its cosine and probability, a timecode and a colorbar. Returns uint8 RGB (H', W', 3)."""
+    titled with its cosine and probability, a timecode and a colorbar labelled with ``method``'s relevance.
+    Returns uint8 RGB (H', W', 3)."""
     h, w = frame.shape[:2]
     ph = panel_height or min(h, 360)
     pw = max(2, round(w * ph / h))
@@ -51,7 +61,8 @@ def compose_frame(frame, maps, prompts, cosine, probs, time_s, index, *, scale_l
     footer = np.full((24, body.shape[1], 3), 30, np.uint8)
     _text(footer, f"t = {time_s:7.2f} s   frame {index}   colour scale: {scale_label}", (6, 17), scale=0.42)
     picture = np.concatenate([header, body, footer], axis=0)
-    return np.concatenate([picture, _colorbar(picture.shape[0], cmap)], axis=1)
+    label = f"{display_name(method)} relevance" if method else "relevance"
+    return np.concatenate([picture, _colorbar(picture.shape[0], cmap, label)], axis=1)
 
 
 class _Mp4Writer:
@@ -83,27 +94,55 @@ class _Mp4Writer:
             self.cv.release()
 
 
+class _GifWriter:
+    """A GIF written frame by frame as the frames are made (FFmpeg from imageio-ffmpeg), every frame kept at full
+    size, each with its own 256-colour palette and error-diffusion dithering, so that a heatmap's smooth ramp is
+    not posterised into bands as one global palette would do."""
+
+    FILTER = ("split[a][b];[a]palettegen=stats_mode=single[p];"
+              "[b][p]paletteuse=new=1:dither=sierra2_4a")
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps, self.writer = path, fps, None
+
+    def append(self, rgb: np.ndarray):
+        if self.writer is None:
+            import imageio_ffmpeg
+
+            self.writer = imageio_ffmpeg.write_frames(
+                str(self.path), (rgb.shape[1], rgb.shape[0]), fps=self.fps, codec="gif", pix_fmt_out="pal8",
+                quality=None, macro_block_size=1, ffmpeg_log_level="error",  # palettegen warns per frame
+                output_params=["-vf", self.FILTER, "-loop", "0"])
+            self.writer.send(None)  # start the generator
+        self.writer.send(np.ascontiguousarray(rgb))
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
 def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "shared", cmap: str = "jet",
-                        alpha: float = 0.5, gif: bool = True, gif_fps: float = 8.0, gif_width: int = 720,
-                        batch_size: int = 16, fps: Optional[float] = None, panel_height: int = 360) -> List[Path]:
-    """Write ``out_path`` (MP4) and, with ``gif=True``, a GIF beside it (at most ``gif_fps`` frames per second and
-    ``gif_width`` pixels wide). Frames are decoded again batch by batch, reduced while decoding to about the size
-    they are shown at. ``fps``: of the MP4 (default: the video's average rate divided by the frame step, so that
-    the export runs in real time); each picture's timecode is the frame's presentation time. ``panel_height``: the
-    height in pixels of the frame and of each overlay panel (at most the frame's own), which bounds the export's
-    size whatever the video's. Returns the paths written."""
+                        alpha: float = 0.5, gif: bool = True, batch_size: int = 16, fps: Optional[float] = None,
+                        panel_height: int = 360) -> List[Path]:
+    """Write ``out_path`` (MP4) and, with ``gif=True``, a GIF beside it with the same frames at the same rate
+    (every exported frame, one palette per frame with dithering). Frames are decoded again batch by batch, reduced
+    while decoding to about the size they are shown at, and written to both files as they are made. ``fps``: of the
+    exports (default: the video's average rate divided by the frame step, so that the export runs in real time);
+    each picture's timecode is the frame's presentation time. ``panel_height``: the height in pixels of the frame
+    and of each overlay panel (at most the frame's own), which bounds the export's size whatever the video's.
+    Returns the paths written."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     maps = result.normalized(scale)
     label = "shared over the video" if scale == "shared" else "per frame"
     step = float(np.median(np.diff(result.indices))) if len(result.indices) > 1 else 1.0
     fps = fps or max(1.0, result.fps / step)
-    gif_step = max(1, round(fps / gif_fps))
     position = {int(i): n for n, i in enumerate(result.indices)}
-    writer, gif_frames = _Mp4Writer(out_path, fps), []
     height, width = result.frame_size
     panel = min(height, panel_height)
     decode_side = 2 * max(panel, round(width * panel / height))  # area reduction from 2x keeps it sharp
+    gif_path = out_path.with_suffix(".gif")
+    writers = [_Mp4Writer(out_path, fps)] + ([_GifWriter(gif_path, fps)] if gif else [])
     try:
         for batch in stream_frames(result.video, indices=result.indices, batch_size=batch_size,
                                    max_side=decode_side):
@@ -111,23 +150,13 @@ def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "sha
                 n = position[index]
                 picture = compose_frame(frame, maps[n], result.prompts, result.cosine[n], result.probs[n],
                                         result.times[n], index, scale_label=label, cmap=cmap, alpha=alpha,
-                                        panel_height=panel)
-                writer.append(picture)
-                if gif and n % gif_step == 0:
-                    image = Image.fromarray(picture)
-                    if image.width > gif_width:
-                        image = image.resize((gif_width, round(image.height * gif_width / image.width)),
-                                             Image.BILINEAR)
-                    gif_frames.append(image)
+                                        method=result.method, panel_height=panel)
+                for writer in writers:
+                    writer.append(picture)
     finally:
-        writer.close()
-    paths = [out_path]
-    if gif and gif_frames:
-        gif_path = out_path.with_suffix(".gif")
-        gif_frames[0].save(gif_path, save_all=True, append_images=gif_frames[1:], loop=0,
-                           duration=round(1000 * gif_step / fps))
-        paths.append(gif_path)
-    return paths
+        for writer in writers:
+            writer.close()
+    return [out_path] + ([gif_path] if gif else [])
 
 
 def keyframes(result: VideoExplanation, max_count: int = 8) -> List[Tuple[int, str]]:
@@ -164,12 +193,19 @@ def plot_timeline(result: VideoExplanation, *, max_thumbnails: int = 8, scale: s
     ax.set_xlabel("time (s)")
     ax.set_ylabel("cosine similarity")
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"{Path(result.video).name} · {result.method} · colour scale "
+    ax.set_title(f"{Path(result.video).name} · {display_name(result.method)} · colour scale "
                  f"{'shared over the video' if scale == 'shared' else 'per frame'}", fontsize=10)
+    thumbnails = []
     for c, ((n, label), frame) in enumerate(zip(marks, thumbs)):
         best = int(result.cosine[n].argmax())
         sub = fig.add_subplot(grid[1, c])
         sub.imshow(overlay(frame, maps[n, best], cmap=cmap, alpha=alpha))
-        sub.set_title(f"{result.times[n]:.2f} s\n{label}"[:60], fontsize=7)
+        shown = result.prompts[best] if len(result.prompts[best]) <= 24 else result.prompts[best][:23] + "…"
+        sub.set_title(f"{result.times[n]:.2f} s · {label[:28]}\nmap: {shown}", fontsize=7)
         sub.axis("off")
+        thumbnails.append(sub)
+    if thumbnails:
+        mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap=cmap)
+        fig.colorbar(mappable, ax=thumbnails, shrink=0.9, label=f"{display_name(result.method)} relevance\n"
+                     f"(thumbnails: the best prompt's map)").ax.tick_params(labelsize=7)
     return fig
