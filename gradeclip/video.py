@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .backbones.base import backbone_of
+from .backbones.pixels import native_size, to_pixels
 from .explain import scores
 from .io.frames import video_info
 from .methods.baselines import run_method
-from .backbones.model import check_vit, encode_prompts
-from .backbones.pixels import native_size, to_pixels
 from .methods.registry import check_options
 from .io.stream import StreamErrors, select_indices, stream_frames
 
@@ -48,6 +48,7 @@ class VideoExplanation:
     input_size: Tuple[int, int]
     options: dict = field(default_factory=dict)
     failed: List[Tuple[int, str]] = field(default_factory=list)
+    library: str = ""
 
     def normalized(self, scale: str = "shared") -> np.ndarray:
         """Maps (F, K, h, w) in [0, 1]. ``"shared"``: one scale per prompt over the whole video, so that a change of
@@ -63,15 +64,17 @@ class VideoExplanation:
 
 def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
                   every: Optional[int] = None, count: Optional[int] = None, batch_size: int = 16,
-                  scale: float = 1.0, model_name: str = "", progress: bool = True, **options) -> VideoExplanation:
+                  scale: float = 1.0, model_name: str = "", progress: bool = True, tokenizer=None,
+                  **options) -> VideoExplanation:
     """Explain the selected frames of ``video`` (all, every ``every``-th, or ``count`` evenly spaced) for
     ``prompts`` with ``method``, ``batch_size`` frames per forward, with a progress bar. Text features are computed
-    once. Frames that fail to decode are skipped and listed in ``failed``; the others are kept.
+    once. Frames that fail to decode are skipped and listed in ``failed``; the others are kept. ``model`` and
+    ``tokenizer`` as for ``explain``; ``model_name`` is recorded (default: the name the model was loaded as).
     """
-    check_vit(model)
+    model = backbone_of(model, tokenizer)
     check_options(method, options)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    text_features = encode_prompts(model, prompts)
+    text_features = model.encode_prompts(prompts)
     info = video_info(video)
     total = len(select_indices(info.num_frames, every=every, count=count))
     errors = StreamErrors()
@@ -91,17 +94,18 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     if not raws:
         raise ValueError(f"{video}: no frame could be decoded")
     cosine, probs = scores(model, torch.cat(feats), text_features)
-    patch = model.visual.conv1.kernel_size[0]
+    described = model.describe()
     return VideoExplanation(
-        video=str(video), prompts=prompts, method=method, model=model_name, raw=torch.cat(raws).numpy(),
+        video=str(video), prompts=prompts, method=method, model=model_name or described["model"],
+        library=described["library"], raw=torch.cat(raws).numpy(),
         cosine=cosine, probs=probs, indices=np.concatenate(indices), times=np.concatenate(times), fps=info.fps,
-        frame_size=(info.height, info.width), input_size=native_size(info.height, info.width, patch, scale),
+        frame_size=(info.height, info.width), input_size=native_size(info.height, info.width, model.patch_size, scale),
         options=dict(options), failed=list(errors.failed))
 
 
 def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = None) -> List[Path]:
     """Write ``name_maps.npz`` (raw maps float16, cosine, probs, indices, times) and a JSON sidecar ``name_maps.json``
-    (model, prompts, method and options, preprocessing, normalisation, frame indices, timestamps)."""
+    (library and model, prompts, method and options, preprocessing, normalisation, frame indices, timestamps)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = name or f"{Path(result.video).stem}_{result.method}"
@@ -109,13 +113,13 @@ def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = Non
     np.savez_compressed(npz, maps=result.raw.astype(np.float16), cosine=result.cosine, probs=result.probs,
                         indices=result.indices, times=result.times)
     record = {
-        "video": result.video, "model": result.model, "method": result.method, "options": result.options,
+        "video": result.video, "library": result.library, "model": result.model, "method": result.method, "options": result.options,
         "prompts": result.prompts,
         "maps": {"file": npz.name, "key": "maps", "dtype": "float16", "shape": list(result.raw.shape),
                  "axes": "frame, prompt, grid row, grid column", "values": "raw, not normalised"},
         "preprocessing": {"frame_size_hw": list(result.frame_size), "input_size_hw": list(result.input_size),
                           "resize": "bicubic to the nearest multiple of the patch size, no crop",
-                          "normalisation": "CLIP mean and std"},
+                          "normalisation": "the model's own mean and std"},
         "display_normalisation": "min-max per prompt over the video ('shared') unless the figure says 'per frame'",
         "fps": result.fps, "frame_indices": result.indices.tolist(),
         "timestamps_s": [round(float(t), 6) for t in result.times],
