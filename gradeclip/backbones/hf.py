@@ -196,9 +196,7 @@ class HFSiglipBackbone(_HFBackbone):
         return y + self.head.mlp(self.head.layernorm(y))
 
     def pool(self, x):
-        from .base import attend
-        q, k, v = self.pool_qkv(x)
-        return self.pool_finish(attend(q, k, v, self.pool_heads())[0])[:, 0]
+        return self.head(self.vm.post_layernorm(x))  # the library's own head: the dense forward is its own
 
     @torch.no_grad()
     def probabilities(self, cosine):

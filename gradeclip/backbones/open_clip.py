@@ -117,7 +117,7 @@ class OpenClipBackbone(Backbone):
         return self.model.encode_text(tokens)
 
     def preprocess(self):
-        from .hf import square_transform
+        from .pixels import square_transform
         return square_transform(self.resolution, self.mean, self.std, self.crop)
 
     # text side
