@@ -94,3 +94,50 @@ def tiny_siglip(seed=0, *, width=128, layers=2, patch=8, resolution=32, text_len
         model.logit_scale.fill_(2.0)
         model.logit_bias.fill_(-3.0)
     return model.eval()
+
+
+def write_clip_tokenizer(folder):
+    """Save a transformers CLIPTokenizer into ``folder`` whose vocabulary and merges are built from openai-clip's
+    own BPE file, the way clip's SimpleTokenizer builds its encoder (no download)."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    from clip.simple_tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(str(folder))
+
+
+def save_hf_clip(model, folder):
+    """An openai-clip model saved as a transformers CLIPModel folder with its tokenizer (``hf:FOLDER``)."""
+    as_hf_clip(model).save_pretrained(str(folder))
+    write_clip_tokenizer(folder)
+    return str(folder)
+
+
+def save_open_clip(model, folder):
+    """An openai-clip model saved as an open_clip local folder (open_clip_config.json + weights)."""
+    import json
+    from pathlib import Path
+
+    v = model.visual
+    cfg = {"embed_dim": v.output_dim, "quick_gelu": True,
+           "vision_cfg": {"image_size": v.input_resolution, "layers": len(v.transformer.resblocks),
+                          "width": v.conv1.weight.shape[0], "patch_size": v.conv1.kernel_size[0]},
+           "text_cfg": {"context_length": model.context_length, "vocab_size": model.vocab_size,
+                        "width": model.ln_final.weight.shape[0], "heads": model.ln_final.weight.shape[0] // 64,
+                        "layers": len(model.transformer.resblocks)}}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    torch.save(as_open_clip(model).state_dict(), folder / "open_clip_pytorch_model.bin")
+    return str(folder)
