@@ -7,6 +7,8 @@ residual give the embedding (no projection); the score is ``sigmoid(exp(logit_sc
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +23,13 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def _layer_out(out) -> torch.Tensor:
+def _run_layer(layer, x, mask=None) -> torch.Tensor:
+    """One encoder layer of the library on (B, L, W): transformers 4 takes the causal mask as a separate argument
+    of CLIP's layers and returns a tuple; transformers 5 takes one mask and returns the tensor."""
+    if "causal_attention_mask" in inspect.signature(layer.forward).parameters:
+        out = layer(x, None, mask)
+    else:
+        out = layer(x, mask)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -66,7 +74,7 @@ class _HFBackbone(Backbone):
 
     def run_blocks(self, x, start, stop):
         for layer in self.layers[start:stop]:
-            x = _layer_out(layer(x, None))
+            x = _run_layer(layer, x)
         return x
 
     def heads(self, i):
@@ -113,7 +121,7 @@ class _HFBackbone(Backbone):
         mask = self.text_mask(x.shape[1], x.device, x.dtype)
         mask = None if mask is None else mask.expand(x.shape[0], 1, -1, -1)
         for layer in self.text_blocks[start:stop]:
-            x = _layer_out(layer(x, mask))
+            x = _run_layer(layer, x, mask)
         return x
 
     def text_heads(self, i):
