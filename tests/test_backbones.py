@@ -222,3 +222,22 @@ def test_importing_gradeclip_imports_no_optional_library():
             "print(sorted(m for m in ('open_clip', 'transformers', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_open_clip_custom_text_clip(frames):
+    """Catches an adapter that looks for the text tower on the model itself (CustomTextCLIP keeps it in .text)."""
+    from open_clip.model import CustomTextCLIP
+
+    torch.manual_seed(4)
+    model = CustomTextCLIP(32, vision_cfg={"image_size": 32, "layers": 2, "width": 128, "patch_size": 8},
+                           text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1,
+                                     "layers": 2}).eval()
+    bb = backbone_of(model)
+    tokens = bb.tokenize(PROMPTS)
+    with torch.no_grad():
+        torch.testing.assert_close(gradeclip.encode_prompts(model, PROMPTS), model.encode_text(tokens))
+        pixels = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(bb.encode_pixels(pixels), model.encode_image(pixels), rtol=0, atol=0)
+    assert explain(model, frames, PROMPTS, progress=False).raw.shape == (2, 3, 3, 5)
+    words = gradeclip.word_importance(model, frames[0], "a person walking", layers=2)
+    assert [w for w, _ in words] == ["a", "person", "walking"] and abs(sum(v for _, v in words) - 1) < 1e-5
