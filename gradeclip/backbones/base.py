@@ -9,6 +9,7 @@ Tensors are batch-first here: (B, L, W) for B images, L tokens, W channels.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Optional, Sequence, Tuple, Union
 
@@ -58,7 +59,21 @@ class Backbone:
     Attributes every adapter sets: ``model`` (the library's object), ``tokenizer`` (or None), ``name`` (what it was
     loaded as, may be empty), ``library``, ``patch_size``, ``resolution`` (trained square side in pixels),
     ``mean``/``std`` (RGB normalisation), ``crop`` (True: resize the short side and centre-crop; False: squash to a
-    square), ``prefix`` (1 with a class token, 0 without), ``depth`` (vision blocks), ``output_dim``.
+    square), ``prefix`` (1 with a class token, 0 without), ``depth`` (vision blocks), ``output_dim``,
+    ``patch_weight`` (the patch embedding's weight: device and dtype), ``context_length``, ``text_depth``.
+
+    Methods every adapter provides (x: tokens (B, L, W) batch-first; i: a block index):
+    ``embed_image(pixels)`` -> tokens entering block 0 (class token first if any, positions interpolated);
+    ``run_blocks(x, start, stop)`` through the library's own block modules; ``heads(i)``; ``qkv(i, x)`` -> q, k, v
+    (B, L, W) after the block's first norm; ``finish(i, x, o)`` -> the block's output from the attention output o
+    before its out-projection (rows of x match rows of o); ``pool(x)`` -> image features (B, D);
+    ``vision_blocks``; ``cam_layer()`` -> (module, batch_first) for the grad-cam package; ``logit_scale()``;
+    ``encode_image(pixels)`` and ``encode_text(tokens)`` (the library's own); ``preprocess()``. With a class token
+    also ``pool_rows(y)`` (B, R, W) -> (B, R, D); without one (attention-pooling head) ``pool_heads()``,
+    ``pool_qkv(x)`` -> the probe's q (B, 1, W), k, v and ``pool_finish(o)`` (B, R, W) -> (B, R, D). Text side:
+    ``text_embed(tokens)``, ``text_run_blocks``, ``text_heads``, ``text_qkv``, ``text_finish``,
+    ``text_mask(T, device, dtype)`` (additive or None), ``text_query(tokens)`` -> (K,) pooled position,
+    ``text_pool(rows)`` (K, W) -> (K, D).
     """
 
     library = "?"
@@ -216,7 +231,9 @@ def backbone_of(model, tokenizer=None) -> Backbone:
     if isinstance(model, Backbone):
         if tokenizer is None:
             return model
-        return type(model)(model.model, tokenizer, model.name)
+        twin = copy.copy(model)  # keeps what loading set (name, the checkpoint's mean and std)
+        twin.tokenizer = tokenizer
+        return twin
     module = type(model).__module__
     if module.startswith("clip."):
         from .openai import OpenAIBackbone
