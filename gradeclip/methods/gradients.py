@@ -26,7 +26,8 @@ def grid_maps(per_prompt: torch.Tensor, grid) -> torch.Tensor:
     return per_prompt.reshape(*per_prompt.shape[:2], *grid).float().detach()
 
 
-def cosine(bb, features, text):
+def cosine(features, text):
+    """Cosine (B, K) of unnormalised image features (B, D) with unit text features (K, D)."""
     return torch.nn.functional.normalize(features, dim=-1) @ text.T  # (B, K)
 
 
@@ -37,7 +38,7 @@ def grad_cam(model, pixels, text_features):
     x = bb.tokens_before(pixels, -1)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        cos = cosine(bb, bb.readout(x, bb.depth - 1), text)  # only the rows the score needs pass the last block
+        cos = cosine(bb.readout(x, bb.depth - 1), text)  # only the rows the score needs pass the last block
         (grad,) = _per_prompt_grads(cos, [x])  # (K, B, L, W)
     weights = grad.mean(dim=2, keepdim=True)
     cam = (weights * x.detach()).sum(-1).relu()[:, :, bb.prefix:]  # (K, B, P)
@@ -66,7 +67,7 @@ def game(model, pixels, text_features, *, start_layer: int = -1):
             o, w = attend(q, k, v, bb.heads(i))
             attentions.append(w)
             x = bb.finish(i, x, o)
-        grads = _per_prompt_grads(cosine(bb, bb.pool(x), text), attentions)  # each (K, B, heads, L, L)
+        grads = _per_prompt_grads(cosine(bb.pool(x), text), attentions)  # each (K, B, heads, L, L)
     length = attentions[0].shape[-1]
     relevance = torch.eye(length, device=x.device, dtype=x.dtype).expand(*grads[0].shape[:2], length, length)
     for w, g in zip(attentions, grads):
