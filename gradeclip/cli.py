@@ -52,8 +52,9 @@ def _common(p) -> None:
     p.add_argument("--prompt", "-p", action="append", required=True, metavar="TEXT",
                    help="text prompt; repeat for several prompts")
     p.add_argument("--model", "-m", default=os.environ.get("GRADECLIP_MODEL", DEFAULT_MODEL), metavar="NAME|PATH",
-                   help="CLIP model name (e.g. ViT-B/32, ViT-B/16, ViT-L/14) or path of a local checkpoint "
-                        "(default: $GRADECLIP_MODEL or ViT-B/32)")
+                   help="CLIP model: an OpenAI name (e.g. ViT-B/32, ViT-L/14), open_clip:ARCH/PRETRAINED (e.g. "
+                        "open_clip:ViT-B-32/laion2b_s34b_b79k), hf:REPO_OR_FOLDER (e.g. hf:google/siglip-base-"
+                        "patch16-224), or a local checkpoint or model folder (default: $GRADECLIP_MODEL or ViT-B/32)")
     p.add_argument("--out", "-o", default="outputs", metavar="DIR", help="output folder (default: outputs)")
     p.add_argument("--method", default="grad_eclip", metavar="NAME",
                    help=f"explanation method: {', '.join(METHOD_NAMES)} (default: grad_eclip)")
@@ -114,6 +115,7 @@ DEMO_PROMPTS = ["a red circle", "a blue square", "a yellow triangle", "a green c
 
 def _demo(args) -> int:
     _check_out(args.out)
+    from .backbones.base import backbone_of
     from .eval.evaluate import shapes_model, shapes_video
     from .explain import explain
     from .viz.figures import format_scores
@@ -124,7 +126,7 @@ def _demo(args) -> int:
     model, _ = load_clip(shapes_model(), device=args.device)
     video = shapes_video()
     info = video_info(video)
-    scale = model.visual.input_resolution / max(info.width, info.height)  # the size the model was trained at
+    scale = backbone_of(model).resolution / max(info.width, info.height)  # the size the model was trained at
     index = info.num_frames // 2
     result = explain(model, read_frames(video, [index]), DEMO_PROMPTS, scale=scale)
     print(f"{Path(video).name}, frame {index} of {info.num_frames}; model {Path(shapes_model()).name} (offline)")
@@ -138,8 +140,9 @@ def _demo(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .eval.evaluate import evaluate_shapes, format_evaluation, pointing_chance, shapes_model
+    from .backbones.base import backbone_of
     from .backbones.model import load_clip
+    from .eval.evaluate import evaluate_shapes, format_evaluation, pointing_chance, shapes_model
     from .methods.registry import get_method
 
     if not args.shapes:
@@ -151,7 +154,7 @@ def _evaluate(args) -> int:
     print(f"{args.n} held-out shape scenes, {rows[0]['maps']} maps per method; model "
           f"{Path(args.model or shapes_model()).name}")
     print(format_evaluation(rows))
-    chance = pointing_chance(args.n, size=model.visual.input_resolution)
+    chance = pointing_chance(args.n, size=backbone_of(model).resolution)
     print(f"chance level: a random point falls inside the object {chance:.3f} of the time")
     return 0
 
@@ -353,11 +356,13 @@ def _explain(args) -> int:
     name = f"{Path(args.video).stem}_frame{index}_{args.method}"
     paths = _write_frame(result, name, args.out, dpi=args.dpi, cmap=args.cmap, alpha=args.alpha,
                          title=f"{Path(args.video).name} · frame {index} ({info.times[index]:.2f} s)",
-                         meta={"model": args.model, "video": str(args.video), "frame_index": index,
+                         meta={"library": result.library, "model": args.model, "video": str(args.video),
+                               "frame_index": index,
                                "time_s": info.times[index]})  # the frame's presentation time
     if args.words:
         paths += _write_words(model, frames[0], result.prompts, name, args.out, dpi=args.dpi)
-    print(f"{Path(args.video).name}, frame {index} of {info.num_frames}; model {args.model}; method {args.method}")
+    print(f"{Path(args.video).name}, frame {index} of {info.num_frames}; model {args.model} ({result.library}); "
+          f"method {args.method}")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -1,6 +1,7 @@
 """The user-facing pipeline: frames and prompts in, normalised heatmaps and scores out.
 
-Methods are looked up by name in ``registry.METHODS`` (see ``methods.py`` for the list).
+Methods are looked up by name in ``registry.METHODS`` (see ``methods/baselines.py`` for the list); models of every
+supported library are seen through their ``Backbone`` (``backbones/base.py``).
 """
 from __future__ import annotations
 
@@ -14,14 +15,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .checks import positive_int
+from .backbones.base import backbone_of
 from .eval.shapes import warn_unknown_words
-from .methods.grad_eclip import grad_eclip_text
-from .methods.baselines import run_method  # importing methods registers every method in METHODS
-from .backbones.model import check_vit, clip_preprocess, encode_prompts, token_words, tokenize
 from .backbones.pixels import FramesLike, as_frames, to_pixels
+from .checks import positive_int
+from .methods.baselines import run_method  # importing methods registers every method in METHODS
+from .methods.grad_eclip import grad_eclip_text
 from .methods.registry import check_options
-from .backbones.vit import encode_pixels
 
 
 @dataclass
@@ -32,8 +32,10 @@ class Explanation:
     ``raw``: (N, K, h, w) float32 maps on the token grid, as the method returned them (not normalised).
     ``cosine``: (N, K) cosine similarity of each frame (at the explained input size) and prompt: the model's own
     score (for Grad-ECLIP with ``single_head=True``, the one-head variant's score that it explains).
-    ``probs``: (N, K) softmax over the prompts of CLIP's scaled logits (logit_scale * cosine).
-    ``frames``: the (N, H, W, 3) uint8 RGB frames; ``prompts``, ``method``: what was asked.
+    ``probs``: (N, K) the library's own probabilities: for CLIP the softmax over the prompts of
+    logit_scale * cosine; for SigLIP sigmoid(exp(logit_scale) * cosine + logit_bias), each prompt on its own.
+    ``frames``: the (N, H, W, 3) uint8 RGB frames; ``prompts``, ``method``: what was asked; ``library`` and
+    ``model``: which library's model explained them, and its name where known.
     """
 
     maps: np.ndarray
@@ -43,6 +45,8 @@ class Explanation:
     frames: np.ndarray
     prompts: List[str]
     method: str
+    library: str = ""
+    model: str = ""
 
 
 def normalize_maps(raw: torch.Tensor) -> torch.Tensor:
@@ -67,17 +71,22 @@ def upsample(maps: torch.Tensor, size) -> torch.Tensor:
 
 @torch.no_grad()
 def scores(model, image_features: torch.Tensor, text_features: torch.Tensor):
-    """(cosine, probs), each (N, K) float32 numpy, from unnormalised image (N, D) and text (K, D) features."""
+    """(cosine, probs), each (N, K) float32 numpy, from unnormalised image (N, D) and text (K, D) features; probs
+    are the library's own (softmax over prompts for CLIP, per-prompt sigmoid for SigLIP)."""
     cosine = F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
-    probs = (model.logit_scale.exp().float() * cosine).softmax(dim=-1)
+    probs = backbone_of(model).probabilities(cosine)
     return cosine.cpu().numpy(), probs.cpu().numpy()
 
 
 def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
-            scale: float = 1.0, truncate: bool = False, batch_size: int = 16, progress: bool = True,
+            tokenizer=None, scale: float = 1.0, truncate: bool = False, batch_size: int = 16, progress: bool = True,
             **options) -> Explanation:
-    """Explain CLIP's match of each frame with each prompt.
+    """Explain a CLIP-family model's match of each frame with each prompt.
 
+    ``model``: an openai-clip ``clip.model.CLIP`` (ViT), an open_clip ``CLIP`` or ``CustomTextCLIP``, a
+    transformers ``CLIPModel`` or ``SiglipModel``, or what ``load_clip`` returns. ``tokenizer``: needed only where
+    the model carries none (transformers models, open_clip models with a non-CLIP vocabulary): a callable from a
+    list of strings to a (K, T) tensor of token ids, or a transformers tokenizer or processor.
     ``frames``: uint8 RGB array (N, H, W, 3) or (H, W, 3), a PIL image or a list of them. ``prompts``: a string
     or a list of strings. ``method``: a name in ``METHODS`` (see ``method_names()``); ``options`` go to it
     (for Grad-ECLIP: ``layers``, ``single_head``, ``spatial_weight``). ``scale`` resizes frames before they are
@@ -87,13 +96,13 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
 
     Returns an ``Explanation`` (maps at frame size in [0, 1], raw token-grid maps, cosine, probs).
     """
-    check_vit(model)
+    model = backbone_of(model, tokenizer)
     check_options(method, options)
     positive_int(batch_size, "batch_size")
     frames = as_frames(frames)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     warn_unknown_words(model, prompts)
-    text_features = encode_prompts(model, prompts, truncate=truncate)
+    text_features = model.encode_prompts(prompts, truncate=truncate)
     starts = range(0, len(frames), batch_size)
     raws, features = [], []
     for start in tqdm(starts, desc=f"explaining ({method})", unit="batch", disable=not progress or len(starts) < 2):
@@ -109,36 +118,37 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
     # normalise after upsampling, so that each map at frame size spans exactly [0, 1]
     maps = normalize_maps(upsample(raw, frames.shape[1:3]))
     return Explanation(maps=maps.cpu().numpy(), raw=raw.cpu().numpy(), cosine=cosine, probs=probs,
-                       frames=frames, prompts=prompts, method=method)
+                       frames=frames, prompts=prompts, method=method, **model.describe())
 
 
 def similarity(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, scale: float = 1.0,
-               truncate: bool = False):
-    """CLIP scores of frames against prompts, with frames at native aspect as ``explain`` sees them.
+               truncate: bool = False, tokenizer=None):
+    """The model's scores of frames against prompts, with frames at native aspect as ``explain`` sees them.
 
-    Returns ``(cosine, probs)``, each (N, K) float32 numpy: cosine similarity, and softmax over the prompts of
-    ``logit_scale * cosine`` (CLIP's zero-shot probabilities).
+    Returns ``(cosine, probs)``, each (N, K) float32 numpy: cosine similarity, and the library's own probabilities
+    (CLIP: softmax over the prompts of ``logit_scale * cosine``; SigLIP: per-prompt sigmoid).
     """
-    check_vit(model)
+    model = backbone_of(model, tokenizer)
     frames = as_frames(frames)
-    text_features = encode_prompts(model, prompts, truncate=truncate)
-    return scores(model, encode_pixels(model, to_pixels(model, frames, scale=scale)), text_features)
+    text_features = model.encode_prompts(prompts, truncate=truncate)
+    return scores(model, model.encode_pixels(to_pixels(model, frames, scale=scale)), text_features)
 
 
 def word_importance(model, frame: FramesLike, prompt: str, *, layers: int = 8, single_head: bool = False,
-                    truncate: bool = False):
+                    truncate: bool = False, tokenizer=None):
     """Grad-ECLIP weight of each word token of ``prompt`` for one frame.
 
-    The frame (uint8 RGB (H, W, 3) or PIL image) goes through CLIP's own preprocessing (resize, centre crop).
-    Returns a list of ``(token, weight)`` pairs in prompt order, weights float summing to 1 (or all 0).
+    The frame (uint8 RGB (H, W, 3) or PIL image) goes through the library's own preprocessing (CLIP: resize,
+    centre crop). Needs a CLIP-style text tower (not SigLIP's). Returns a list of ``(token, weight)`` pairs in
+    prompt order, weights float summing to 1 (or all 0).
     """
-    check_vit(model)
+    model = backbone_of(model, tokenizer)
     frames = as_frames(frame)
     if frames.shape[0] != 1:
         raise ValueError(f"word_importance takes one frame, got {frames.shape[0]}")
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-    pixels = clip_preprocess(model)(Image.fromarray(frames[0]))[None].to(model.visual.conv1.weight.device)
-    tokens = tokenize(model, [prompt], truncate=truncate)
+    pixels = model.preprocess()(Image.fromarray(frames[0]))[None].to(model.device)
+    tokens = model.tokenize([prompt], truncate=truncate)
     weights = grad_eclip_text(model, pixels, tokens, layers=layers, single_head=single_head)[0]
-    return list(zip(token_words(tokens[0]), weights.cpu().tolist()))
+    return list(zip(model.token_words(tokens[0]), weights.cpu().tolist()))

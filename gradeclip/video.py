@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .backbones.base import backbone_of
+from .backbones.pixels import native_size, to_pixels
 from .explain import scores
 from .io.frames import MAX_SIDE, video_info
 from .io.index import shape_after
 from .methods.baselines import run_method
-from .backbones.model import check_vit, encode_prompts
-from .backbones.pixels import native_size, to_pixels
 from .methods.registry import check_options
 from .io.stream import StreamErrors, select_indices, stream_frames
 
@@ -50,6 +50,7 @@ class VideoExplanation:
     input_size: Tuple[int, int]
     options: dict = field(default_factory=dict)
     failed: List[Tuple[int, str]] = field(default_factory=list)
+    library: str = ""
 
     def normalized(self, scale: str = "shared") -> np.ndarray:
         """Maps (F, K, h, w) in [0, 1]. ``"shared"``: one scale per prompt over the whole video, so that a change of
@@ -65,7 +66,7 @@ class VideoExplanation:
 
 def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
                   every: Optional[int] = None, count: Optional[int] = None, batch_size: int = 16,
-                  scale: float = 1.0, model_name: str = "", progress: bool = True,
+                  scale: float = 1.0, model_name: str = "", progress: bool = True, tokenizer=None,
                   max_side: Optional[int] = MAX_SIDE, **options) -> VideoExplanation:
     """Explain the selected frames of ``video`` (all, every ``every``-th, or ``count`` evenly spaced) for
     ``prompts`` with ``method``, at most ``batch_size`` frames per forward (fewer for large frames, so that
@@ -73,16 +74,17 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     Frames that fail to decode are skipped and listed in ``failed``; the others are kept. ``times`` are the frames'
     presentation times from the container. ``max_side``: frames with a longer side above this many pixels are
     reduced while they are decoded (default ``MAX_SIDE`` = 1920: a 4K clip costs what a 1080p one does); None
-    keeps full size.
+    keeps full size. ``model`` and ``tokenizer`` as for ``explain``; ``model_name`` is recorded (default: the name
+    the model was loaded as).
     """
-    check_vit(model)
+    model = backbone_of(model, tokenizer)
     check_options(method, options)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    text_features = encode_prompts(model, prompts)
+    text_features = model.encode_prompts(prompts)
     info = video_info(video)
     total = len(select_indices(info.num_frames, every=every, count=count))
     width, height = shape_after(info.width, info.height, max_side)
-    patch = model.visual.conv1.kernel_size[0]
+    patch = model.patch_size
     input_size = native_size(height, width, patch, scale)
     batch_size = max(1, min(batch_size, _PIXEL_BUDGET // (input_size[0] * input_size[1])))
     errors = StreamErrors()
@@ -103,8 +105,10 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     if not raws:
         raise ValueError(f"{video}: no frame could be decoded")
     cosine, probs = scores(model, torch.cat(feats), text_features)
+    described = model.describe()
     return VideoExplanation(
-        video=str(video), prompts=prompts, method=method, model=model_name, raw=torch.cat(raws).numpy(),
+        video=str(video), prompts=prompts, method=method, model=model_name or described["model"],
+        library=described["library"], raw=torch.cat(raws).numpy(),
         cosine=cosine, probs=probs, indices=np.concatenate(indices), times=np.concatenate(times), fps=info.fps,
         frame_size=(info.height, info.width), input_size=input_size,
         options=dict(options), failed=list(errors.failed))
@@ -112,7 +116,7 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
 
 def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = None) -> List[Path]:
     """Write ``name_maps.npz`` (raw maps float16, cosine, probs, indices, times) and a JSON sidecar ``name_maps.json``
-    (model, prompts, method and options, preprocessing, normalisation, frame indices, timestamps)."""
+    (library and model, prompts, method and options, preprocessing, normalisation, frame indices, timestamps)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = name or f"{Path(result.video).stem}_{result.method}"
@@ -120,14 +124,14 @@ def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = Non
     np.savez_compressed(npz, maps=result.raw.astype(np.float16), cosine=result.cosine, probs=result.probs,
                         indices=result.indices, times=result.times)
     record = {
-        "video": result.video, "model": result.model, "method": result.method, "options": result.options,
+        "video": result.video, "library": result.library, "model": result.model, "method": result.method, "options": result.options,
         "prompts": result.prompts,
         "maps": {"file": npz.name, "key": "maps", "dtype": "float16", "shape": list(result.raw.shape),
                  "axes": "frame, prompt, grid row, grid column", "values": "raw, not normalised"},
         "preprocessing": {"frame_size_hw": list(result.frame_size), "input_size_hw": list(result.input_size),
                           "resize": "bicubic to the nearest multiple of the patch size, no crop (frames above "
                                     "the decoding bound reduced by area interpolation first)",
-                          "normalisation": "CLIP mean and std"},
+                          "normalisation": "the model's own mean and std"},
         "display_normalisation": "min-max per prompt over the video ('shared') unless the figure says 'per frame'",
         "fps": result.fps, "fps_note": "average rate; timestamps_s are the frames' presentation times",
         "frame_indices": result.indices.tolist(),

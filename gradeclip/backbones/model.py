@@ -1,8 +1,10 @@
-"""CLIP loading and prompt encoding on top of the openai-clip package.
+"""Model loading (openai-clip, open_clip, transformers) and prompt encoding.
 
-``load_clip`` accepts an OpenAI model name (downloaded by ``clip.load`` on first use) or a local checkpoint in the
-OpenAI format: a TorchScript archive as OpenAI publishes them, or a plain state dict saved with ``torch.save``.
-The model always comes back in eval mode and float32, because gradients in float16 overflow.
+``load_clip`` accepts an OpenAI model name (downloaded by ``clip.load`` on first use), a local checkpoint in the
+OpenAI format (a TorchScript archive as OpenAI publishes them, or a plain state dict saved with ``torch.save``),
+``open_clip:ARCH/PRETRAINED``, ``hf:REPO_OR_FOLDER``, or a local folder of either library. open_clip and
+transformers are imported only when such a name is given. The model always comes back in eval mode and float32,
+because gradients in float16 overflow.
 """
 from __future__ import annotations
 
@@ -57,19 +59,13 @@ def _load_checkpoint(path: str) -> dict:
     return dict(state)
 
 
-def load_clip(name_or_path: str = "ViT-B/32", device=None, *, download_root: Optional[str] = None
-              ) -> Tuple[CLIP, Callable]:
-    """Load an OpenAI CLIP model and its preprocessing transform.
+ACCEPTED_NAMES = ("an openai-clip name ({names}); 'open_clip:ARCH/PRETRAINED' (e.g. "
+                  "open_clip:ViT-B-32/laion2b_s34b_b79k; PRETRAINED a tag or a checkpoint file) or 'open_clip:FOLDER' "
+                  "(with open_clip_config.json); 'hf:REPO_OR_FOLDER' (e.g. hf:openai/clip-vit-base-patch32, "
+                  "hf:google/siglip-base-patch16-224); or the path of an OpenAI-format checkpoint or a model folder")
 
-    ``name_or_path``: a name from ``clip.available_models()`` (e.g. ``"ViT-B/32"``, downloaded on first use into
-    ``download_root``, default ``~/.cache/clip``) or the path of a local checkpoint (TorchScript archive or state
-    dict in the OpenAI format). ``device``: where the model goes (default: CUDA when available, else CPU).
 
-    Returns ``(model, preprocess)``: a ``clip.model.CLIP`` in eval mode, float32, on ``device``, and CLIP's own
-    transform (PIL image -> normalised (3, S, S) float tensor, resize and centre crop).
-    """
-    device = _device(device)
-    name_or_path = os.fspath(name_or_path)
+def _load_openai(name_or_path: str, download_root: Optional[str]):
     if os.path.isfile(name_or_path):
         state = _load_checkpoint(name_or_path)
         try:
@@ -79,19 +75,104 @@ def load_clip(name_or_path: str = "ViT-B/32", device=None, *, download_root: Opt
             model.float().load_state_dict({k: v.float() for k, v in state.items() if k not in extra})
         except Exception as err:
             raise ValueError(f"{name_or_path}: cannot build a CLIP model from this checkpoint ({err})") from None
-    elif name_or_path in clip.available_models():
-        root = download_root or DEFAULT_CACHE
-        try:
-            model, _ = clip.load(name_or_path, device="cpu", jit=False, download_root=root)
-        except Exception as err:
-            raise RuntimeError(
-                f"could not load CLIP model {name_or_path!r}: its weights are not in the cache folder {root} "
-                f"and downloading them failed ({type(err).__name__}: {err}). Download them where the network is "
-                f"reachable, copy the .pt file into {root}, or pass the path of a local checkpoint instead of the name"
-            ) from None
+        return model
+    root = download_root or DEFAULT_CACHE
+    try:
+        model, _ = clip.load(name_or_path, device="cpu", jit=False, download_root=root)
+    except Exception as err:
+        raise RuntimeError(
+            f"could not load CLIP model {name_or_path!r}: its weights are not in the cache folder {root} "
+            f"and downloading them failed ({type(err).__name__}: {err}). Download them where the network is "
+            f"reachable, copy the .pt file into {root}, or pass the path of a local checkpoint instead of the name"
+        ) from None
+    return model
+
+
+def _download_failed(what: str, err: Exception) -> RuntimeError:
+    return RuntimeError(f"could not load {what}: {type(err).__name__}: {' '.join(str(err).split())[:300]}. "
+                        f"Without the network, pass a local folder or file of the model instead")
+
+
+def _load_open_clip(spec: str, device):
+    try:
+        import open_clip
+    except ImportError:
+        raise ImportError("open_clip models need the open_clip extra: pip install 'gradeclip[open_clip]'") from None
+    from .open_clip import OpenClipBackbone
+
+    if os.path.isdir(spec):
+        name, pretrained = "local-dir:" + spec, None
     else:
-        raise ValueError(f"{name_or_path!r} is neither a file nor a CLIP model name; "
-                         f"available names: {', '.join(clip.available_models())}")
+        name, _, pretrained = spec.partition("/")
+        if not pretrained:
+            raise ValueError(f"'open_clip:{spec}' names no weights; give 'open_clip:ARCH/PRETRAINED' (e.g. "
+                             f"open_clip:ViT-B-32/laion2b_s34b_b79k) or 'open_clip:FOLDER'")
+        if name not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip architecture {name!r}; see open_clip.list_models()")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device="cpu")
+        tokenizer = open_clip.get_tokenizer(name)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise _download_failed(f"open_clip model {spec!r}", err) from None
+    model = model.float().eval().to(device)
+    return OpenClipBackbone(model, tokenizer, name=f"open_clip:{spec}"), preprocess
+
+
+def _load_hf(spec: str, device):
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("transformers models need the hf extra: pip install 'gradeclip[hf]'") from None
+    from .hf import hf_backbone
+
+    try:
+        model = transformers.AutoModel.from_pretrained(spec)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as err:
+        raise _download_failed(f"transformers model {spec!r}", err) from None
+    model = model.float().eval().to(device)
+    backbone = hf_backbone(model, tokenizer, name=f"hf:{spec}")
+    try:  # the checkpoint's own normalisation, where it ships an image processor configuration
+        processor = transformers.AutoImageProcessor.from_pretrained(spec)
+        backbone.mean, backbone.std = tuple(processor.image_mean), tuple(processor.image_std)
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    return backbone, backbone.preprocess()
+
+
+def load_clip(name_or_path: str = "ViT-B/32", device=None, *, download_root: Optional[str] = None
+              ) -> Tuple[object, Callable]:
+    """Load a CLIP-family model and its preprocessing transform.
+
+    ``name_or_path``: a name from ``clip.available_models()`` (e.g. ``"ViT-B/32"``, downloaded on first use into
+    ``download_root``, default ``~/.cache/clip``); the path of a local checkpoint in the OpenAI format (TorchScript
+    archive or state dict); ``"open_clip:ARCH/PRETRAINED"`` (``PRETRAINED`` a tag of ``open_clip.list_pretrained()``
+    or a checkpoint file) or ``"open_clip:FOLDER"`` (``open_clip_config.json`` and weights); ``"hf:REPO_OR_FOLDER"``
+    (a transformers ``CLIPModel`` or ``SiglipModel`` with its tokenizer); or a local folder of either library.
+    ``device``: where the model goes (default: CUDA when available, else CPU).
+
+    Returns ``(model, preprocess)``: for OpenAI names and checkpoints a ``clip.model.CLIP``; for open_clip and
+    transformers a ``gradeclip.backbones.Backbone`` holding the library's model (``.model``), its tokenizer and
+    its name. Either way in eval mode, float32, on ``device``, and every gradeclip function accepts it.
+    ``preprocess``: the library's own transform (PIL image -> normalised (3, S, S) float tensor).
+    """
+    device = _device(device)
+    name_or_path = os.fspath(name_or_path)
+    if name_or_path.startswith("open_clip:"):
+        return _load_open_clip(name_or_path[len("open_clip:"):], device)
+    if name_or_path.startswith("hf:"):
+        return _load_hf(name_or_path[len("hf:"):], device)
+    if os.path.isdir(name_or_path):
+        if os.path.isfile(os.path.join(name_or_path, "open_clip_config.json")):
+            return _load_open_clip(name_or_path, device)
+        if os.path.isfile(os.path.join(name_or_path, "config.json")):
+            return _load_hf(name_or_path, device)
+        raise ValueError(f"{name_or_path} is a folder with neither open_clip_config.json (open_clip) nor "
+                         f"config.json (transformers); accepted: " + ACCEPTED_NAMES.format(names="ViT-B/32, ..."))
+    if not os.path.isfile(name_or_path) and name_or_path not in clip.available_models():
+        raise ValueError(f"{name_or_path!r} is neither a file nor a CLIP model name; accepted: "
+                         + ACCEPTED_NAMES.format(names=", ".join(clip.available_models())))
+    model = _load_openai(name_or_path, download_root)
     model = model.float().eval().to(device)
     return model, clip_preprocess(model)
 
@@ -105,20 +186,11 @@ def check_vit(model) -> None:
                         f"(a ResNet CLIP). Use a ViT model such as ViT-B/32")
 
 
-def tokenize(model: CLIP, prompts: Union[str, Sequence[str]], *, truncate: bool = False) -> torch.Tensor:
-    """Token ids (K, T) int64 on the model's device for K prompts; T is the model's context length.
+def tokenize_with_clip_bpe(prompts: Sequence[str], length: int, truncate: bool = False) -> torch.Tensor:
+    """Token ids (K, length) int64 on the CPU from CLIP's BPE tokenizer (openai-clip's and open_clip's default).
 
-    A prompt longer than the context length raises ValueError, or is cut (with a warning) when ``truncate=True``.
+    A prompt longer than ``length`` raises ValueError, or is cut (with a warning) when ``truncate=True``.
     """
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts given: pass at least one text prompt")
-    bad = [p for p in prompts if not isinstance(p, str)]
-    if bad:
-        raise TypeError(f"prompts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}")
-    length = model.context_length
     for prompt in prompts:
         n = len(clip.clip._tokenizer.encode(prompt)) + 2
         if n > length:
@@ -126,19 +198,40 @@ def tokenize(model: CLIP, prompts: Union[str, Sequence[str]], *, truncate: bool 
                 raise ValueError(f"prompt {prompt[:60]!r}... is {n} tokens long; the context length is {length} "
                                  f"(including start and end tokens). Shorten it or pass truncate=True")
             warnings.warn(f"prompt {prompt[:60]!r}... has {n} tokens; truncated to the context length {length}")
-    tokens = clip.tokenize(prompts, context_length=length, truncate=truncate).long()
-    return tokens.to(model.token_embedding.weight.device)
+    return clip.tokenize(list(prompts), context_length=length, truncate=truncate).long()
+
+
+def tokenize(model, prompts: Union[str, Sequence[str]], *, truncate: bool = False, tokenizer=None) -> torch.Tensor:
+    """Token ids (K, T) int64 on the model's device for K prompts; T is the model's context length.
+
+    ``model``: any model ``explain`` accepts; ``tokenizer`` where the model carries none (see ``explain``).
+    A prompt longer than the context length raises ValueError, or is cut (with a warning) when ``truncate=True``.
+    """
+    from .base import backbone_of, check_prompts
+
+    if isinstance(model, CLIP) and tokenizer is None:
+        prompts = check_prompts(prompts)
+        return tokenize_with_clip_bpe(prompts, model.context_length, truncate).to(model.token_embedding.weight.device)
+    return backbone_of(model, tokenizer).tokenize(prompts, truncate=truncate)
 
 
 @torch.no_grad()
-def encode_prompts(model: CLIP, prompts: Union[str, Sequence[str]], *, truncate: bool = False) -> torch.Tensor:
-    """Text features (K, D) float32 from ``model.encode_text``, not normalised."""
-    return model.encode_text(tokenize(model, prompts, truncate=truncate)).float()
+def encode_prompts(model, prompts: Union[str, Sequence[str]], *, truncate: bool = False,
+                   tokenizer=None) -> torch.Tensor:
+    """Text features (K, D) float32, the library's own (``encode_text`` / ``get_text_features``), not normalised."""
+    from .base import backbone_of
+
+    return backbone_of(model, tokenizer).encode_prompts(prompts, truncate=truncate)
 
 
-def clip_preprocess(model: CLIP) -> Callable:
-    """CLIP's own transform for this model: PIL image -> (3, S, S) float tensor (resize, centre crop, normalise)."""
-    return _clip_transform(model.visual.input_resolution)
+def clip_preprocess(model) -> Callable:
+    """The library's own transform for this model: PIL image -> (3, S, S) float tensor (CLIP: resize, centre crop,
+    normalise; SigLIP: resize to the square, normalise)."""
+    if isinstance(model, CLIP):
+        return _clip_transform(model.visual.input_resolution)
+    from .base import backbone_of
+
+    return backbone_of(model).preprocess()
 
 
 def token_words(tokens: torch.Tensor) -> list:

@@ -1,4 +1,5 @@
-"""Frames to model input: uint8 RGB frames -> CLIP-normalised float pixels at the frame's native aspect ratio."""
+"""Frames to model input: uint8 RGB frames -> normalised float pixels (the model's own mean and std) at the frame's
+native aspect ratio."""
 from __future__ import annotations
 
 from typing import Sequence, Tuple, Union
@@ -52,16 +53,29 @@ def native_size(height: int, width: int, patch: int, scale: float = 1.0) -> Tupl
 
 
 def to_pixels(model, frames: FramesLike, *, scale: float = 1.0) -> torch.Tensor:
-    """Preprocess frames for a ViT CLIP at their native aspect ratio (no crop).
+    """Preprocess frames for a CLIP-family ViT at their native aspect ratio (no crop).
 
-    Each side is resized (bicubic) to the nearest multiple of the patch size of ``scale`` times its length, then
-    normalised with CLIP's mean and std. Returns float32 (N, 3, H', W') on the model's device.
+    ``model``: any model ``explain`` accepts. Each side is resized (bicubic) to the nearest multiple of the patch
+    size of ``scale`` times its length, then normalised with the model's own mean and std (CLIP's, or SigLIP's
+    0.5). Returns float32 (N, 3, H', W') on the model's device.
     """
+    from .base import backbone_of
+
+    backbone = backbone_of(model)
     frames = as_frames(frames)
-    patch = model.visual.conv1.kernel_size[0]
-    h, w = native_size(frames.shape[1], frames.shape[2], patch, scale)
+    h, w = native_size(frames.shape[1], frames.shape[2], backbone.patch_size, scale)
     resized = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in frames])
     x = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).to(model.visual.conv1.weight.device)
+    mean = torch.tensor(backbone.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - mean) / std).to(backbone.device)
+
+
+def square_transform(size: int, mean, std, crop: bool = True):
+    """A library's own square preprocessing: PIL image -> normalised (3, size, size) float tensor. ``crop``:
+    resize the short side (bicubic) and centre-crop, as CLIP does; otherwise squash to the square, as SigLIP does."""
+    from torchvision import transforms as T
+
+    resize = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)] if crop \
+        else [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)]
+    return T.Compose([*resize, lambda im: im.convert("RGB"), T.ToTensor(), T.Normalize(mean, std)])

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..explain import Explanation, explain
 from .metrics import clip_scorer, deletion_insertion
-from ..backbones.model import encode_prompts
+from ..backbones.base import backbone_of
 from ..backbones.pixels import FramesLike, as_frames, to_pixels
 from ..methods.registry import get_method, method_names
 
@@ -20,22 +20,24 @@ SLOW_METHODS = ("scorecam",)
 
 def compare_methods(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *,
                     methods: Optional[Sequence[str]] = None, steps: int = 20, replacement: str = "blur",
-                    score: str = "cosine", options: Optional[Dict[str, dict]] = None, progress: bool = False):
+                    score: str = "cosine", options: Optional[Dict[str, dict]] = None, progress: bool = False,
+                    tokenizer=None):
     """Explain ``frames`` x ``prompts`` with each method and measure deletion/insertion AUC and time per map.
 
     ``methods``: names (default: every registered method except ``SLOW_METHODS``). ``options``: per-method keyword
     options, e.g. ``{"rise": {"n_masks": 500}}``. ``progress`` shows a bar over the methods. Returns ``(rows, explanations)``: one dict per method with
     ``method``, ``deletion_auc`` and ``insertion_auc`` (means over frames and prompts) and ``seconds_per_map``,
-    and the ``Explanation`` of each method by name.
+    and the ``Explanation`` of each method by name. ``model`` and ``tokenizer`` as for ``explain``.
     """
     names = list(methods) if methods is not None else [m for m in method_names() if m not in SLOW_METHODS]
     for name in names:
         get_method(name)  # unknown names fail before any work
     options = options or {}
+    model = backbone_of(model, tokenizer)
     frames = as_frames(frames)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     pixels = to_pixels(model, frames)
-    scorer = clip_scorer(model, encode_prompts(model, prompts), score=score)
+    scorer = clip_scorer(model, model.encode_prompts(prompts), score=score)
     rows: List[dict] = []
     explanations: Dict[str, Explanation] = {}
     for name in tqdm(names, desc="methods", unit="method", disable=not progress):

@@ -18,7 +18,7 @@ from ..checks import positive_int
 from ..explain import explain
 from ..io.frames import data_dir
 from .metrics import clip_scorer, deletion_insertion, energy_pointing_game, pointing_game
-from ..backbones.model import encode_prompts
+from ..backbones.base import backbone_of
 from ..backbones.pixels import to_pixels
 from ..methods.registry import get_method, method_names
 from .shapes import random_scene
@@ -55,7 +55,8 @@ def evaluate_shapes(model, *, n: int = 50, methods: Optional[Sequence[str]] = No
     for name in names:
         get_method(name)
     options = {**EVAL_OPTIONS, **(options or {})}
-    held = [random_scene(seed + i, size=model.visual.input_resolution) for i in range(n)]
+    model = backbone_of(model)
+    held = [random_scene(seed + i, size=model.resolution) for i in range(n)]
     rows = []
     for name in tqdm(names, desc="methods", unit="method", disable=not progress):
         hits, energy, deletion, insertion, seconds, maps = [], [], [], [], 0.0, 0
@@ -67,7 +68,7 @@ def evaluate_shapes(model, *, n: int = 50, methods: Optional[Sequence[str]] = No
             maps += len(prompts)
             hits += pointing_game(result.raw[0], scene.masks).tolist()  # the token grid: see pointing_point
             energy += energy_pointing_game(result.maps[0], scene.masks).tolist()
-            curves = deletion_insertion(clip_scorer(model, encode_prompts(model, prompts)),
+            curves = deletion_insertion(clip_scorer(model, model.encode_prompts(prompts)),
                                         to_pixels(model, scene.image), torch.from_numpy(result.raw), steps=steps)
             deletion += curves["deletion_auc"][0].tolist()
             insertion += curves["insertion_auc"][0].tolist()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..checks import positive_int
 from ..backbones.pixels import CLIP_MEAN, CLIP_STD
-from ..backbones.vit import encode_pixels
+from ..backbones.base import backbone_of
 
 REPLACEMENTS = ("blur", "black", "noise")
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -33,15 +33,17 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 def clip_scorer(model, text_features: torch.Tensor, *, score: str = "cosine") -> ScoreFn:
     """A score function: normalised pixels (M, 3, H, W) -> (M, K) cosine to each prompt, or with
-    ``score="prob"`` the softmax over the prompts of CLIP's logit-scaled cosines."""
+    ``score="prob"`` the library's own probabilities (CLIP: softmax over the prompts of the logit-scaled cosines;
+    SigLIP: per-prompt sigmoid). ``model``: any model ``explain`` accepts."""
     if score not in ("cosine", "prob"):
         raise ValueError(f"score must be 'cosine' or 'prob', got {score!r}")
     text = F.normalize(text_features.detach().float(), dim=-1)
+    backbone = backbone_of(model)
 
     @torch.no_grad()
     def scorer(images):
-        cos = F.normalize(encode_pixels(model, images).float(), dim=-1) @ text.to(images.device).T
-        return cos if score == "cosine" else (model.logit_scale.exp().float() * cos).softmax(dim=-1)
+        cos = F.normalize(backbone.encode_pixels(images).float(), dim=-1) @ text.to(images.device).T
+        return cos if score == "cosine" else backbone.probabilities(cos)
 
     return scorer
 
@@ -203,14 +205,15 @@ def prompt_sensitivity(raw) -> np.ndarray:
 
 def randomize_last_blocks(model, blocks: int = 1, *, seed: int = 0):
     """A copy of ``model`` whose last ``blocks`` vision blocks are re-initialised (weights N(0, 0.02), biases 0,
-    LayerNorms to identity) and whose ln_post and proj are kept."""
-    resblocks = model.visual.transformer.resblocks
-    if not 1 <= blocks <= len(resblocks):
-        raise ValueError(f"blocks must be in 1..{len(resblocks)}, got {blocks}")
+    LayerNorms to identity) and whose post-norm, pooling and projection are kept. ``model``: any model ``explain``
+    accepts; the copy is of the same kind."""
+    depth = backbone_of(model).depth
+    if not 1 <= blocks <= depth:
+        raise ValueError(f"blocks must be in 1..{depth}, got {blocks}")
     twin = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for block in twin.visual.transformer.resblocks[-blocks:]:
+        for block in backbone_of(twin).vision_blocks[-blocks:]:
             for name, p in block.named_parameters():
                 if isinstance(dict(block.named_modules())[name.rsplit(".", 1)[0]], torch.nn.LayerNorm):
                     p.fill_(1.0 if name.endswith("weight") else 0.0)

@@ -2,16 +2,16 @@
 
 The package explains a classifier's output through a target layer. The adapter supplies the two things CLIP
 needs: a wrapper module whose output is the cosine of each image with each prompt (B, K), and a reshape of the
-ViT tokens at the target layer (the input of the last block, after ln_1) to the patch grid of the input, whatever
-its size. The CAM computations are the package's own. Its maps come back min-max normalised per map, on the grid.
+ViT tokens at the target layer (the input of the last block, after its first LayerNorm, in the library's own layout)
+to the patch grid of the input, whatever its size. Any backbone works (without a class token, every token is a
+patch). The CAM computations are the package's own. Its maps come back min-max normalised per map, on the grid.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ..backbones.model import check_vit
-from ..backbones.vit import check_pixels, embed_image, image_features, run_blocks
+from ..backbones.base import backbone_of
 
 
 class CosineToPrompts(torch.nn.Module):
@@ -19,14 +19,16 @@ class CosineToPrompts(torch.nn.Module):
 
     def __init__(self, model, text_features: torch.Tensor):
         super().__init__()
-        self.visual = model.visual
+        self.backbone = backbone_of(model)
+        self.model = self.backbone.model  # a submodule, so that .eval() and the hooks reach the library's modules
         self.register_buffer("text", F.normalize(text_features.detach().float(), dim=-1))
 
     def forward(self, pixels):
         if torch.is_grad_enabled():  # gradients reach the target layer through the input, not the weights
             pixels = pixels.detach().requires_grad_(True)
-        x = run_blocks(self.visual.transformer.resblocks, embed_image(self.visual, pixels))
-        return F.normalize(image_features(self.visual, x[:, 0]), dim=-1) @ self.text.to(x.dtype).T
+        bb = self.backbone
+        x = bb.run_blocks(bb.embed_image(pixels), 0, bb.depth)  # the library's own blocks, so hooks fire
+        return F.normalize(bb.pool(x), dim=-1) @ self.text.to(x.dtype).T
 
 
 class _Prompt:
@@ -40,16 +42,18 @@ class _Prompt:
 
 
 def _explain_with(cam_class, model, pixels, text_features, **cam_attributes):
-    check_vit(model)
-    gh, gw = check_pixels(model, pixels)
+    bb = backbone_of(model)
+    gh, gw = bb.check_pixels(pixels)
+    bb.unit_text(text_features)
     b, k = pixels.shape[0], text_features.shape[0]
-    wrapper = CosineToPrompts(model, text_features).eval()
+    wrapper = CosineToPrompts(bb, text_features).eval()
+    target_layer, batch_first = bb.cam_layer()
 
-    def tokens_to_grid(tokens):  # block tensors are (L, M, W); drop the class token, make (M, W, h, w)
-        return tokens[1:].permute(1, 2, 0).reshape(tokens.shape[1], tokens.shape[2], gh, gw)
+    def tokens_to_grid(tokens):  # (M, L, W) or (L, M, W) as the library runs; drop the class token -> (M, W, h, w)
+        tokens = tokens if batch_first else tokens.transpose(0, 1)
+        return tokens[:, bb.prefix:].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], gh, gw)
 
-    target_layer = model.visual.transformer.resblocks[-1].ln_1
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in bb.model.parameters() if p.requires_grad]
     for p in trainable:  # keep the package's backward from filling the model's .grad
         p.requires_grad_(False)
     cam = cam_class(model=wrapper, target_layers=[target_layer], reshape_transform=tokens_to_grid)

@@ -10,6 +10,9 @@ q[query row] and k_i, min-max normalised over the tokens ("spatial weight"). Ima
 ``layers`` blocks after the ReLU of each; word weights are summed over layers before the ReLU, as the paper's code
 does.
 
+On SigLIP-style models (no class token) the query row is the probe of the attention-pooling head, and the keys and
+values are the patch tokens entering it (after the last block and the post-norm).
+
 By default the decomposed blocks use the model's own heads, so the explained score is exactly the model's cosine.
 ``single_head=True`` reproduces the official code, which runs the decomposed blocks as one head over the full width
 and so explains a slightly different score.
@@ -22,10 +25,8 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
+from ..backbones.base import attend, backbone_of
 from ..checks import positive_int
-from ..backbones.model import check_vit
-from ..backbones.vit import (attend, check_pixels, embed_text, finish_block, image_features, qkv, run_blocks, tokens_before,
-                  unit_text_features)
 
 
 def _layer_count(layers: int, depth: int, what: str) -> int:
@@ -58,11 +59,15 @@ def grad_eclip_image(model, pixels: torch.Tensor, text_features: torch.Tensor, *
                      single_head: bool = False, spatial_weight: bool = True) -> torch.Tensor:
     """Grad-ECLIP maps of B images for K prompts.
 
-    ``model``: openai-clip ``clip.model.CLIP`` with a ViT image encoder (any width, depth, patch, resolution).
-    ``pixels``: normalised float tensor (B, 3, H, W), H and W multiples of the patch size (``to_pixels`` makes
-    them); positional embeddings are interpolated to the grid. ``text_features``: (K, D) from ``encode_text``, not
-    normalised. ``layers``: how many last blocks to decompose; ``spatial_weight=False`` drops lambda (the paper's
-    ablation).
+    ``model``: a CLIP-family ViT of openai-clip, open_clip or transformers (``CLIPModel``, ``SiglipModel``), or a
+    gradeclip ``Backbone`` (any width, depth, patch, resolution). ``pixels``: float tensor (B, 3, H, W) normalised
+    as the library does, H and W multiples of the patch size (``to_pixels`` makes them); positional embeddings are
+    interpolated to the grid. ``text_features``: (K, D), the library's own (``encode_text`` /
+    ``get_text_features``), not normalised. ``layers``: how many last blocks to decompose; ``spatial_weight=False``
+    drops lambda (the paper's ablation).
+
+    On SigLIP (no class token) the decomposed attention is the attention-pooling head, its probe the query; only
+    ``layers=1`` is defined there.
 
     Returns raw maps (B, K, H/patch, W/patch), float32, non-negative, not normalised, not upsampled, on the
     model's device. One forward serves all prompts; the prompts share one batched backward.
@@ -75,27 +80,27 @@ def grad_eclip_image_with_features(model, pixels: torch.Tensor, text_features: t
                                    single_head: bool = False, spatial_weight: bool = True):
     """``grad_eclip_image`` plus the image features (B, D) of the same forward (not normalised), so that scores
     need no second forward. Returns ``(maps, image_features)``."""
-    check_vit(model)
-    grid = check_pixels(model, pixels)
-    visual = model.visual
-    blocks = visual.transformer.resblocks
-    n = _layer_count(layers, len(blocks), "image")
-    text = unit_text_features(visual, text_features)
+    bb = backbone_of(model)
+    grid = bb.check_pixels(pixels)
+    if not bb.has_class_token:
+        return _pooling_head(bb, pixels, text_features, layers, single_head, spatial_weight, grid)
+    n = _layer_count(layers, bb.depth, "image")
+    text = bb.unit_text(text_features)
 
-    x = tokens_before(visual, pixels, len(blocks) - n)
+    x = bb.tokens_before(pixels, bb.depth - n)
     records = []  # (q of the class token, k, v, o) per decomposed block
     with torch.enable_grad():
-        for j, block in enumerate(blocks[len(blocks) - n:]):
+        for j, i in enumerate(range(bb.depth - n, bb.depth)):
             last = j == n - 1
-            heads = 1 if single_head else block.attn.num_heads
-            q, k, v = qkv(block, x)
+            heads = 1 if single_head else bb.heads(i)
+            q, k, v = bb.qkv(i, x)
             # The last block only needs its class-token row: the score depends on nothing else.
             o, _ = attend(q[:, :1] if last else q, k, v, heads)
             if not o.requires_grad:  # the first decomposed block's input carries no graph
                 o.requires_grad_(True)
             records.append((q[:, 0].detach(), k.detach(), v.detach(), o))
-            x = finish_block(block, x[:, :1] if last else x, o)
-        features = image_features(visual, x[:, 0])
+            x = bb.finish(i, x[:, :1] if last else x, o)
+        features = bb.pool(x)
         cosine = F.normalize(features, dim=-1) @ text.T  # (B, K)
         grads = _per_prompt_grads(cosine, [o for *_, o in records])
 
@@ -108,47 +113,69 @@ def grad_eclip_image_with_features(model, pixels: torch.Tensor, text_features: t
     return maps.reshape(*maps.shape[:2], *grid).float().detach(), features.detach()
 
 
+def _pooling_head(bb, pixels, text_features, layers, single_head, spatial_weight, grid):
+    """Grad-ECLIP on an attention-pooling head (SigLIP): the probe's row of the pooling attention is decomposed,
+    H_i = ReLU(sum_c w_c v_ic lambda_i) with w = dcos/do at the probe's row and lambda from the probe's query."""
+    positive_int(layers, "layers", " (number of last image blocks to decompose)")
+    if layers != 1:
+        raise ValueError(f"layers={layers}: on {type(bb.model).__name__} (no class token) Grad-ECLIP decomposes the "
+                         f"attention-pooling head only; layers must be 1")
+    text = bb.unit_text(text_features)
+    x = bb.tokens_before(pixels, bb.depth)
+    with torch.enable_grad():
+        q, k, v = bb.pool_qkv(x)  # q (B, 1, W): the probe's query; k, v (B, P, W)
+        o, _ = attend(q, k, v, 1 if single_head else bb.pool_heads())
+        o.requires_grad_(True)
+        features = bb.pool_finish(o)[:, 0]
+        cosine = F.normalize(features, dim=-1) @ text.T  # (B, K)
+        (grad,) = _per_prompt_grads(cosine, [o])
+    w = grad[:, :, 0]  # (K, B, W)
+    lam = qk_weight(q[:, 0].detach(), k.detach()) if spatial_weight else torch.ones_like(k[:, :, 0])
+    maps = (torch.einsum("kbc,bpc->bkp", w, v.detach()) * lam[:, None, :]).relu()
+    return maps.reshape(*maps.shape[:2], *grid).float().detach(), features.detach()
+
+
 def grad_eclip_text(model, pixels: torch.Tensor, tokens: torch.Tensor, *, layers: int = 8,
                     single_head: bool = False) -> List[torch.Tensor]:
     """Grad-ECLIP word importance of K prompts for one image.
 
-    ``pixels``: (1, 3, S, S) preprocessed image (CLIP's own transform); its embedding is the ordinary
-    ``encode_image``. ``tokens``: (K, T) token ids as ``clip.tokenize`` gives. The end-of-text token (argmax of the
-    ids) is the query; keys and values span the whole sequence; the last ``layers`` text blocks are decomposed.
+    ``model``: as for ``grad_eclip_image``, with a CLIP-style text tower (causal, read at the end-of-text token:
+    openai-clip, open_clip, transformers ``CLIPModel``). ``pixels``: (1, 3, S, S) preprocessed image (the
+    library's own transform); its embedding is the ordinary image forward. ``tokens``: (K, T) token ids as the
+    model's tokenizer gives them. The end-of-text token is the query; keys and values span the whole sequence; the
+    last ``layers`` text blocks are decomposed.
 
     Returns K float32 tensors (on the model's device), one weight per word token between start and end token,
     each summing to 1, or all zeros when no token has positive relevance.
     """
-    check_vit(model)
+    bb = backbone_of(model)
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[0] != 1:
         raise ValueError(f"pixels must be one preprocessed image (1, 3, S, S), got "
                          f"{tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__}")
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != model.context_length:
-        raise ValueError(f"tokens must be (K, {model.context_length}) token ids from clip.tokenize, got "
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != bb.context_length:
+        raise ValueError(f"tokens must be (K, {bb.context_length}) token ids from the model's tokenizer, got "
                          f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
-    tokens = tokens.to(model.token_embedding.weight.device).long()
-    blocks = model.transformer.resblocks
-    n = _layer_count(layers, len(blocks), "text")
-    eos = tokens.argmax(dim=-1)  # (K,)
+    tokens = tokens.to(bb.device).long()
+    x0 = bb.text_embed(tokens)  # refuses text towers it cannot decompose before any work
+    n = _layer_count(layers, bb.text_depth, "text")
+    eos = bb.text_query(tokens)  # (K,)
     rows = torch.arange(tokens.shape[0], device=tokens.device)
-    mask = model.build_attention_mask().to(device=tokens.device, dtype=model.positional_embedding.dtype)
+    mask = bb.text_mask(tokens.shape[1], tokens.device, x0.dtype)
 
     with torch.no_grad():
-        weight = model.visual.conv1.weight
-        image = F.normalize(model.encode_image(pixels.to(device=weight.device, dtype=weight.dtype)), dim=-1)  # (1, D)
-        x = embed_text(model, tokens)
-        x = run_blocks(blocks[:len(blocks) - n], x)
+        image = F.normalize(bb.encode_pixels(pixels.to(device=bb.device, dtype=bb.dtype)), dim=-1)  # (1, D)
+        x = bb.text_run_blocks(x0, 0, bb.text_depth - n)
     records = []
     with torch.enable_grad():
-        for block in blocks[len(blocks) - n:]:
-            heads = 1 if single_head else block.attn.num_heads
-            q, k, v = qkv(block, x)
+        for i in range(bb.text_depth - n, bb.text_depth):
+            heads = 1 if single_head else bb.text_heads(i)
+            q, k, v = bb.text_qkv(i, x)
             o, _ = attend(q, k, v, heads, mask)
             if not o.requires_grad:
                 o.requires_grad_(True)
             records.append((q[rows, eos].detach(), k.detach(), v.detach(), o))
-            x = finish_block(block, x, o)
-        text = model.ln_final(x)[rows, eos] @ model.text_projection
+            x = bb.text_finish(i, x, o)
+        text = bb.text_pool(x[rows, eos])
         cosine = F.normalize(text, dim=-1) @ image[0]  # (K,)
         # Prompts are independent rows of the batch, so one backward of the sum gives each prompt's gradient.
         grads = torch.autograd.grad(cosine.sum(), [o for *_, o in records])

@@ -231,7 +231,8 @@ def save_figure(fig, name: str, out_dir=DEFAULT_OUT, *, dpi: int = 150, formats:
 def save_explanation(result: Explanation, name: str, out_dir=DEFAULT_OUT, *, meta: Optional[dict] = None
                      ) -> List[Path]:
     """Write the raw token-grid maps as ``name_maps.npy`` (N, K, h, w) float32 and the scores as ``name_scores.json``
-    (prompts, method, cosine, probs, map shapes and any ``meta`` such as model, video and frame indices)."""
+    (prompts, method, cosine, probs, map shapes, library and model, and any ``meta`` such as the model's name, video
+    and frame indices)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = _safe_name(name)
@@ -245,6 +246,7 @@ def save_explanation(result: Explanation, name: str, out_dir=DEFAULT_OUT, *, met
         "raw_maps": {"file": maps_path.name, "shape": list(result.raw.shape),
                      "axes": "frame, prompt, grid row, grid column"},
         "frame_size": list(result.frames.shape[1:3]),
+        "library": result.library, "model": result.model,  # what explained it; meta may name the model better
         **(meta or {}),
     }
     scores_path.write_text(json.dumps(record, indent=2) + os.linesep)

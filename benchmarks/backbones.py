@@ -1,0 +1,91 @@
+"""Grad-ECLIP on every supported backbone against the library's own image forward, ViT-B sizes, random weights.
+
+Per backbone (openai-clip ViT-B/32, open_clip ViT-B-32, transformers CLIPModel ViT-B/32, transformers SiglipModel
+base patch16 224): the library's own image forward (``encode_image`` / ``get_image_features``, no autograd) on a
+batch of frames at the native resolution, then Grad-ECLIP as ``explain`` runs it (``run_method``: maps and image
+features of one forward) with 1 and 16 prompts on the same batch. Targets: 1 prompt <= 1.3x the forward, 16
+prompts <= 1.5x 1 prompt. Timings are medians of --repeats rounds in one process (the three take turns); each backbone ends with a line
+``BACKBONE grad_eclip_vs_forward=R prompts_16_vs_1=S``.
+
+    python benchmarks/backbones.py [--frames 8] [--repeats 3] [--only openai,open_clip,hf_clip,hf_siglip]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from gradeclip.backbones.base import backbone_of  # first: gradeclip silences openai-clip's import warning
+from gradeclip.methods.baselines import run_method
+
+
+def openai_b32():
+    from clip.model import CLIP
+    return CLIP(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
+                context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
+
+
+def open_clip_b32():
+    import open_clip
+    return open_clip.create_model("ViT-B-32", pretrained=None)  # open_clip's own config, random weights, offline
+
+
+def hf_clip_b32():
+    from transformers import CLIPConfig, CLIPModel
+    return CLIPModel(CLIPConfig())  # the default configuration is ViT-B/32 at 224
+
+
+def hf_siglip_b16():
+    from transformers import SiglipConfig, SiglipModel
+    return SiglipModel(SiglipConfig())  # the default configuration is SigLIP base patch16 224
+
+
+BACKBONES = {"openai": ("openai-clip ViT-B/32", openai_b32), "open_clip": ("open_clip ViT-B-32", open_clip_b32),
+             "hf_clip": ("transformers CLIPModel ViT-B/32", hf_clip_b32),
+             "hf_siglip": ("transformers SiglipModel B/16-224", hf_siglip_b16)}
+
+
+def median_times(fns, repeats):
+    """Median seconds of each function; the functions take turns in every round, so that a change of machine load
+    during the run affects all of them alike (the ratios are what matters)."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, kept in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            kept.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default=",".join(BACKBONES), help="comma-separated subset of " + ",".join(BACKBONES))
+    args = parser.parse_args()
+    print(f"{args.frames} frames at each model's native resolution; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; medians of {args.repeats}")
+    for key in args.only.split(","):
+        title, build = BACKBONES[key]
+        torch.manual_seed(0)
+        model = build().float().eval()
+        bb = backbone_of(model)
+        pixels = torch.randn(args.frames, 3, bb.resolution, bb.resolution)
+        text = torch.randn(16, bb.output_dim)  # text features are given, as from encode_text once beforehand
+
+        def forward():
+            with torch.no_grad():
+                bb.encode_image(pixels)
+
+        t_forward, *rest = median_times([forward] + [lambda k=k: run_method("grad_eclip", bb, pixels, text[:k])
+                                                     for k in (1, 16)], args.repeats)
+        t = dict(zip((1, 16), rest))
+        print(f"{title}: own image forward {t_forward * 1000:7.1f} ms, grad_eclip 1 prompt {t[1] * 1000:7.1f} ms, "
+              f"16 prompts {t[16] * 1000:7.1f} ms")
+        print(f"{key} grad_eclip_vs_forward={t[1] / t_forward:.2f} prompts_16_vs_1={t[16] / t[1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

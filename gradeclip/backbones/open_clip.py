@@ -1,0 +1,177 @@
+"""Adapter for ``open_clip`` models (``CLIP``, ``CustomTextCLIP``) with open_clip's own ViT image tower.
+
+The tower's blocks are ``ResidualAttentionBlock``s (``nn.MultiheadAttention``, optional LayerScale ``ls_1``/``ls_2``),
+run batch-first or sequence-first as the tower says; patch dropout is off in eval mode and skipped here; the image
+embedding is the class token after ``ln_post`` and ``proj``. Towers that pool otherwise (attention pooler, average
+pooling) and timm towers are refused with one line. The text side is read at the token open_clip pools (argmax or
+end-of-text id) with ``ln_final`` and ``text_projection``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Backbone, interpolate_grid
+from .pixels import CLIP_MEAN, CLIP_STD
+
+
+def _mha_qkv(norm, attn, x):
+    h = norm(x)
+    return F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+
+
+class OpenClipBackbone(Backbone):
+    library = "open_clip"
+
+    def __init__(self, model, tokenizer=None, name: str = ""):
+        super().__init__(model, tokenizer, name)
+        visual = getattr(model, "visual", None)
+        kind = type(visual).__name__
+        if kind != "VisionTransformer" or not hasattr(visual, "transformer"):
+            raise TypeError(f"this method needs open_clip's own ViT image tower; this model has {kind} "
+                            f"(timm and ResNet towers are not supported; for SigLIP use the transformers "
+                            f"SiglipModel, 'hf:google/siglip-...')")
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise TypeError("this open_clip image tower pools with an attention pooler or by averaging; gradeclip "
+                            "explains towers that read the class token (pool_type 'tok')")
+        blocks = visual.transformer.resblocks
+        if any(type(b).__name__ != "ResidualAttentionBlock" for b in blocks):
+            raise TypeError("this open_clip tower uses custom attention blocks (scaled cosine attention or head "
+                            "scaling), which gradeclip cannot decompose")
+        self.visual, self.blocks = visual, blocks
+        self.batch_first = getattr(visual.transformer, "batch_first", True)
+        self.patch_weight = visual.conv1.weight
+        self.patch_size = visual.conv1.kernel_size[0]
+        size = visual.image_size
+        self.resolution = size[0] if isinstance(size, (tuple, list)) else size
+        self.depth = len(blocks)
+        self.output_dim = visual.output_dim
+        cfg = getattr(visual, "preprocess_cfg", {}) or {}
+        self.mean = tuple(getattr(visual, "image_mean", None) or cfg.get("mean") or CLIP_MEAN)
+        self.std = tuple(getattr(visual, "image_std", None) or cfg.get("std") or CLIP_STD)
+        self.crop = cfg.get("resize_mode", "shortest") != "squash"
+        self.text = getattr(model, "text", model)  # CustomTextCLIP keeps its text tower in .text
+        self.context_length = getattr(self.text, "context_length", getattr(model, "context_length", 77))
+        self.text_blocks = getattr(getattr(self.text, "transformer", None), "resblocks", [])
+        self.text_depth = len(self.text_blocks)
+
+    # image side
+    def embed_image(self, pixels):
+        v = self.visual
+        x = v.conv1(pixels.to(device=self.patch_weight.device, dtype=self.patch_weight.dtype))  # (B, W, h, w)
+        grid = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)  # (B, h*w, W)
+        pos = v.positional_embedding.to(x.dtype)
+        pos = torch.cat([pos[:1], interpolate_grid(pos[1:], grid)])
+        x = torch.cat([v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1) + pos
+        return v.ln_pre(x)  # patch dropout is the identity in eval mode
+
+    def run_blocks(self, x, start, stop):
+        if stop <= start:
+            return x
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        for block in self.blocks[start:stop]:
+            x = block(x)
+        return x if self.batch_first else x.transpose(0, 1)
+
+    def heads(self, i):
+        return self.blocks[i].attn.num_heads
+
+    def qkv(self, i, x):
+        return _mha_qkv(self.blocks[i].ln_1, self.blocks[i].attn, x)
+
+    def finish(self, i, x, o):
+        b = self.blocks[i]
+        x = x + b.ls_1(F.linear(o, b.attn.out_proj.weight, b.attn.out_proj.bias))
+        return x + b.ls_2(b.mlp(b.ln_2(x)))
+
+    def pool_rows(self, y):
+        y = self.visual.ln_post(y)
+        return y if self.visual.proj is None else y @ self.visual.proj
+
+    def pool(self, x):
+        return self.pool_rows(x[:, 0])
+
+    @property
+    def vision_blocks(self):
+        return list(self.blocks)
+
+    def cam_layer(self):
+        return self.blocks[-1].ln_1, self.batch_first
+
+    def logit_scale(self):
+        return self.model.logit_scale.exp()
+
+    @torch.no_grad()
+    def probabilities(self, cosine):
+        bias = getattr(self.model, "logit_bias", None)
+        if bias is None:
+            return super().probabilities(cosine)
+        return torch.sigmoid(self.logit_scale().float() * cosine.float() + bias.float())
+
+    def encode_image(self, pixels):
+        return self.model.encode_image(pixels)
+
+    def encode_text(self, tokens):
+        return self.model.encode_text(tokens)
+
+    def preprocess(self):
+        from .pixels import square_transform
+        return square_transform(self.resolution, self.mean, self.std, self.crop)
+
+    # text side
+    def default_tokenize(self, prompts, *, truncate: bool = False):
+        if getattr(self.text, "vocab_size", None) != 49408:
+            return super().default_tokenize(prompts, truncate=truncate)
+        from .model import tokenize_with_clip_bpe
+        return tokenize_with_clip_bpe(prompts, self.context_length, truncate).to(self.device)
+
+    def _check_text(self):
+        if not self.text_depth or getattr(self.text, "cls_emb", None) is not None \
+                or getattr(self.text, "pool_type", "argmax") not in ("argmax", "eos"):
+            raise TypeError("word importance needs open_clip's own text transformer read at the end-of-text token; "
+                            "this model's text tower is different")
+
+    def text_embed(self, tokens):
+        self._check_text()
+        x = self.text.token_embedding(tokens)
+        return x + self.text.positional_embedding[:tokens.shape[1]].to(x.dtype)
+
+    def text_run_blocks(self, x, start, stop):
+        if stop <= start:
+            return x
+        mask = self.text_mask(x.shape[1], x.device, x.dtype)
+        first = getattr(self.text.transformer, "batch_first", True)
+        x = x if first else x.transpose(0, 1)
+        for block in self.text_blocks[start:stop]:
+            x = block(x, attn_mask=mask)
+        return x if first else x.transpose(0, 1)
+
+    def text_heads(self, i):
+        return self.text_blocks[i].attn.num_heads
+
+    def text_qkv(self, i, x):
+        return _mha_qkv(self.text_blocks[i].ln_1, self.text_blocks[i].attn, x)
+
+    def text_finish(self, i, x, o):
+        b = self.text_blocks[i]
+        x = x + b.ls_1(F.linear(o, b.attn.out_proj.weight, b.attn.out_proj.bias))
+        return x + b.ls_2(b.mlp(b.ln_2(x)))
+
+    def text_mask(self, length, device, dtype):
+        mask = getattr(self.text, "attn_mask", None)
+        return None if mask is None else mask[:length, :length].to(device=device, dtype=dtype)
+
+    def text_query(self, tokens):
+        if getattr(self.text, "pool_type", "argmax") == "eos":
+            return (tokens == self.text.eos_id).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)
+
+    def text_pool(self, rows):
+        x = self.text.ln_final(rows)
+        proj = self.text.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
+

@@ -1,0 +1,143 @@
+"""Tiny random models of three libraries with the same weights, built offline, for the backbone tests.
+
+``as_open_clip`` converts an openai-clip model with open_clip's own converter for OpenAI state dicts;
+``as_hf_clip`` maps its state dict onto a transformers ``CLIPModel`` (key mapping written here, from the two
+libraries' module names); ``tiny_siglip`` is a random transformers ``SiglipModel``.
+"""
+import warnings
+
+import torch
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import clip
+
+
+def clip_tokenizer(context_length=77):
+    """An offline tokenizer callable: list of strings -> (K, context_length) ids from CLIP's BPE."""
+    return lambda prompts: clip.tokenize(prompts, context_length=context_length, truncate=True)
+
+
+def as_open_clip(model):
+    """The same weights as an open_clip ``CLIP`` (open_clip.model.build_model_from_openai_state_dict), float32."""
+    from open_clip.model import build_model_from_openai_state_dict
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = build_model_from_openai_state_dict(dict(state), quick_gelu=True, cast_dtype=None).float()
+    converted.load_state_dict(state)  # the converter rounds to float16 on the way; restore float32 exactly
+    return converted.eval()
+
+
+def _block_keys(src, dst, state, out):
+    w, b = state[f"{src}.attn.in_proj_weight"].chunk(3), state[f"{src}.attn.in_proj_bias"].chunk(3)
+    for name, wi, bi in zip("qkv", w, b):
+        out[f"{dst}.self_attn.{name}_proj.weight"], out[f"{dst}.self_attn.{name}_proj.bias"] = wi, bi
+    pairs = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
+             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    for a, c in pairs.items():
+        for leaf in ("weight", "bias"):
+            out[f"{dst}.{c}.{leaf}"] = state[f"{src}.{a}.{leaf}"]
+
+
+def as_hf_clip(model):
+    """The same weights as a transformers ``CLIPModel`` (QuickGELU, heads = width // 64 as openai-clip)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    v, state = model.visual, model.state_dict()
+    vw, tw = v.conv1.weight.shape[0], model.ln_final.weight.shape[0]
+    config = CLIPConfig(
+        text_config=dict(vocab_size=model.vocab_size, hidden_size=tw, intermediate_size=4 * tw,
+                         num_hidden_layers=len(model.transformer.resblocks), num_attention_heads=tw // 64,
+                         max_position_embeddings=model.context_length, hidden_act="quick_gelu", eos_token_id=2),
+        vision_config=dict(hidden_size=vw, intermediate_size=4 * vw, num_hidden_layers=len(v.transformer.resblocks),
+                           num_attention_heads=vw // 64, image_size=v.input_resolution,
+                           patch_size=v.conv1.kernel_size[0], hidden_act="quick_gelu"),
+        projection_dim=v.output_dim)
+    out = {
+        "vision_model.embeddings.patch_embedding.weight": state["visual.conv1.weight"],
+        "vision_model.embeddings.class_embedding": state["visual.class_embedding"],
+        "vision_model.embeddings.position_embedding.weight": state["visual.positional_embedding"],
+        "visual_projection.weight": state["visual.proj"].T,
+        "text_model.embeddings.token_embedding.weight": state["token_embedding.weight"],
+        "text_model.embeddings.position_embedding.weight": state["positional_embedding"],
+        "text_projection.weight": state["text_projection"].T,
+        "logit_scale": state["logit_scale"],
+    }
+    for leaf in ("weight", "bias"):
+        out[f"vision_model.pre_layrnorm.{leaf}"] = state[f"visual.ln_pre.{leaf}"]
+        out[f"vision_model.post_layernorm.{leaf}"] = state[f"visual.ln_post.{leaf}"]
+        out[f"text_model.final_layer_norm.{leaf}"] = state[f"ln_final.{leaf}"]
+    for i in range(len(v.transformer.resblocks)):
+        _block_keys(f"visual.transformer.resblocks.{i}", f"vision_model.encoder.layers.{i}", state, out)
+    for i in range(len(model.transformer.resblocks)):
+        _block_keys(f"transformer.resblocks.{i}", f"text_model.encoder.layers.{i}", state, out)
+    hf = CLIPModel(config)
+    missing, unexpected = hf.load_state_dict(out, strict=False)
+    assert not unexpected and all("position_ids" in k for k in missing), (missing, unexpected)
+    return hf.eval()
+
+
+def tiny_siglip(seed=0, *, width=128, layers=2, patch=8, resolution=32, text_length=16):
+    """A random transformers ``SiglipModel`` (2 heads of 64), every weight perturbed so every path carries signal."""
+    from transformers import SiglipConfig, SiglipModel
+
+    torch.manual_seed(seed)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=49408, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                         num_attention_heads=width // 64, max_position_embeddings=text_length),
+        vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                           num_attention_heads=width // 64, image_size=resolution, patch_size=patch))
+    model = SiglipModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        model.logit_scale.fill_(2.0)
+        model.logit_bias.fill_(-3.0)
+    return model.eval()
+
+
+def write_clip_tokenizer(folder):
+    """Save a transformers CLIPTokenizer into ``folder`` whose vocabulary and merges are built from openai-clip's
+    own BPE file, the way clip's SimpleTokenizer builds its encoder (no download)."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    from clip.simple_tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(str(folder))
+
+
+def save_hf_clip(model, folder):
+    """An openai-clip model saved as a transformers CLIPModel folder with its tokenizer (``hf:FOLDER``)."""
+    as_hf_clip(model).save_pretrained(str(folder))
+    write_clip_tokenizer(folder)
+    return str(folder)
+
+
+def save_open_clip(model, folder):
+    """An openai-clip model saved as an open_clip local folder (open_clip_config.json + weights)."""
+    import json
+    from pathlib import Path
+
+    v = model.visual
+    cfg = {"embed_dim": v.output_dim, "quick_gelu": True,
+           "vision_cfg": {"image_size": v.input_resolution, "layers": len(v.transformer.resblocks),
+                          "width": v.conv1.weight.shape[0], "patch_size": v.conv1.kernel_size[0]},
+           "text_cfg": {"context_length": model.context_length, "vocab_size": model.vocab_size,
+                        "width": model.ln_final.weight.shape[0], "heads": model.ln_final.weight.shape[0] // 64,
+                        "layers": len(model.transformer.resblocks)}}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    torch.save(as_open_clip(model).state_dict(), folder / "open_clip_pytorch_model.bin")
+    return str(folder)
