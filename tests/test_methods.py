@@ -194,17 +194,21 @@ def test_rise_with_p_below_one_matches_its_formula(model, text_features, monkeyp
     here from the formula sum_m cos(masked_m) * mask_m / (N * p), clipped at 0, averaged per patch, and the masks
     keep about p of the image. Catches a missing or inverted 1/p, a keep rate of 1 - p (``>`` for ``<``), masks
     applied to the wrong image, or no clipping; with p = 1 all of these were invisible."""
-    import gradeclip.methods.baselines as baselines
+    from gradeclip.backbones.base import backbone_of
 
     pixels = torch.rand(1, 3, 32, 32) + 0.5  # no zeros: the masks are recovered by division
     seen = []
-    real = baselines.encode_pixels
+    backbone = type(backbone_of(model))
+    real_method = backbone.encode_pixels
 
-    def recording(m, images):
+    def real(m, images):
+        return real_method(backbone_of(m), images)
+
+    def recording(self, images):
         seen.append(images.detach().clone())
-        return real(m, images)
+        return real_method(self, images)
 
-    monkeypatch.setattr(baselines, "encode_pixels", recording)
+    monkeypatch.setattr(backbone, "encode_pixels", recording)
     got = rise(model, pixels, text_features, n_masks=48, p=0.3, batch_size=16, seed=3)
     masked = torch.cat(seen)  # (48, 3, 32, 32)
     masks = (masked / pixels)[:, 0]

@@ -190,8 +190,11 @@ def is_shapes_model(model) -> bool:
     other model, or when that file is missing."""
     import json
 
+    from ..backbones.base import Backbone
     from ..paths import data_dir
 
+    if isinstance(model, Backbone):  # the library's own model inside the interface
+        model = model.model
     path = data_dir() / "shapes_clip.json"
     try:
         config = json.loads(path.read_text())["config"]
