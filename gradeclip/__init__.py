@@ -20,6 +20,15 @@ from .viz.video_export import keyframes, plot_timeline, write_overlay_video
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    """``explore`` and ``Explorer`` import ipywidgets, so they load on first use, not with the package."""
+    if name in ("explore", "Explorer"):
+        from .viz import explorer
+        return getattr(explorer, name)
+    raise AttributeError(f"module 'gradeclip' has no attribute {name!r}")
+
+
 __all__ = [
     "METHODS", "Explanation", "VideoInfo", "boxes_to_masks", "clip_scorer", "compare_methods", "deletion_insertion",
     "encode_prompts", "energy_pointing_game", "explain", "format_comparison", "format_scores", "get_method",
@@ -30,4 +39,5 @@ __all__ = [
     "FrameBatch", "VideoExplanation", "explain_video", "keyframes", "plot_timeline", "save_video_maps",
     "select_indices", "stream_frames", "write_overlay_video",
     "evaluate_shapes", "format_evaluation", "prompt_sensitivity", "shapes_model", "shapes_video",
+    "explore", "Explorer",
 ]

@@ -1,0 +1,204 @@
+"""The explorer's state without widgets: frames decoded on demand, a bounded cache of explanations, colour scales,
+and the fast view (overlays composed with numpy and PIL, scores and word importance as HTML).
+
+``explorer.py`` wires these into ipywidgets; everything here is plain Python and testable without a front end.
+"""
+from __future__ import annotations
+
+import html
+import io
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Hashable, List, Optional, Sequence, Tuple
+
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..io.frames import read_frames, video_info
+
+SCALES = {"per map": "each map on its own 0–1 scale (as explain returns)",
+          "per frame": "one scale for all prompts of this frame",
+          "shared": "one scale per prompt over every frame seen so far"}
+
+
+class FrameSource:
+    """Frames of a video file (decoded one at a time, on demand) or of an in-memory uint8 RGB array (N, H, W, 3)."""
+
+    def __init__(self, video):
+        if isinstance(video, (str, Path)):
+            self.path: Optional[str] = str(video)
+            self.array = None
+            info = video_info(self.path)
+            self.num_frames, self.fps = info.num_frames, info.fps
+            self.name = Path(self.path).stem
+        else:
+            array = np.asarray(video)
+            if array.ndim == 3:
+                array = array[None]
+            if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3 or len(array) == 0:
+                raise ValueError(f"video must be a path or uint8 RGB frames (N, H, W, 3), got {array.dtype} "
+                                 f"{array.shape}")
+            self.path, self.array, self.num_frames, self.fps, self.name = None, array, len(array), 0.0, "frames"
+
+    def read(self, index: int) -> np.ndarray:
+        """Frame ``index`` as uint8 RGB (H, W, 3)."""
+        if self.array is not None:
+            return self.array[index]
+        return read_frames(self.path, [int(index)])[0]
+
+    def time(self, index: int) -> str:
+        """The frame's time stamp as text ("1.240 s"), or "" when the frame rate is unknown."""
+        return f"{index / self.fps:.3f} s" if self.fps > 0 else ""
+
+
+class LRUCache:
+    """A least-recently-used cache bounded by entry count and by the bytes ``size(value)`` reports.
+
+    The newest entry is always kept, even alone over ``max_bytes``.
+    """
+
+    def __init__(self, max_entries: int = 32, max_bytes: int = 512 * 2 ** 20,
+                 size: Callable[[object], int] = lambda value: 0):
+        self.max_entries, self.max_bytes, self.size = max_entries, max_bytes, size
+        self.data: "OrderedDict[Hashable, object]" = OrderedDict()
+        self.bytes = 0
+
+    def get(self, key):
+        if key in self.data:
+            self.data.move_to_end(key)
+            return self.data[key]
+        return None
+
+    def put(self, key, value) -> None:
+        if key in self.data:
+            self.bytes -= self.size(self.data.pop(key))
+        self.data[key] = value
+        self.bytes += self.size(value)
+        while len(self.data) > 1 and (len(self.data) > self.max_entries or self.bytes > self.max_bytes):
+            _, old = self.data.popitem(last=False)
+            self.bytes -= self.size(old)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def explanation_bytes(result) -> int:
+    """Memory held by an ``Explanation`` (its arrays)."""
+    return sum(getattr(result, name).nbytes for name in ("maps", "raw", "cosine", "probs", "frames"))
+
+
+def scaled_maps(result, scale: str, shared: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+    """The maps of a one-frame ``Explanation`` on the chosen colour scale: (K, h, w) float32 in [0, 1].
+
+    ``"per map"``: ``result.maps[0]`` (frame size, each map min-max normalised). ``"per frame"``: the raw token-grid
+    maps over one range shared by all prompts. ``"shared"``: each prompt's raw map over ``shared`` = (low, high),
+    arrays (K,), the range of that prompt's raw maps over the frames seen. Token-grid maps are resized when drawn.
+    """
+    if scale == "per map":
+        return result.maps[0]
+    raw = result.raw[0].astype(np.float32)
+    if scale == "per frame":
+        low, high = np.full(len(raw), raw.min()), np.full(len(raw), raw.max())
+    elif scale == "shared":
+        if shared is None:
+            raise ValueError("the shared colour scale needs the range over the frames seen")
+        low, high = shared
+    else:
+        raise ValueError(f"unknown colour scale {scale!r}; allowed: {', '.join(SCALES)}")
+    span = np.where(high - low > 0, high - low, 1.0)
+    return np.clip((raw - low[:, None, None]) / span[:, None, None], 0, 1).astype(np.float32)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size only
+        return ImageFont.load_default()
+
+
+def _fit(text: str, draw, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def compose_view(frame: np.ndarray, maps: np.ndarray, titles: Sequence[str], *, cmap: str = "jet",
+                 alpha: float = 0.5, panel_width: int = 320, selected: Optional[int] = None) -> np.ndarray:
+    """The frame beside one overlay per map, each under its title, with a colour bar: uint8 RGB (H', W', 3).
+
+    ``frame``: uint8 RGB (H, W, 3). ``maps``: (K, h, w) float in [0, 1], resized bilinearly to the panel.
+    ``titles``: K + 1 strings (the frame's first). Panels are ``panel_width`` pixels wide at the frame's aspect;
+    the ``selected`` map's panel is outlined.
+    """
+    h, w = frame.shape[:2]
+    pw, ph = panel_width, max(1, round(panel_width * h / w))
+    small = np.asarray(Image.fromarray(frame).resize((pw, ph), Image.BILINEAR), dtype=np.float32)
+    colours = matplotlib.colormaps[cmap]
+    panels = [small]
+    for heat in maps:
+        heat = np.asarray(Image.fromarray(np.asarray(heat, np.float32)).resize((pw, ph), Image.BILINEAR))
+        panels.append(small * (1 - alpha) + colours(np.clip(heat, 0, 1))[..., :3] * 255 * alpha)
+    font = _font(13)
+    top, gap, bar = 22, 6, 14
+    canvas = Image.new("RGB", (len(panels) * (pw + gap) - gap, top + ph + bar + 18), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (panel, title) in enumerate(zip(panels, titles)):
+        x = i * (pw + gap)
+        canvas.paste(Image.fromarray(np.clip(panel, 0, 255).astype(np.uint8)), (x, top))
+        draw.text((x + 2, 3), _fit(title, draw, font, pw - 4), fill="black", font=font)
+        if selected is not None and i == selected + 1:
+            draw.rectangle((x, top, x + pw - 1, top + ph - 1), outline=(0, 0, 0), width=3)
+    ramp = (colours(np.linspace(0, 1, pw))[:, :3] * 255).astype(np.uint8)  # the colour bar under the last panel
+    x = (len(panels) - 1) * (pw + gap)
+    canvas.paste(Image.fromarray(np.repeat(ramp[None], bar - 4, axis=0)), (x, top + ph + 4))
+    draw.text((x, top + ph + bar + 2), "low", fill="black", font=_font(11))
+    draw.text((x + pw - 26, top + ph + bar + 2), "high", fill="black", font=_font(11))
+    return np.asarray(canvas)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding of a uint8 RGB image (fast settings: a view is redrawn often)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def scores_html(prompts: Sequence[str], cosine: Sequence[float], probs: Sequence[float],
+                selected: Optional[int] = None) -> str:
+    """An HTML table: per prompt its cosine, its probability and a bar of that probability."""
+    rows = []
+    for j, (prompt, c, p) in enumerate(zip(prompts, cosine, probs)):
+        weight = "bold" if j == selected else "normal"
+        rows.append(
+            f'<tr style="font-weight:{weight}"><td class="gc-prompt">{html.escape(prompt)}</td>'
+            f'<td class="gc-cos">{c:.4f}</td><td class="gc-prob">{p:.4f}</td>'
+            f'<td style="width:220px"><div style="background:#f28e2b;height:12px;width:{200 * p:.1f}px"></div></td></tr>')
+    return ('<table class="gc-scores"><tr><th>prompt</th><th>cosine</th><th>probability</th><th></th></tr>'
+            + "".join(rows) + "</table>")
+
+
+def words_html(pairs: Sequence[Tuple[str, float]], prompt: str) -> str:
+    """The words of ``prompt`` shaded by their Grad-ECLIP weight (``pairs`` from ``word_importance``)."""
+    top = max((weight for _, weight in pairs), default=0.0) or 1.0
+    colours = matplotlib.colormaps["Reds"]
+    spans = []
+    for word, weight in pairs:
+        r, g, b = (int(255 * v) for v in colours(0.85 * weight / top)[:3])
+        ink = "white" if weight / top > 0.6 else "black"
+        spans.append(f'<span class="gc-word" title="{weight:.3f}" style="background:rgb({r},{g},{b});color:{ink};'
+                     f'padding:2px 4px;margin:1px;border-radius:3px">{html.escape(word)} {weight:.2f}</span>')
+    return f"<div>word importance for <i>{html.escape(prompt)}</i>: {''.join(spans)}</div>"
+
+
+def parse_prompts(text: str) -> List[str]:
+    """One prompt per non-empty line of ``text``, stripped."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    message = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {message[0] if message else ''}"
