@@ -7,6 +7,7 @@ at a time when shown. The view is composed with numpy and PIL; Export writes the
 """
 from __future__ import annotations
 
+import html
 import inspect
 import time
 import warnings
@@ -211,7 +212,8 @@ class Explorer(widgets.VBox):
         prompt = self.current.prompts[selected]
         key = (self.slider.value, prompt)
         pairs = self.word_cache.get(key)
-        if pairs is None:
+        if pairs is None:  # the view above is already shown; the words follow (one more forward and backward)
+            self.words.value = f"<div>word importance for <i>{html.escape(prompt)}</i>: computing…</div>"
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # "layers exceeds the text blocks" on small models
