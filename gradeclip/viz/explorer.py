@@ -37,7 +37,8 @@ NO_WIDGETS = ("gradeclip explorer: this front end cannot show Jupyter widgets. O
 
 def _option_widget(name: str, default):
     if isinstance(default, bool):
-        return widgets.Checkbox(value=default, description=name, indent=False)
+        return widgets.Checkbox(value=default, description=name, indent=False,
+                                layout=widgets.Layout(width="auto", margin="0 12px"))
     if isinstance(default, int):
         low = -64 if name == "start_layer" else 1
         return widgets.BoundedIntText(value=default, min=low, max=100_000, description=name,
@@ -81,7 +82,7 @@ class Explorer(widgets.VBox):
         self.opacity = widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="opacity",
                                            continuous_update=False)
         self.cmap = widgets.Dropdown(options=CMAPS, value="jet", description="colours")
-        self.scale = widgets.Dropdown(options=[(f"{k}: {v}", k) for k, v in SCALES.items()], value="per map",
+        self.scale = widgets.Dropdown(options=[(v, k) for k, v in SCALES.items()], value="per map",
                                       description="scale", layout=widgets.Layout(width="420px"))
         self.selected = widgets.Dropdown(options=[(p, j) for j, p in enumerate(prompts)], value=0,
                                          description="selected")
@@ -91,6 +92,10 @@ class Explorer(widgets.VBox):
         self.scores, self.words, self.exported = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.status = widgets.HTML()
         self._build_options()
+        for part, name in ((self.slider, "frame"), (self.prompts_box, "prompts"), (self.method, "method"),
+                           (self.export_button, "export"), (self.image, "view"), (self.status, "status")):
+            part.add_class(f"gc-{name}")  # stable hooks for the browser test and for user CSS
+        self.add_class("gc-explorer")
         controls = widgets.VBox([
             widgets.HBox([self.play, self.slider, self.index_box, self.time_label]),
             widgets.HBox([self.prompts_box, widgets.VBox([self.method, self.options_box])]),
@@ -182,16 +187,16 @@ class Explorer(widgets.VBox):
             self._say(f"frame {index}: {one_line(err)}", error=True)
             return
         note = f"; warning: {str(caught[0].message).splitlines()[0]}" if caught else ""
-        self._say(f"frame {index} · {self.method.value} · {time.perf_counter() - start:.2f} s "
-                  f"({len(self.cache)} cached){note}")
-        self.redraw()
+        self.redraw(then=lambda: self._say(f"frame {index} · {self.method.value} · "
+                                           f"{time.perf_counter() - start:.2f} s ({len(self.cache)} cached){note}"))
 
     def displayed_maps(self) -> np.ndarray:
         """The shown frame's maps (K, h, w) in [0, 1] on the chosen colour scale."""
         return scaled_maps(self.current, self.scale.value, self.ranges.get(self._key(0)[1:]))
 
-    def redraw(self):
-        """Draw the view from the cached explanation: no model call."""
+    def redraw(self, then=None):
+        """Draw the view from the cached explanation: no model call. ``then`` runs once the image and the scores
+        are shown, before the word importance (which may need computing) is drawn."""
         result = self.current
         if result is None:
             return
@@ -204,6 +209,8 @@ class Explorer(widgets.VBox):
                                 alpha=self.opacity.value, panel_width=self.panel_width, selected=selected)
             self.image.value = png_bytes(view)
             self.scores.value = scores_html(result.prompts, result.cosine[0], result.probs[0], selected)
+            if then is not None:
+                then()
             self.words.value = self._words(selected) if self.show_words.value else ""
         except Exception as err:
             self._say(f"view: {one_line(err)}", error=True)

@@ -17,9 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..io.frames import read_frames, video_info
 
-SCALES = {"per map": "each map on its own 0–1 scale (as explain returns)",
-          "per frame": "one scale for all prompts of this frame",
-          "shared": "one scale per prompt over every frame seen so far"}
+SCALES = {"per map": "per map (each map 0–1)", "per frame": "per frame (all prompts share one)",
+          "shared": "shared over the frames seen (per prompt)"}
 
 
 class FrameSource:
