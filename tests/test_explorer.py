@@ -280,12 +280,20 @@ def test_tokenizer_is_passed_only_when_given(model, avi, tmp_path, monkeypatch):
 
 
 def test_in_memory_frames_play_link_and_plain_text_fallback(model, tmp_path):
-    """Catches a play button not linked to the slider, or a front end without widgets showing only 'VBox(...)'."""
+    """Catches play, step buttons or the index box not moving the slider, or a front end without widgets showing
+    only 'VBox(...)'."""
     from conftest import numbered_frames
 
     explorer = gradeclip.explore(model, numbered_frames(6), ["a red square"], out_dir=tmp_path, words=False)
     explorer.play.value = 4
     assert explorer.slider.value == 4 and explorer.index_box.value == 4 and explorer.forwards == 2
+    explorer.next.click()
+    explorer.next.click()  # stays on the last frame
+    assert explorer.slider.value == 5 and explorer.forwards == 3
+    explorer.previous.click()
+    explorer.index_box.value = 1
+    assert explorer.slider.value == 1
+    np.testing.assert_array_equal(explorer.current.frames[0], numbered_frames(6)[1])
     assert explorer.time_label.value == ""
     bundle = explorer._repr_mimebundle_()
     assert "cannot show Jupyter widgets" in bundle["text/plain"]

@@ -21,7 +21,7 @@ import numpy as np
 from ..explain import explain, word_importance
 from ..methods.registry import get_method, method_names
 from .explorer_view import (SCALES, FrameSource, LRUCache, compose_view, explanation_bytes, one_line, parse_prompts,
-                            png_bytes, scaled_maps, scores_html, words_html)
+                            jpeg_bytes, scaled_maps, scores_html, words_html)
 from .figures import DEFAULT_OUT, plot_explanation, save_explanation, save_figure
 
 # Expected cost on a CPU at ViT-B/32 size (README, "Explanation methods"), shown in the method menu
@@ -70,6 +70,11 @@ class Explorer(widgets.VBox):
         self.index_box = widgets.BoundedIntText(value=frame, min=0, max=last, layout=widgets.Layout(width="90px"))
         self.play = widgets.Play(value=frame, min=0, max=last, interval=700, description="play")
         self.time_label = widgets.Label()
+        step = widgets.Layout(width="36px")
+        self.previous = widgets.Button(icon="step-backward", tooltip="previous frame", layout=step)
+        self.next = widgets.Button(icon="step-forward", tooltip="next frame", layout=step)
+        self.previous.on_click(lambda _: self._step(-1))
+        self.next.on_click(lambda _: self._step(1))
         widgets.link((self.slider, "value"), (self.index_box, "value"))
         widgets.link((self.play, "value"), (self.slider, "value"))
         self.prompts_box = widgets.Textarea(value="\n".join(prompts), description="prompts",
@@ -88,7 +93,7 @@ class Explorer(widgets.VBox):
                                          description="selected")
         self.show_words = widgets.Checkbox(value=words, description="word importance", indent=False)
         self.export_button = widgets.Button(description="Export", icon="download", button_style="primary")
-        self.image = widgets.Image(format="png")
+        self.image = widgets.Image(format="jpeg")
         self.scores, self.words, self.exported = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.status = widgets.HTML()
         self._build_options()
@@ -97,7 +102,7 @@ class Explorer(widgets.VBox):
             part.add_class(f"gc-{name}")  # stable hooks for the browser test and for user CSS
         self.add_class("gc-explorer")
         controls = widgets.VBox([
-            widgets.HBox([self.play, self.slider, self.index_box, self.time_label]),
+            widgets.HBox([self.play, self.previous, self.next, self.slider, self.index_box, self.time_label]),
             widgets.HBox([self.prompts_box, widgets.VBox([self.method, self.options_box])]),
             widgets.HBox([self.opacity, self.cmap, self.selected]),
             widgets.HBox([self.scale, self.show_words, self.export_button]),
@@ -146,6 +151,9 @@ class Explorer(widgets.VBox):
     def _method_changed(self, _):
         self._build_options()
         self.refresh()
+
+    def _step(self, by: int):
+        self.slider.value = int(np.clip(self.slider.value + by, self.slider.min, self.slider.max))
 
     def _say(self, text: str, error: bool = False):
         colour = "#b00020" if error else "#333"
@@ -203,11 +211,11 @@ class Explorer(widgets.VBox):
         selected = self.selected.value if self.selected.value is not None else 0
         selected = selected if selected < len(result.prompts) else 0  # prompts edited, not yet recomputed
         try:
-            titles = [f"frame {self.slider.value}"] + [
-                f"{p} · cos {c:.3f} · p {q:.2f}" for p, c, q in zip(result.prompts, result.cosine[0], result.probs[0])]
+            scored = zip(result.prompts, result.cosine[0], result.probs[0])
+            titles = [f"frame {self.slider.value}"] + [f"{p} · cos {c:.3f} · p {q:.2f}" for p, c, q in scored]
             view = compose_view(result.frames[0], self.displayed_maps(), titles, cmap=self.cmap.value,
                                 alpha=self.opacity.value, panel_width=self.panel_width, selected=selected)
-            self.image.value = png_bytes(view)
+            self.image.value = jpeg_bytes(view)
             self.scores.value = scores_html(result.prompts, result.cosine[0], result.probs[0], selected)
             if then is not None:
                 then()

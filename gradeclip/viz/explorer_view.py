@@ -136,10 +136,12 @@ def compose_view(frame: np.ndarray, maps: np.ndarray, titles: Sequence[str], *, 
     pw, ph = panel_width, max(1, round(panel_width * h / w))
     small = np.asarray(Image.fromarray(frame).resize((pw, ph), Image.BILINEAR), dtype=np.float32)
     colours = matplotlib.colormaps[cmap]
+    lut = colours(np.linspace(0, 1, 256))[:, :3].astype(np.float32) * 255  # 256 levels: a table, not a call per pixel
     panels = [small]
     for heat in maps:
         heat = np.asarray(Image.fromarray(np.asarray(heat, np.float32)).resize((pw, ph), Image.BILINEAR))
-        panels.append(small * (1 - alpha) + colours(np.clip(heat, 0, 1))[..., :3] * 255 * alpha)
+        levels = np.rint(np.clip(np.nan_to_num(heat), 0, 1) * 255).astype(np.uint8)
+        panels.append(small * (1 - alpha) + lut[levels] * alpha)
     font = _font(13)
     top, gap, bar = 22, 6, 14
     canvas = Image.new("RGB", (len(panels) * (pw + gap) - gap, top + ph + bar + 18), "white")
@@ -158,10 +160,11 @@ def compose_view(frame: np.ndarray, maps: np.ndarray, titles: Sequence[str], *, 
     return np.asarray(canvas)
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """PNG encoding of a uint8 RGB image (fast settings: a view is redrawn often)."""
+def jpeg_bytes(image: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG encoding of a uint8 RGB image: about 10x faster to encode and 3x smaller to send than PNG, which
+    matters when the view is redrawn on every slider move and travels to a remote front end (Colab)."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -174,7 +177,8 @@ def scores_html(prompts: Sequence[str], cosine: Sequence[float], probs: Sequence
         rows.append(
             f'<tr style="font-weight:{weight}"><td class="gc-prompt">{html.escape(prompt)}</td>'
             f'<td class="gc-cos">{c:.4f}</td><td class="gc-prob">{p:.4f}</td>'
-            f'<td style="width:220px"><div style="background:#f28e2b;height:12px;width:{200 * p:.1f}px"></div></td></tr>')
+            f'<td style="width:220px"><div style="background:#f28e2b;height:12px;width:{200 * p:.1f}px"></div>'
+            '</td></tr>')
     return ('<table class="gc-scores"><tr><th>prompt</th><th>cosine</th><th>probability</th><th></th></tr>'
             + "".join(rows) + "</table>")
 
