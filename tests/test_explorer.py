@@ -247,6 +247,7 @@ def test_errors_are_one_line_and_the_explorer_keeps_working(model, avi, tmp_path
     assert explorer.current is not None and "#b00020" not in explorer.status.value
     explorer.prompts_box.value = "   \n"
     assert "no prompts" in explorer.status.value
+    assert "no prompts" in gradeclip.explore(model, avi, [], out_dir=tmp_path).status.value
 
 
 def test_method_menu_lists_every_method_and_options_follow_the_method(model, avi, tmp_path):
@@ -298,6 +299,9 @@ def test_in_memory_frames_play_link_and_plain_text_fallback(model, tmp_path):
     bundle = explorer._repr_mimebundle_()
     assert "cannot show Jupyter widgets" in bundle["text/plain"]
     assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert gradeclip.explore(model, numbered_frames(6), ["x"], frame=-1, words=False).slider.value == 5
+    with pytest.raises(IndexError, match="valid indices are -6..5"):
+        gradeclip.explore(model, numbered_frames(6), ["x"], frame=6)
     with pytest.raises(ValueError, match="uint8 RGB"):
         gradeclip.explore(model, np.zeros((2, 8, 8), np.float32), ["x"])
     with pytest.raises(ValueError, match="unknown method"):

@@ -29,6 +29,7 @@ SLOW_METHODS = {"rise": "slow: ~1 min per frame", "scorecam": "slow: ~1 min per 
                 "eigencam": "~1 s per frame"}
 # Options offered as controls when the chosen method takes them (other options keep their defaults)
 MAIN_OPTIONS = ("layers", "single_head", "spatial_weight", "start_layer", "n_masks")
+PLAY_INTERVAL_MS = 700  # the play button's step, longer when frames take longer to explain
 CMAPS = ("jet", "viridis", "inferno", "magma", "turbo", "gray")
 NO_WIDGETS = ("gradeclip explorer: this front end cannot show Jupyter widgets. Open the notebook in Jupyter, "
               "JupyterLab, Colab or VS Code (with ipywidgets >= 8), or use gradeclip.explain and "
@@ -64,11 +65,14 @@ class Explorer(widgets.VBox):
         self.ranges = {}  # (prompts, method, options) -> per-prompt (low, high) of raw maps over the frames seen
         self.current, self.forwards = None, 0
         last = self.source.num_frames - 1
-        frame = int(np.clip(frame, 0, last))
+        if not -last - 1 <= frame <= last:
+            raise IndexError(f"frame {frame} out of range: the video has {last + 1} frames, valid indices are "
+                             f"{-last - 1}..{last}")
+        frame = int(frame) % (last + 1)
         self.slider = widgets.IntSlider(value=frame, min=0, max=last, description="frame", continuous_update=False,
                                         layout=widgets.Layout(width="420px"))
         self.index_box = widgets.BoundedIntText(value=frame, min=0, max=last, layout=widgets.Layout(width="90px"))
-        self.play = widgets.Play(value=frame, min=0, max=last, interval=700, description="play")
+        self.play = widgets.Play(value=frame, min=0, max=last, interval=PLAY_INTERVAL_MS, description="play")
         self.time_label = widgets.Label()
         step = widgets.Layout(width="36px")
         self.previous = widgets.Button(icon="step-backward", tooltip="previous frame", layout=step)
@@ -89,8 +93,8 @@ class Explorer(widgets.VBox):
         self.cmap = widgets.Dropdown(options=CMAPS, value="jet", description="colours")
         self.scale = widgets.Dropdown(options=[(v, k) for k, v in SCALES.items()], value="per map",
                                       description="scale", layout=widgets.Layout(width="420px"))
-        self.selected = widgets.Dropdown(options=[(p, j) for j, p in enumerate(prompts)], value=0,
-                                         description="selected")
+        self.selected = widgets.Dropdown(options=[(p, j) for j, p in enumerate(prompts)],
+                                         value=0 if prompts else None, description="selected")
         self.show_words = widgets.Checkbox(value=words, description="word importance", indent=False)
         self.export_button = widgets.Button(description="Export", icon="download", button_style="primary")
         self.image = widgets.Image(format="jpeg")
@@ -195,6 +199,8 @@ class Explorer(widgets.VBox):
             self._say(f"frame {index}: {one_line(err)}", error=True)
             return
         note = f"; warning: {str(caught[0].message).splitlines()[0]}" if caught else ""
+        # play no faster than frames are explained, or slider moves queue up behind the model
+        self.play.interval = max(PLAY_INTERVAL_MS, 100 * round(12.5 * (time.perf_counter() - start)))
         self.redraw(then=lambda: self._say(f"frame {index} · {self.method.value} · "
                                            f"{time.perf_counter() - start:.2f} s ({len(self.cache)} cached){note}"))
 
