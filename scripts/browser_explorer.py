@@ -39,7 +39,7 @@ def injected_notebook(workdir: Path) -> Path:
     book.cells = [c for c in book.cells if not (c.cell_type == "code" and "google.colab" in c.source)]
     index = next(i for i, c in enumerate(book.cells) if "parameters" in c.metadata.get("tags", []))
     values = {"VIDEO": gradeclip.shapes_video(), "MODEL": gradeclip.shapes_model(),
-              "PROMPTS": ["a red circle", "a blue square"]}
+              "PROMPTS": ["a red circle", "a blue square"], "SCALE": "model"}
     book.cells.insert(index + 1, nbformat.v4.new_code_cell("".join(f"{k} = {v!r}\n" for k, v in values.items())))
     path = workdir / "00_explorer.ipynb"
     nbformat.write(book, str(path))
@@ -126,8 +126,6 @@ def drive(url: str, out: Path, workdir: Path, docs: Optional[Path] = None) -> li
             typed_image = image.screenshot()
             assert typed_image != first_image, "the image did not change after typing a prompt"
             shot(page, "prompt_typed")
-            if docs:
-                page.locator(".gc-explorer").screenshot(path=str(docs))
 
             handle = page.locator(".gc-frame .noUi-handle, .gc-frame .ui-slider-handle").first
             track = page.locator(".gc-frame .noUi-target, .gc-frame .ui-slider").first
@@ -145,6 +143,8 @@ def drive(url: str, out: Path, workdir: Path, docs: Optional[Path] = None) -> li
             assert moved_image != typed_image, "the image did not change after moving the slider"
             assert [s[1:] for s in moved_scores] != [s[1:] for s in typed_scores], "the scores did not change"
             shot(page, f"slider_frame{frame}")
+            if docs:
+                page.locator(".gc-explorer").screenshot(path=str(docs))
 
             page.locator("button.gc-export").click()
             page.wait_for_selector("text=exported:", timeout=120_000)
@@ -160,7 +160,7 @@ def drive(url: str, out: Path, workdir: Path, docs: Optional[Path] = None) -> li
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/browser", help="folder for the screenshots")
-    parser.add_argument("--docs", default=None, help="also save the explorer widget, after typing a prompt, here")
+    parser.add_argument("--docs", default=None, help="also save the explorer widget, after the slider move, here")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for the server")
     args = parser.parse_args()
     out = Path(args.out).resolve()

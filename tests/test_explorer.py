@@ -319,7 +319,24 @@ def test_explorer_notebook_runs_headless_with_the_shapes_model(tmp_path):
     """Catches a broken notebook 00: a failing cell, or a last cell that does not show the widget."""
     book = run_notebook(NOTEBOOK_DIR / "00_explorer.ipynb",
                         {"VIDEO": gradeclip.shapes_video(), "MODEL": gradeclip.shapes_model(),
-                         "PROMPTS": ["a red circle", "a blue square"]}, tmp_path, timeout=300)
+                         "PROMPTS": ["a red circle", "a blue square"], "SCALE": "model"}, tmp_path, timeout=300)
     assert "colab-badge" in book.cells[0].source
     last = [c for c in book.cells if c.cell_type == "code"][-1]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in last.outputs)
+
+
+def test_input_size_menu_changes_what_explain_sees(model, avi, tmp_path):
+    """Catches the input-size menu not reaching ``explain`` (scores of the native size shown) or missing from the
+    cache key (the native entry returned for the half-size request)."""
+    explorer = make(model, avi, tmp_path, words=False, scale="model")
+    model_scale = 32 / 64  # the tiny model's input is 32 px; the frames are 48x64
+    assert explorer.size.value == model_scale and explorer.current.raw.shape[-2:] == (3, 4)
+    explorer.size.value = 1.0
+    frame = gradeclip.read_frames(avi, [0])
+    np.testing.assert_allclose(explorer.current.cosine, gradeclip.explain(model, frame, PROMPTS).cosine, atol=1e-6)
+    explorer.size.value = 2.0
+    expected = gradeclip.explain(model, frame, PROMPTS, scale=2.0)
+    np.testing.assert_allclose(shown_scores(explorer)[0], expected.cosine[0], atol=6e-5)
+    assert explorer.current.raw.shape[-2:] == (12, 16) and explorer.forwards == 3
+    with pytest.raises(ValueError, match="scale must be"):
+        make(model, avi, tmp_path, scale=0)

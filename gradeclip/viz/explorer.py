@@ -20,8 +20,8 @@ import numpy as np
 
 from ..explain import explain, word_importance
 from ..methods.registry import get_method, method_names
-from .explorer_view import (SCALES, FrameSource, LRUCache, compose_view, explanation_bytes, one_line, parse_prompts,
-                            jpeg_bytes, scaled_maps, scores_html, words_html)
+from .explorer_view import (SCALES, FrameSource, LRUCache, compose_view, explanation_bytes, input_sizes, jpeg_bytes,
+                            one_line, parse_prompts, scaled_maps, scores_html, words_html)
 from .figures import DEFAULT_OUT, plot_explanation, save_explanation, save_figure
 
 # Expected cost on a CPU at ViT-B/32 size (README, "Explanation methods"), shown in the method menu
@@ -49,13 +49,13 @@ def _option_widget(name: str, default):
 
 class Explorer(widgets.VBox):
     """The explorer widget (see ``explore``). Its parts are attributes (``slider``, ``prompts_box``, ``method``,
-    ``opacity``, ``cmap``, ``scale``, ``selected``, ``export_button``, ``image``, ``scores``, ``words``,
+    ``size``, ``opacity``, ``cmap``, ``scale``, ``selected``, ``export_button``, ``image``, ``scores``, ``words``,
     ``status``), so code and tests can drive it as a user would. ``current`` is the shown frame's ``Explanation``;
     ``forwards`` counts explanations computed (cache misses)."""
 
     def __init__(self, model, video, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
-                 tokenizer=None, out_dir=DEFAULT_OUT, frame: int = 0, cache_size: int = 32,
-                 panel_width: int = 320, words: bool = True):
+                 tokenizer=None, out_dir=DEFAULT_OUT, frame: int = 0, scale: Union[float, str] = 1.0,
+                 cache_size: int = 32, panel_width: int = 320, words: bool = True):
         self.model, self.tokenizer, self.out_dir, self.panel_width = model, tokenizer, Path(out_dir), panel_width
         self.source = FrameSource(video)
         get_method(method)
@@ -95,6 +95,9 @@ class Explorer(widgets.VBox):
                                       description="scale", layout=widgets.Layout(width="420px"))
         self.selected = widgets.Dropdown(options=[(p, j) for j, p in enumerate(prompts)],
                                          value=0 if prompts else None, description="selected")
+        sizes, scale = input_sizes(model, self.source.height, self.source.width, scale)
+        self.size = widgets.Dropdown(options=sizes, value=scale, description="input",
+                                     layout=widgets.Layout(width="300px"))
         self.show_words = widgets.Checkbox(value=words, description="word importance", indent=False)
         self.export_button = widgets.Button(description="Export", icon="download", button_style="primary")
         self.image = widgets.Image(format="jpeg")
@@ -107,7 +110,7 @@ class Explorer(widgets.VBox):
         self.add_class("gc-explorer")
         controls = widgets.VBox([
             widgets.HBox([self.play, self.previous, self.next, self.slider, self.index_box, self.time_label]),
-            widgets.HBox([self.prompts_box, widgets.VBox([self.method, self.options_box])]),
+            widgets.HBox([self.prompts_box, widgets.VBox([self.method, self.options_box, self.size])]),
             widgets.HBox([self.opacity, self.cmap, self.selected]),
             widgets.HBox([self.scale, self.show_words, self.export_button]),
         ])
@@ -115,6 +118,7 @@ class Explorer(widgets.VBox):
         self.slider.observe(lambda _: self.refresh(), "value")
         self.prompts_box.observe(self._prompts_changed, "value")
         self.method.observe(self._method_changed, "value")
+        self.size.observe(lambda _: self.refresh(), "value")
         for control in (self.opacity, self.cmap, self.scale, self.selected, self.show_words):
             control.observe(lambda _: self.redraw(), "value")
         self.export_button.on_click(lambda _: self.export())
@@ -130,7 +134,7 @@ class Explorer(widgets.VBox):
         return {name: w.value for name, w in self.option_widgets.items()}
 
     def _key(self, index: int):
-        return index, self.prompts, self.method.value, tuple(sorted(self.options.items()))
+        return index, self.prompts, self.method.value, tuple(sorted(self.options.items())), self.size.value
 
     def _build_options(self):
         params = inspect.signature(get_method(self.method.value)).parameters.values()
@@ -173,7 +177,8 @@ class Explorer(widgets.VBox):
                 raise ValueError("no prompts: type at least one prompt, one per line")
             frame = self.source.read(index)
             extra = {} if self.tokenizer is None else {"tokenizer": self.tokenizer}
-            result = explain(self.model, frame, list(key[1]), method=key[2], progress=False, **extra, **self.options)
+            result = explain(self.model, frame, list(key[1]), method=key[2], scale=key[4], progress=False, **extra,
+                             **self.options)
             self.forwards += 1
             self.cache.put(key, result)
             low, high = result.raw[0].reshape(len(key[1]), -1).min(1), result.raw[0].reshape(len(key[1]), -1).max(1)
@@ -261,7 +266,8 @@ class Explorer(widgets.VBox):
             paths = save_figure(fig, name, self.out_dir)
             plt.close(fig)
             meta = {"video": self.source.path, "frame": index, "time_s": index / self.source.fps
-                    if self.source.fps > 0 else None, "options": self.options, "colour_scale": self.scale.value}
+                    if self.source.fps > 0 else None, "options": self.options, "scale": self.size.value,
+                    "colour_scale": self.scale.value}
             paths += save_explanation(result, name, self.out_dir, meta=meta)
         except Exception as err:
             self._say(f"export: {one_line(err)}", error=True)
@@ -286,14 +292,18 @@ class Explorer(widgets.VBox):
 
 
 def explore(model, video, prompts: Union[str, Sequence[str]] = ("a person walking", "a tree"), *,
-            method: str = "grad_eclip", tokenizer=None, out_dir=DEFAULT_OUT, frame: int = 0, **kwargs) -> Explorer:
+            method: str = "grad_eclip", tokenizer=None, out_dir=DEFAULT_OUT, frame: int = 0,
+            scale: Union[float, str] = 1.0, **kwargs) -> Explorer:
     """An interactive explorer of ``model``'s explanations over ``video``, as an ipywidgets widget.
 
     ``video``: a path (frames decoded on demand, one at a time) or uint8 RGB frames (N, H, W, 3). ``prompts``: a
     string or a list (editable in the widget, one per line). ``method``: a name in ``method_names()``;
-    ``tokenizer`` goes to ``explain`` when given. Export writes to ``out_dir``. Display the returned widget (last
+    ``tokenizer`` goes to ``explain`` when given. ``frame``: the first frame shown (negative counts from the end).
+    ``scale``: ``explain``'s input scale (1.0: native frame size), or ``"model"``: the frame's long side at the
+    model's input size (e.g. 48 px for the shipped shapes CLIP); also a menu in the widget. Export writes to
+    ``out_dir``. Display the returned widget (last
     expression of a cell); ``kwargs``: ``cache_size`` (explanations kept, default 32), ``panel_width`` (pixels per
     panel, default 320), ``words`` (show word importance, default True).
     """
     return Explorer(model, video, prompts, method=method, tokenizer=tokenizer, out_dir=out_dir, frame=frame,
-                    **kwargs)
+                    scale=scale, **kwargs)

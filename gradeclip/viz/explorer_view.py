@@ -29,7 +29,7 @@ class FrameSource:
             self.path: Optional[str] = str(video)
             self.array = None
             info = video_info(self.path)
-            self.num_frames, self.fps = info.num_frames, info.fps
+            self.num_frames, self.fps, self.height, self.width = info.num_frames, info.fps, info.height, info.width
             self.name = Path(self.path).stem
         else:
             array = np.asarray(video)
@@ -39,6 +39,7 @@ class FrameSource:
                 raise ValueError(f"video must be a path or uint8 RGB frames (N, H, W, 3), got {array.dtype} "
                                  f"{array.shape}")
             self.path, self.array, self.num_frames, self.fps, self.name = None, array, len(array), 0.0, "frames"
+            self.height, self.width = array.shape[1:3]
 
     def read(self, index: int) -> np.ndarray:
         """Frame ``index`` as uint8 RGB (H, W, 3)."""
@@ -49,6 +50,27 @@ class FrameSource:
     def time(self, index: int) -> str:
         """The frame's time stamp as text ("1.240 s"), or "" when the frame rate is unknown."""
         return f"{index / self.fps:.3f} s" if self.fps > 0 else ""
+
+
+def input_sizes(model, height: int, width: int, scale) -> Tuple[list, float]:
+    """The input-size menu of the explorer, ``([(label, scale), ...], chosen scale)``: the frame size (1.0), the
+    model's input size (the long side at ``model.visual.input_resolution``, where the model has one), half and
+    double, and ``scale`` itself if it is another number. ``scale``: a number in (0, 8] or ``"model"``."""
+    resolution = getattr(getattr(model, "visual", None), "input_resolution", None)
+    model_scale = resolution / max(height, width) if resolution else None
+    if scale == "model":
+        if model_scale is None:
+            raise ValueError("scale='model' needs a model with visual.input_resolution; give a number instead")
+        scale = model_scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 8:
+        raise ValueError(f"scale must be a number in (0, 8] or 'model', got {scale!r}")
+    sizes = [("frame size (×1)", 1.0)]
+    if model_scale is not None and abs(model_scale - 1) > 1e-6:
+        sizes.append((f"model's input size (×{model_scale:.3g})", model_scale))
+    for label, value in [("half size (×0.5)", 0.5), ("double size (×2)", 2.0), (f"×{scale:.3g}", float(scale))]:
+        if all(abs(value - known) > 1e-9 for _, known in sizes):
+            sizes.append((label, value))
+    return sizes, next(value for _, value in sizes if abs(scale - value) <= 1e-9)
 
 
 class LRUCache:
