@@ -67,8 +67,8 @@ def make(model, video, tmp_path, **kwargs):
 
 
 def test_displayed_scores_are_explain_scores_for_the_slider_frame(model, avi, tmp_path):
-    """Catches an off-by-one between the slider and the frame explained, stale prompts after an edit, or scores
-    shown for the wrong prompt order."""
+    """Catches an off-by-one between the slider and the frame explained, stale prompts after an edit, scores
+    shown for the wrong prompt order, or cached text features that differ from the model's."""
     explorer = make(model, avi, tmp_path, words=False)
     explorer.slider.value = 7
     explorer.prompts_box.value = "a bright frame\n\na red square  \n"
@@ -82,7 +82,11 @@ def test_displayed_scores_are_explain_scores_for_the_slider_frame(model, avi, tm
     assert explorer.current.prompts == prompts
     np.testing.assert_allclose(explorer.current.maps, expected.maps, atol=1e-6)
     assert [label for label, _ in explorer.selected.options] == prompts
-    assert explorer.time_label.value == f"t = {7 / 25:.3f} s"
+    explorer.slider.value = 8  # the prompts' text features now come from the explorer's cache
+    np.testing.assert_allclose(shown_scores(explorer)[0], neighbour.cosine[0], atol=6e-5)
+    np.testing.assert_allclose(explorer.current.probs, neighbour.probs, atol=1e-6)
+    assert "encode_text" not in vars(model)  # the model's own method is back after each explain call
+    assert explorer.time_label.value == f"t = {8 / 25:.3f} s"
 
 
 def test_image_shows_frame_and_one_overlay_per_prompt(model, avi, tmp_path):
@@ -103,8 +107,8 @@ def test_image_shows_frame_and_one_overlay_per_prompt(model, avi, tmp_path):
 
 
 def test_redraws_do_not_recompute_and_seen_frames_come_from_the_cache(model, avi, tmp_path, counted):
-    """Catches a redraw that calls the model (opacity, colours, colour scale, selected prompt) or a cache key
-    that misses on a frame seen before."""
+    """Catches a redraw that calls the model (opacity, colours, colour scale, selected prompt), a cache key that
+    misses on a frame seen before, or the prompts encoded again for every new frame."""
     explorer = make(model, avi, tmp_path, words=False)
     assert counted.image >= 1 and counted.text >= 1
     before, image_before = counted.total, explorer.image.value
@@ -115,16 +119,22 @@ def test_redraws_do_not_recompute_and_seen_frames_come_from_the_cache(model, avi
     explorer.selected.value = 2
     assert counted.total == before and explorer.forwards == 1
     assert explorer.image.value != image_before  # the redraws did change the view
+    text = counted.text
     explorer.slider.value = 3
     assert counted.total > before and explorer.forwards == 2
+    assert counted.text == text  # same prompts on a new frame: text features are not computed again
+    explorer.prompts_box.value = "a red square\na tree"
+    assert counted.text > text and explorer.forwards == 3
+    explorer.prompts_box.value = "\n".join(PROMPTS)
+    assert explorer.forwards == 3  # this frame and prompt set is still cached
     before = counted.total
     explorer.slider.value = 0
     explorer.slider.value = 3
-    assert counted.total == before and explorer.forwards == 2
+    assert counted.total == before and explorer.forwards == 3
     explorer.method.value = "self_attention"
-    assert explorer.forwards == 3
+    assert explorer.forwards == 4
     explorer.method.value = "grad_eclip"
-    assert explorer.forwards == 3  # the grad_eclip entry of frame 3 is still cached
+    assert explorer.forwards == 4  # the grad_eclip entry of frame 3 is still cached
 
 
 def test_word_importance_is_computed_once_per_frame_and_prompt(model, avi, tmp_path, counted):

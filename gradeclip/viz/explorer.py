@@ -21,7 +21,7 @@ import numpy as np
 from ..explain import explain, word_importance
 from ..methods.registry import get_method, method_names
 from .explorer_view import (SCALES, FrameSource, LRUCache, compose_view, explanation_bytes, input_sizes, jpeg_bytes,
-                            one_line, parse_prompts, scaled_maps, scores_html, words_html)
+                            one_line, parse_prompts, scaled_maps, scores_html, text_features_cached, words_html)
 from .figures import DEFAULT_OUT, plot_explanation, save_explanation, save_figure
 
 # Expected cost on a CPU at ViT-B/32 size (README, "Explanation methods"), shown in the method menu
@@ -62,6 +62,7 @@ class Explorer(widgets.VBox):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         self.cache = LRUCache(cache_size, size=explanation_bytes)
         self.word_cache = LRUCache(256)
+        self.text_cache = LRUCache(16)  # text features per tokenised prompt set
         self.ranges = {}  # (prompts, method, options) -> per-prompt (low, high) of raw maps over the frames seen
         self.current, self.forwards = None, 0
         last = self.source.num_frames - 1
@@ -177,8 +178,9 @@ class Explorer(widgets.VBox):
                 raise ValueError("no prompts: type at least one prompt, one per line")
             frame = self.source.read(index)
             extra = {} if self.tokenizer is None else {"tokenizer": self.tokenizer}
-            result = explain(self.model, frame, list(key[1]), method=key[2], scale=key[4], progress=False, **extra,
-                             **self.options)
+            with text_features_cached(self.model, self.text_cache):
+                result = explain(self.model, frame, list(key[1]), method=key[2], scale=key[4], progress=False,
+                                 **extra, **self.options)
             self.forwards += 1
             self.cache.put(key, result)
             low, high = result.raw[0].reshape(len(key[1]), -1).min(1), result.raw[0].reshape(len(key[1]), -1).max(1)
