@@ -2,8 +2,9 @@
 
 Measures, in one run: one ``explain`` call on a frame with 4 prompts (the reference); the explorer showing a new
 frame with those 4 prompts (explain + view; with and without word importance of the selected prompt); and redraws
-that must not run the model (opacity, colour map, colour scale, selected prompt). Prints the times and the ratios
-against the targets: redraw <= 0.1 s, new frame <= 1.5x one explain call.
+that must not run the model (opacity, colour map, colour scale, selected prompt); and the text encoding of the 4
+prompts, which ``explain`` repeats on every call and the explorer does once per prompt set. Prints the times and the
+ratios against the targets: redraw <= 0.1 s, new frame <= 1.5x one explain call.
 
     python benchmarks/explorer_latency.py [--repeat 5] [--method grad_eclip]
 """
