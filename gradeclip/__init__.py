@@ -31,6 +31,7 @@ _EXPORTS = {
     **dict.fromkeys(["VideoExplanation", "explain_video", "save_video_maps"], ".video"),
     **dict.fromkeys(["keyframes", "plot_timeline", "write_overlay_video"], ".viz.video_export"),
     **dict.fromkeys(["output_dir", "resolve_model", "resolve_video"], ".paths"),
+    **dict.fromkeys(["explore", "Explorer"], ".viz.explorer"),  # imports ipywidgets, so only on first use
 }
 _SUBPACKAGES = ("backbones", "batch", "eval", "io", "methods", "viz", "cli", "paths", "explain", "video", "checks")
 
