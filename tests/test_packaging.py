@@ -8,7 +8,7 @@ from pathlib import Path
 import gradeclip
 
 REPO = Path(__file__).resolve().parent.parent
-DEV_TOOLS = ("pytest", "psutil", "nbclient", "nbformat", "ipykernel", "ipywidgets")
+DEV_TOOLS = ("pytest", "psutil", "nbclient", "nbformat", "ipykernel")  # ipywidgets: the explorer needs it at run time
 
 
 def _names(lines):
