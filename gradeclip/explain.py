@@ -98,11 +98,28 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
     """
     model = backbone_of(model, tokenizer)
     check_options(method, options)
-    positive_int(batch_size, "batch_size")
-    frames = as_frames(frames)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     warn_unknown_words(model, prompts)
     text_features = model.encode_prompts(prompts, truncate=truncate)
+    return explain_encoded(model, frames, prompts, text_features, method=method, scale=scale, batch_size=batch_size,
+                           progress=progress, **options)
+
+
+def explain_encoded(model, frames: FramesLike, prompts: Sequence[str], text_features: torch.Tensor, *,
+                    method: str = "grad_eclip", scale: float = 1.0, batch_size: int = 16, progress: bool = True,
+                    **options) -> Explanation:
+    """``explain`` with the prompts already encoded: ``text_features`` (K, D) are the library's own (as
+    ``encode_prompts`` returns them, not normalised) for ``prompts`` (K strings, used as labels). For callers that
+    explain many frames against one prompt set (the explorer) and encode it once. ``model``: as for ``explain``
+    (a ``Backbone`` carries its tokenizer). Returns an ``Explanation``."""
+    model = backbone_of(model)
+    check_options(method, options)
+    positive_int(batch_size, "batch_size")
+    frames = as_frames(frames)
+    prompts = list(prompts)
+    if text_features.ndim != 2 or text_features.shape[0] != len(prompts):
+        raise ValueError(f"text_features must be (K, D) with K = {len(prompts)} prompts; got "
+                         f"{tuple(text_features.shape)}")
     starts = range(0, len(frames), batch_size)
     raws, features = [], []
     for start in tqdm(starts, desc=f"explaining ({method})", unit="batch", disable=not progress or len(starts) < 2):

@@ -85,7 +85,6 @@ def test_displayed_scores_are_explain_scores_for_the_slider_frame(model, avi, tm
     explorer.slider.value = 8  # the prompts' text features now come from the explorer's cache
     np.testing.assert_allclose(shown_scores(explorer)[0], neighbour.cosine[0], atol=6e-5)
     np.testing.assert_allclose(explorer.current.probs, neighbour.probs, atol=1e-6)
-    assert "encode_text" not in vars(model)  # the model's own method is back after each explain call
     assert explorer.time_label.value == f"t = {8 / 25:.3f} s"
 
 
@@ -235,14 +234,14 @@ def test_errors_are_one_line_and_the_explorer_keeps_working(model, avi, tmp_path
     assert "error" not in explorer.status.value and explorer.current.prompts == ["a red square"]
     explorer.option_widgets["layers"].value = 0  # the control refuses a bad value
     assert explorer.option_widgets["layers"].value == 1
-    real_explain = explorer_module.explain
+    real_explain = explorer_module.explain_encoded
 
-    def failing(model, frames, prompts, *, method, **kwargs):
+    def failing(model, frames, prompts, text_features, *, method, **kwargs):
         if method == "rise":
             raise RuntimeError("out of memory\nsecond line of the message")
-        return real_explain(model, frames, prompts, method=method, **kwargs)
+        return real_explain(model, frames, prompts, text_features, method=method, **kwargs)
 
-    monkeypatch.setattr(explorer_module, "explain", failing)
+    monkeypatch.setattr(explorer_module, "explain_encoded", failing)
     explorer.method.value = "rise"
     assert "frame 0: RuntimeError: out of memory" in explorer.status.value
     assert "second line" not in explorer.status.value and "#b00020" in explorer.status.value
@@ -273,21 +272,23 @@ def test_method_menu_lists_every_method_and_options_follow_the_method(model, avi
     assert explorer.option_widgets == {} and explorer.current.method == "grad_cam"
 
 
-def test_tokenizer_is_passed_only_when_given(model, avi, tmp_path, monkeypatch):
-    """Catches ``tokenizer=None`` forwarded to an ``explain`` that does not take it, or a given one dropped."""
-    seen = []
-    real = explorer_module.explain
+def test_a_given_tokenizer_encodes_the_prompts(model, avi, tmp_path):
+    """Catches a given tokenizer dropped (the model's own used instead, as a transformers model has none) or the
+    prompts encoded again for every frame."""
+    import clip
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("tokenizer", "absent"))
-        kwargs.pop("tokenizer", None)
-        return real(*args, **kwargs)
+    calls = []
 
-    monkeypatch.setattr(explorer_module, "explain", spy)
-    make(model, avi, tmp_path, words=False)
-    marker = object()
-    make(model, avi, tmp_path, words=False, tokenizer=marker)
-    assert seen == ["absent", marker]
+    def tokenizer(texts):
+        calls.append(list(texts))
+        return clip.tokenize(texts, context_length=model.context_length)
+
+    explorer = make(model, avi, tmp_path, words=False, tokenizer=tokenizer)
+    assert calls == [PROMPTS]
+    explorer.slider.value = 3
+    assert calls == [PROMPTS]  # the same prompt set: its features come from the cache
+    expected = gradeclip.explain(model, gradeclip.read_frames(avi, [3]), PROMPTS, tokenizer=tokenizer, progress=False)
+    np.testing.assert_allclose(explorer.current.cosine, expected.cosine, atol=1e-6)
 
 
 def test_in_memory_frames_play_link_and_plain_text_fallback(model, tmp_path):

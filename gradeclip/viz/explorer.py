@@ -13,15 +13,16 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import ipywidgets as widgets
 import numpy as np
 
-from ..explain import explain, word_importance
+from ..backbones.base import backbone_of
+from ..explain import explain_encoded, word_importance
 from ..methods.registry import get_method, method_names
 from .explorer_view import (SCALES, FrameSource, LRUCache, compose_view, explanation_bytes, input_sizes, jpeg_bytes,
-                            one_line, parse_prompts, scaled_maps, scores_html, text_features_cached, words_html)
+                            one_line, parse_prompts, scaled_maps, scores_html, words_html)
 from .figures import DEFAULT_OUT, plot_explanation, save_explanation, save_figure
 
 # Expected cost on a CPU at ViT-B/32 size (README, "Explanation methods"), shown in the method menu
@@ -62,7 +63,8 @@ class Explorer(widgets.VBox):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         self.cache = LRUCache(cache_size, size=explanation_bytes)
         self.word_cache = LRUCache(256)
-        self.text_cache = LRUCache(16)  # text features per tokenised prompt set
+        self.text_cache = LRUCache(16)  # text features (K, D) per prompt set
+        self.backbone = backbone_of(model, tokenizer)  # the model as every method sees it, with its tokenizer
         self.ranges = {}  # (prompts, method, options) -> per-prompt (low, high) of raw maps over the frames seen
         self.current, self.forwards = None, 0
         last = self.source.num_frames - 1
@@ -177,10 +179,12 @@ class Explorer(widgets.VBox):
             if not key[1]:
                 raise ValueError("no prompts: type at least one prompt, one per line")
             frame = self.source.read(index)
-            extra = {} if self.tokenizer is None else {"tokenizer": self.tokenizer}
-            with text_features_cached(self.model, self.text_cache):
-                result = explain(self.model, frame, list(key[1]), method=key[2], scale=key[4], progress=False,
-                                 **extra, **self.options)
+            text = self.text_cache.get(key[1])
+            if text is None:  # a prompt set is encoded once, not again for every frame
+                text = self.backbone.encode_prompts(list(key[1]))
+                self.text_cache.put(key[1], text)
+            result = explain_encoded(self.backbone, frame, list(key[1]), text, method=key[2], scale=key[4],
+                                     progress=False, **self.options)
             self.forwards += 1
             self.cache.put(key, result)
             low, high = result.raw[0].reshape(len(key[1]), -1).min(1), result.raw[0].reshape(len(key[1]), -1).max(1)
@@ -245,7 +249,7 @@ class Explorer(widgets.VBox):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # "layers exceeds the text blocks" on small models
-                    pairs = word_importance(self.model, self.current.frames[0], prompt)
+                    pairs = word_importance(self.backbone, self.current.frames[0], prompt)
             except Exception as err:
                 return f"<div>word importance unavailable for this model or prompt: {one_line(err)}</div>"
             self.word_cache.put(key, pairs)

@@ -8,13 +8,11 @@ from __future__ import annotations
 import html
 import io
 from collections import OrderedDict
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Hashable, List, Optional, Sequence, Tuple
 
 import matplotlib
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..io.frames import read_frames, video_info
@@ -104,33 +102,6 @@ class LRUCache:
 
     def __len__(self) -> int:
         return len(self.data)
-
-
-@contextmanager
-def text_features_cached(model, cache: "LRUCache"):
-    """While open, ``model.encode_text`` (called without gradients, as ``explain`` does for the prompts) returns
-    the stored features for token ids it has encoded before, so that a prompt set is encoded once, not again for
-    every frame. The model's own method is restored on exit; with gradients on, every call goes to the model."""
-    encode = getattr(model, "encode_text", None)
-    if not callable(encode):
-        yield
-        return
-
-    def encode_text(tokens, *args, **kwargs):
-        if torch.is_grad_enabled() or args or kwargs or not isinstance(tokens, torch.Tensor):
-            return encode(tokens, *args, **kwargs)
-        key = (tokens.cpu().numpy().tobytes(), tuple(tokens.shape), str(tokens.dtype), str(tokens.device))
-        features = cache.get(key)
-        if features is None:
-            features = encode(tokens)
-            cache.put(key, features)
-        return features.clone()
-
-    model.encode_text = encode_text  # an instance attribute: shadows the class's method until removed below
-    try:
-        yield
-    finally:
-        del model.encode_text
 
 
 def explanation_bytes(result) -> int:
