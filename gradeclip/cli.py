@@ -91,15 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "overlays of the middle frame, then every frame as MP4, GIF and timeline.")
     demo.add_argument("--out", "-o", default="outputs/demo", metavar="DIR", help="output folder (default: outputs/demo)")
     demo.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    ev = sub.add_parser("evaluate", help="score every explanation method against ground-truth masks",
-                        description="Pointing game, energy pointing game, deletion and insertion AUC and time per "
-                                    "map of every method, on held-out synthetic shape scenes with the shapes CLIP.")
-    ev.add_argument("--shapes", action="store_true", help="the synthetic shapes benchmark (required: the only one)")
-    ev.add_argument("--n", type=_positive, default=50, metavar="N", help="held-out scenes (default: 50)")
-    ev.add_argument("--methods", nargs="+", metavar="NAME", help="methods to evaluate (default: all registered)")
-    ev.add_argument("--model", "-m", default=None, metavar="PATH",
-                    help="checkpoint of a CLIP trained on the shapes (default: data/shapes_clip.pt)")
-    ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    from .eval import command as evaluate_command
+
+    evaluate_command.add_parser(sub)
     return parser
 
 
@@ -131,22 +125,9 @@ def _demo(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .eval.evaluate import evaluate_shapes, format_evaluation, pointing_chance, shapes_model
-    from .backbones.model import load_clip
-    from .methods.registry import get_method
+    from .eval import command as evaluate_command
 
-    if not args.shapes:
-        raise _UserError("choose a benchmark: --shapes (synthetic shape scenes with ground-truth masks)")
-    for name in args.methods or []:
-        get_method(name)
-    model, _ = load_clip(args.model or shapes_model(), device=args.device)
-    rows = evaluate_shapes(model, n=args.n, methods=args.methods)
-    print(f"{args.n} held-out shape scenes, {rows[0]['maps']} maps per method; model "
-          f"{Path(args.model or shapes_model()).name}")
-    print(format_evaluation(rows))
-    chance = pointing_chance(args.n, size=model.visual.input_resolution)
-    print(f"chance level: a random point falls inside the object {chance:.3f} of the time")
-    return 0
+    return evaluate_command.run(args)
 
 
 def _videos(path: str) -> List[Path]:
