@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval import command as evaluate_command
 
     evaluate_command.add_parser(sub)
+    from .batch import command as batch_command
+
+    batch_command.add_parser(sub)
     return parser
 
 
@@ -128,6 +131,12 @@ def _evaluate(args) -> int:
     from .eval import command as evaluate_command
 
     return evaluate_command.run(args)
+
+
+def _batch(args) -> int:
+    from .batch import command as batch_command
+
+    return batch_command.run(args)
 
 
 def _videos(path: str) -> List[Path]:
@@ -256,7 +265,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return 1
-        commands = {"explain": _explain, "video": _video, "demo": _demo, "evaluate": _evaluate}
+        commands = {"explain": _explain, "video": _video, "demo": _demo, "evaluate": _evaluate, "batch": _batch}
         return commands[args.command](args)
     except (_UserError, FileNotFoundError, ValueError, IndexError, TypeError, RuntimeError, OSError) as err:
         message = " ".join(str(err).split()) or type(err).__name__

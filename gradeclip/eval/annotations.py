@@ -214,11 +214,12 @@ def format_table(table: Sequence[dict]) -> str:
 
 
 def write_csv(rows: Sequence[dict], path) -> Path:
-    """Rows (dicts with the same keys) as CSV; returns the path."""
+    """Rows (dicts) as CSV, columns in order of first appearance, blank where a row lacks one; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
+        fields = list(dict.fromkeys(k for row in rows for k in row)) or ["empty"]
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
     return path
