@@ -206,7 +206,7 @@ def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional
         ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
         ds = ds.map_batches(VideoWorker, fn_constructor_kwargs={"settings": settings, "out": str(out)},
                             batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(rows))),
-                            num_cpus=1, num_gpus=1 if gpus >= num_workers else 0, max_restarts=0)
+                            num_cpus=1, num_gpus=1 if gpus >= num_workers else 0)
         done = []
         with tqdm(total=len(rows), desc="videos", unit="video", disable=not progress) as bar:
             for row in ds.iter_rows():
