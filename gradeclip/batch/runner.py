@@ -186,9 +186,6 @@ def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional
     import ray
     from tqdm.auto import tqdm
 
-    import logging
-
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its INFO lines would break the progress bar
     started = False
     if not ray.is_initialized():
         if address:
@@ -197,7 +194,10 @@ def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         started = True
     try:
+        import logging
+
         ctx = ray.data.DataContext.get_current()
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines would break our progress bar
         ctx.enable_progress_bars = False
         ctx.verbose_progress = False
         gpus = ray.cluster_resources().get("GPU", 0)
