@@ -155,16 +155,21 @@ def mean_map(result) -> np.ndarray:
 
 
 class VideoWorker:
-    """A Ray Data callable class: one model replica per actor; each batch row is one video job."""
+    """A Ray Data callable class: one model replica per actor; each batch row is one video job. The run's settings
+    and output folder are class attributes of a subclass made per run (in ``run_on_ray``), so that the actors need
+    no constructor arguments in the object store."""
 
-    def __init__(self, settings: dict, out: str):
+    settings: dict = {}
+    out: str = ""
+
+    def __init__(self):
         import torch
 
         from ..backbones.model import load_clip
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, _ = load_clip(settings["model"], device=device)
-        self.settings, self.out = settings, Path(out)
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU when Ray gave this actor one
+        self.model, _ = load_clip(self.settings["model"], device=device)
+        self.out = Path(self.out)
 
     def __call__(self, batch: dict) -> dict:
         statuses, reasons = [], []
@@ -204,8 +209,8 @@ def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional
         rows = [{"id": j["id"], "path": j["path"], "masks": j["masks"] or "", "columns": json.dumps(j["columns"])}
                 for j in jobs]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-        ds = ds.map_batches(VideoWorker, fn_constructor_kwargs={"settings": settings, "out": str(out)},
-                            batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(rows))),
+        worker = type("VideoWorker", (VideoWorker,), {"settings": dict(settings), "out": str(out)})
+        ds = ds.map_batches(worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(rows))),
                             num_cpus=1, num_gpus=1 if gpus >= num_workers else 0)
         done = []
         with tqdm(total=len(rows), desc="videos", unit="video", disable=not progress) as bar:

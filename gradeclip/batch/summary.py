@@ -113,7 +113,8 @@ def format_summary(rows: List[dict], limit: int = 20) -> str:
     keys = [k for k in rows[0] if k not in ("path", "reason")]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows[:limit]:
-        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in (row[k] for k in keys)]
+        cells = [f"{row[k]:.3f}" if isinstance(row[k], float) and k != "frames" else f"{row[k]:g}"
+                 if isinstance(row[k], float) else str(row[k]) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     if len(rows) > limit:
         lines.append(f"({len(rows) - limit} more rows in the CSV)")

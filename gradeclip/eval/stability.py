@@ -71,4 +71,6 @@ def plot_stability(ax, stability: Stability) -> None:
                 label="frames (embedding cosine)")
     ax.set_ylim(min(-0.05, float(np.nanmin(stability.map_corr, initial=0))), 1.05)
     ax.set_ylabel("consecutive\nrank corr.")
+    ax.set_title("temporal stability: consecutive maps vs frames (gaps: a constant map, correlation undefined)",
+                 fontsize=8)
     ax.legend(fontsize=7, loc="lower left", ncol=2)
