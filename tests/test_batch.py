@@ -143,3 +143,28 @@ def test_interrupted_run_resumes(full_run, dataset, checkpoint, ray_address, tmp
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert len(_complete(out)) == 6
     assert _summary(out) == _summary(full_run[0])
+    failed = out / "videos" / "003__003-cl-02-180" / "record.json"
+    before = failed.stat().st_mtime_ns
+    assert main(_args(dataset, out, checkpoint, ray_address) + ["--retry-failed"]) == 1
+    assert failed.stat().st_mtime_ns != before  # retried (and failed again)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_manifest_and_masks_root(dataset, tmp_path):
+    """A CSV manifest: relative paths resolved beside it, its masks column and group columns kept; --masks-root
+    finds masks by the video's path under its folder. Catches paths resolved against the working directory."""
+    from gradeclip.batch.runner import find_videos
+    from gradeclip.batch.summary import groups_of
+
+    manifest = dataset / "manifest.csv"
+    manifest.write_text(f"path,masks,site\nvideos/001/{NAMES[0]}.avi,masks/001/{NAMES[0]},a\n"
+                        f"videos/002/{NAMES[2]}.avi,,b\n")
+    jobs = find_videos([manifest])
+    assert [j["id"] for j in jobs] == [f"videos__001__{NAMES[0]}", f"videos__002__{NAMES[2]}"]
+    assert jobs[0]["masks"] == str(dataset / "masks" / "001" / NAMES[0]) and jobs[1]["masks"] is None
+    assert [j["columns"] for j in jobs] == [{"site": "a"}, {"site": "b"}]
+    found = {j["id"]: j["masks"] for j in find_videos([dataset / "videos"], dataset / "masks")}
+    assert len(found) == 6 and found[f"001__{NAMES[0]}"] == str(dataset / "masks" / "001" / NAMES[0])
+    assert sum(m is not None for m in found.values()) == 1
+    assert groups_of(f"/x/001/{NAMES[1]}.avi", GROUPS) == {"subject": "001", "condition": "bg", "seq": "01",
+                                                          "view": "090"}

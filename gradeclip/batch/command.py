@@ -54,6 +54,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="CPUs of the local Ray (default: 2; ignored with --address)")
     b.add_argument("--overwrite", action="store_true",
                    help="recompute everything when the arguments differ from the folder's earlier run")
+    b.add_argument("--retry-failed", action="store_true",
+                   help="redo the videos that failed in the folder's earlier run (default: keep their records)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     return b
 
@@ -87,15 +89,16 @@ def check(args) -> dict:
 def run(args) -> int:
     """Run ``batch`` for parsed ``args``; returns the exit status (1 when some video failed)."""
     from ..eval.annotations import write_csv
-    from .runner import check_run, find_videos, is_complete, run_on_ray
+    from .runner import check_run, find_videos, run_on_ray, status_of
     from .summary import format_summary, group_mean_maps, group_rows, plot_group_maps, summary_rows
 
     settings = check(args)
     jobs = find_videos(args.inputs, args.masks_root)
     out = Path(args.out)
     check_run(out, settings, args.overwrite)
-    todo = [j for j in jobs if not is_complete(out, j["id"])]
-    print(f"{len(jobs)} videos; {len(jobs) - len(todo)} already complete in {out}; {len(todo)} to do")
+    redo = (None, "failed") if args.retry_failed else (None,)
+    todo = [j for j in jobs if status_of(out, j["id"]) in redo]
+    print(f"{len(jobs)} videos; {len(jobs) - len(todo)} already done in {out}; {len(todo)} to do")
     if todo:
         run_on_ray(todo, settings, out, address=args.address, num_workers=args.num_workers, num_cpus=args.num_cpus,
                    progress=not args.quiet, log=lambda line: print(line, file=sys.stderr))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -93,8 +92,10 @@ def check_run(out: Path, settings: dict, overwrite: bool) -> None:
     record.write_text(json.dumps({k: settings.get(k) for k in RUN_KEYS}, indent=2) + os.linesep)
 
 
-def is_complete(out: Path, vid: str) -> bool:
-    return (out / "videos" / vid / "record.json").is_file()
+def status_of(out: Path, vid: str) -> Optional[str]:
+    """``"complete"`` or ``"failed"`` for a video whose folder is whole, else None (not done, or interrupted)."""
+    record = Path(out) / "videos" / vid / "record.json"
+    return json.loads(record.read_text())["status"] if record.is_file() else None
 
 
 def process_video(model, job: dict, settings: dict, out: Path) -> dict:
@@ -135,6 +136,8 @@ def process_video(model, job: dict, settings: dict, out: Path) -> dict:
         partial.mkdir(parents=True)
         record.update(status="failed", reason=f"{type(err).__name__}: {' '.join(str(err).split())}")
     (partial / "record.json").write_text(json.dumps(record, indent=2) + os.linesep)
+    if status_of(out, job["id"]) == "failed":  # a retried failure replaces its old record
+        shutil.rmtree(final, ignore_errors=True)
     try:
         partial.rename(final)
     except OSError:  # another (interrupted) attempt finished it meanwhile: keep that one
