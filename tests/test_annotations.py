@@ -52,15 +52,16 @@ def _explanation(raw, *, indices=None, frame_size=(SIZE, SIZE)):
 
 
 def _peak_maps(masks, grid=32):
-    """(F, 2, grid, grid) maps: prompt 0 peaks on the token cell at the mask's centroid, prompt 1 on the corner
-    cell farthest from it."""
+    """(F, 2, grid, grid) maps: prompt 0 peaks on the token cell at the mask's centroid, prompt 1 on a cell a
+    quarter in from the top-right corner, far from the circle's diagonal path and from the border (so that a
+    border-excluding pointing rule sees the same peak)."""
     f, h, w = masks.shape
     raw = np.zeros((f, 2, grid, grid))
     for n, m in enumerate(masks):
         ys, xs = np.nonzero(m)
         cy, cx = int(ys.mean() * grid / h), int(xs.mean() * grid / w)
         raw[n, 0, cy, cx] = 1.0
-        raw[n, 1, 0 if cy >= grid / 2 else grid - 1, 0 if cx >= grid / 2 else grid - 1] = 1.0
+        raw[n, 1, grid // 4, 3 * grid // 4] = 1.0
     return raw
 
 
@@ -118,11 +119,15 @@ def test_boxes_and_mask_video(tmp_path, moving):
         ys, xs = np.nonzero(m)
         items.append({"image_id": t, "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
                                               int(ys.max() - ys.min() + 1)]})
+    items.append({"image_id": 9, "bbox": [5, 20, 10, 30]})  # x 5..14, y 20..49: not square, not diagonal
     (tmp_path / "boxes.json").write_text(json.dumps({"annotations": items}))
     boxes = open_masks(boxes=tmp_path / "boxes.json", frame_size=(SIZE, SIZE))
     box = boxes.mask(3, (SIZE, SIZE))
     ys, xs = np.nonzero(masks[3])
     assert box[ys, xs].all() and box.sum() == (np.ptp(ys) + 1) * (np.ptp(xs) + 1)
+    expected = np.zeros((SIZE, SIZE), bool)
+    expected[20:50, 5:15] = True
+    assert (boxes.mask(9, (SIZE, SIZE)) == expected).all()
     video = write_video(tmp_path / "masks.avi", np.repeat(masks[..., None], 3, -1).astype(np.uint8) * 255)
     from_video = open_masks(video)
     assert from_video.indices == list(range(FRAMES))
