@@ -152,6 +152,11 @@ def test_temporal_stability_static_vs_moving(shapes_clip, tmp_path):
     written = np.array(record["map_rank_correlation"]["a red circle"], dtype=float)  # null (NaN) for a flat map
     assert np.allclose(written, moved.map_corr[:, 0], atol=1e-5, equal_nan=True)
     assert len(record["frame_similarity"]) == 3
+    fig = gradeclip.plot_timeline(results[1])
+    panel = next(ax for ax in fig.axes if ax.get_ylabel().startswith("consecutive"))
+    frames_line = next(line for line in panel.get_lines() if line.get_label().startswith("frames"))
+    assert np.allclose(frames_line.get_ydata(), moved.frame_similarity)
+    assert np.allclose(frames_line.get_xdata(), results[1].times[1:])  # drawn at the later frame of each pair
 
 
 def test_evaluate_video_command(shapes_clip, moving, tmp_path, capfd):
