@@ -94,7 +94,7 @@ def run(args) -> int:
 
     settings = check(args)
     jobs = find_videos(args.inputs, args.masks_root)
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     check_run(out, settings, args.overwrite)
     redo = (None, "failed") if args.retry_failed else (None,)
     todo = [j for j in jobs if status_of(out, j["id"]) in redo]

@@ -36,7 +36,7 @@ def video_id(path: Path, root: Optional[Path]) -> str:
 def find_videos(inputs: Sequence, masks_root=None) -> List[dict]:
     """Jobs from ``inputs``: folders (searched recursively for videos), video files, or CSV manifests with a
     ``path`` column and optional ``masks`` and group columns. Returns dicts ``id``, ``path``, ``masks``,
-    ``columns`` (the manifest's other columns), sorted by id. With ``masks_root``, a video ``a/b.avi`` found under a
+    ``columns`` (the manifest's other columns), sorted by id; paths are absolute. With ``masks_root``, a video ``a/b.avi`` found under a
     folder takes the masks folder ``masks_root/a/b`` when it exists."""
     jobs: Dict[str, dict] = {}
 
@@ -45,12 +45,12 @@ def find_videos(inputs: Sequence, masks_root=None) -> List[dict]:
         if vid in jobs:
             raise ValueError(f"two inputs give the same video id {vid!r}: {jobs[vid]['path']} and {path}")
         if masks is None and masks_root is not None and root is not None:
-            candidate = Path(masks_root) / path.relative_to(root).with_suffix("")
+            candidate = Path(masks_root).resolve() / path.relative_to(root).with_suffix("")
             masks = str(candidate) if candidate.exists() else None
         jobs[vid] = {"id": vid, "path": str(path), "masks": masks, "columns": dict(columns or {})}
 
     for item in inputs:
-        item = Path(item)
+        item = Path(item).resolve()  # absolute: Ray workers may run elsewhere than the driver's folder
         if item.is_dir():
             found = sorted(p for p in item.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
             if not found:
