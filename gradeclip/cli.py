@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from .checks import positive_int_arg
+
 DEFAULT_MODEL = "ViT-B/32"
 # The built-in method names, for --help without importing torch (a test keeps this equal to method_names())
 METHOD_NAMES = ("eigencam", "game", "grad_cam", "grad_eclip", "grad_eclip_no_spatial", "gradcam_pp", "layercam",
@@ -36,16 +38,6 @@ def _frame(text: str):
 
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give a whole number >= 1")
-    return value
 
 
 def _common(p) -> None:
@@ -83,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "of each prompt's score; prints a summary per video.")
     vid.add_argument("video", metavar="VIDEO_OR_DIR", help="a video file, or a folder whose videos are all explained")
     choose = vid.add_mutually_exclusive_group()
-    choose.add_argument("--every", type=_positive, metavar="K", help="explain every K-th frame (default: all)")
-    choose.add_argument("--frames", type=_positive, metavar="N", help="explain N evenly spaced frames")
-    vid.add_argument("--batch-size", type=_positive, default=16, metavar="B",
+    choose.add_argument("--every", type=positive_int_arg, metavar="K", help="explain every K-th frame (default: all)")
+    choose.add_argument("--frames", type=positive_int_arg, metavar="N", help="explain N evenly spaced frames")
+    vid.add_argument("--batch-size", type=positive_int_arg, default=16, metavar="B",
                      help="frames per forward pass (default: 16)")
     vid.add_argument("--colour-scale", choices=("shared", "per_frame"), default="shared",
                      help="heatmap colours shared over the video (default), so that colour changes mean relevance "
@@ -98,15 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "overlays of the middle frame, then every frame as MP4, GIF and timeline.")
     demo.add_argument("--out", "-o", default="outputs/demo", metavar="DIR", help="output folder (default: outputs/demo)")
     demo.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    ev = sub.add_parser("evaluate", help="score every explanation method against ground-truth masks",
-                        description="Pointing game, energy pointing game, deletion and insertion AUC and time per "
-                                    "map of every method, on held-out synthetic shape scenes with the shapes CLIP.")
-    ev.add_argument("--shapes", action="store_true", help="the synthetic shapes benchmark (required: the only one)")
-    ev.add_argument("--n", type=_positive, default=50, metavar="N", help="held-out scenes (default: 50)")
-    ev.add_argument("--methods", nargs="+", metavar="NAME", help="methods to evaluate (default: all registered)")
-    ev.add_argument("--model", "-m", default=None, metavar="PATH",
-                    help="checkpoint of a CLIP trained on the shapes (default: data/shapes_clip.pt)")
-    ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    from .eval import command as evaluate_command
+
+    evaluate_command.add_parser(sub)
+    from .batch import command as batch_command
+
+    batch_command.add_parser(sub)
     return parser
 
 
@@ -140,23 +129,15 @@ def _demo(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .backbones.base import backbone_of
-    from .backbones.model import load_clip
-    from .eval.evaluate import evaluate_shapes, format_evaluation, pointing_chance, shapes_model
-    from .methods.registry import get_method
+    from .eval import command as evaluate_command
 
-    if not args.shapes:
-        raise _UserError("choose a benchmark: --shapes (synthetic shape scenes with ground-truth masks)")
-    for name in args.methods or []:
-        get_method(name)
-    model, _ = load_clip(args.model or shapes_model(), device=args.device)
-    rows = evaluate_shapes(model, n=args.n, methods=args.methods)
-    print(f"{args.n} held-out shape scenes, {rows[0]['maps']} maps per method; model "
-          f"{Path(args.model or shapes_model()).name}")
-    print(format_evaluation(rows))
-    chance = pointing_chance(args.n, size=backbone_of(model).resolution)
-    print(f"chance level: a random point falls inside the object {chance:.3f} of the time")
-    return 0
+    return evaluate_command.run(args)
+
+
+def _batch(args) -> int:
+    from .batch import command as batch_command
+
+    return batch_command.run(args)
 
 
 def _videos(path: str) -> List[Path]:
@@ -180,20 +161,9 @@ def _videos(path: str) -> List[Path]:
 
 
 def _check_out(out) -> None:
-    """The output folder exists as a writable folder, or can be created (its nearest existing parent is a writable
-    folder); checked before any work so that nothing is computed for nothing."""
-    path = Path(out).expanduser().absolute()
-    if path.exists():
-        if not path.is_dir():
-            raise _UserError(f"--out {out}: exists and is not a folder")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise _UserError(f"--out {out}: the folder is not writable")
-        return
-    parent = next(p for p in path.parents if p.exists())
-    if not parent.is_dir():
-        raise _UserError(f"--out {out}: cannot create it, {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise _UserError(f"--out {out}: cannot create it, {parent} is not writable")
+    from .checks import output_folder
+
+    output_folder(out)
 
 
 def _check_cmap(name: str) -> None:
@@ -387,7 +357,7 @@ def _main(argv: Optional[List[str]]) -> int:
         if args.command is None:
             parser.print_help()
             return 1
-        commands = {"explain": _explain, "video": _video, "demo": _demo, "evaluate": _evaluate}
+        commands = {"explain": _explain, "video": _video, "demo": _demo, "evaluate": _evaluate, "batch": _batch}
         return commands[args.command](args)
     except (_UserError, FileNotFoundError, ValueError, IndexError, TypeError, RuntimeError, OSError) as err:
         message = " ".join(str(err).split()) or type(err).__name__

@@ -34,6 +34,8 @@ class VideoExplanation:
 
     ``raw``: (F, K, h, w) float32 token-grid maps. ``cosine``, ``probs``: (F, K). ``indices``: (F,) frame indices;
     ``times``: (F,) seconds. ``failed``: frames that could not be decoded, as ``(index, reason)``.
+    ``frame_similarity``: (F - 1,) cosine of the image embeddings of consecutive explained frames (how much the
+    frame itself changed; beside the maps' rank correlation in ``eval.stability``).
     """
 
     video: str
@@ -51,6 +53,7 @@ class VideoExplanation:
     options: dict = field(default_factory=dict)
     failed: List[Tuple[int, str]] = field(default_factory=list)
     library: str = ""
+    frame_similarity: Optional[np.ndarray] = None
 
     def normalized(self, scale: str = "shared") -> np.ndarray:
         """Maps (F, K, h, w) in [0, 1]. ``"shared"``: one scale per prompt over the whole video, so that a change of
@@ -106,12 +109,14 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
         raise ValueError(f"{video}: no frame could be decoded")
     cosine, probs = scores(model, torch.cat(feats), text_features)
     described = model.describe()
+    embedded = torch.nn.functional.normalize(torch.cat(feats).float(), dim=-1)
+    consecutive = (embedded[1:] * embedded[:-1]).sum(-1).cpu().numpy()  # cosine of consecutive frames' embeddings
     return VideoExplanation(
         video=str(video), prompts=prompts, method=method, model=model_name or described["model"],
         library=described["library"], raw=torch.cat(raws).numpy(),
         cosine=cosine, probs=probs, indices=np.concatenate(indices), times=np.concatenate(times), fps=info.fps,
         frame_size=(info.height, info.width), input_size=input_size,
-        options=dict(options), failed=list(errors.failed))
+        options=dict(options), failed=list(errors.failed), frame_similarity=consecutive)
 
 
 def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = None) -> List[Path]:
@@ -138,5 +143,9 @@ def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = Non
         "timestamps_s": [round(float(t), 6) for t in result.times],
         "failed_frames": [{"index": i, "reason": r} for i, r in result.failed],
     }
+    if len(result.indices) > 1:
+        from .eval.stability import temporal_stability
+
+        record["temporal_stability"] = temporal_stability(result).as_json()
     sidecar.write_text(json.dumps(record, indent=2) + os.linesep)
     return [npz, sidecar]

@@ -124,11 +124,13 @@ def test_demo_command(tmp_path, capsys):
         gradeclip.shapes_video()).num_frames
 
 
-def test_evaluate_command(capfd):
-    assert main(["evaluate", "--shapes", "--n", "3", "--methods", "grad_eclip", "self_attention"]) == 0
+def test_evaluate_command(capfd, tmp_path):
+    assert main(["evaluate", "--shapes", "--n", "3", "--methods", "grad_eclip", "self_attention",
+                 "--out", str(tmp_path)]) == 0
     lines = capfd.readouterr().out.splitlines()
     assert lines[1].startswith("| method | pointing") and lines[3].startswith("| grad_eclip |")
-    assert lines[-1].startswith("chance level: a random point falls inside the object 0.")
+    assert lines[-2].startswith("chance level: a random point falls inside the object 0.")
+    assert lines[-1] == f"wrote {tmp_path / 'shapes_evaluation.csv'}, {tmp_path / 'shapes_evaluation.md'}"
     assert main(["evaluate", "--n", "3"]) == 1
     assert "choose a benchmark: --shapes" in capfd.readouterr().err
 

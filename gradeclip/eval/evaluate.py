@@ -58,7 +58,9 @@ def evaluate_shapes(model, *, n: int = 50, methods: Optional[Sequence[str]] = No
     model = backbone_of(model)
     held = [random_scene(seed + i, size=model.resolution) for i in range(n)]
     rows = []
-    for name in tqdm(names, desc="methods", unit="method", disable=not progress):
+    bar = tqdm(total=len(names) * n, desc=f"evaluate {n} shape scenes", unit="scene", disable=not progress)
+    for name in names:
+        bar.set_postfix_str(name)
         hits, energy, deletion, insertion, seconds, maps = [], [], [], [], 0.0, 0
         for scene in held:
             prompts = [f"a {o.name}" for o in scene.objects]
@@ -72,9 +74,11 @@ def evaluate_shapes(model, *, n: int = 50, methods: Optional[Sequence[str]] = No
                                         to_pixels(model, scene.image), torch.from_numpy(result.raw), steps=steps)
             deletion += curves["deletion_auc"][0].tolist()
             insertion += curves["insertion_auc"][0].tolist()
+            bar.update(1)
         rows.append({"method": name, "pointing": float(np.mean(hits)), "energy": float(np.mean(energy)),
                      "deletion_auc": float(np.mean(deletion)), "insertion_auc": float(np.mean(insertion)),
                      "seconds_per_map": seconds / maps, "maps": maps})
+    bar.close()
     return rows
 
 

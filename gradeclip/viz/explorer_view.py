@@ -54,18 +54,18 @@ class FrameSource:
 
 def input_sizes(model, height: int, width: int, scale) -> Tuple[list, float]:
     """The input-size menu of the explorer, ``([(label, scale), ...], chosen scale)``: the frame size (1.0), the
-    model's input size (the long side at ``model.visual.input_resolution``, where the model has one), half and
-    double, and ``scale`` itself if it is another number. ``scale``: a number in (0, 8] or ``"model"``."""
-    resolution = getattr(getattr(model, "visual", None), "input_resolution", None)
-    model_scale = resolution / max(height, width) if resolution else None
+    model's input size (the long side at the resolution the model was trained at), half and double, and ``scale``
+    itself if it is another number. ``scale``: a number in (0, 8] or ``"model"``. ``model``: any model ``explain``
+    accepts."""
+    from ..backbones.base import backbone_of
+
+    model_scale = backbone_of(model).resolution / max(height, width)
     if scale == "model":
-        if model_scale is None:
-            raise ValueError("scale='model' needs a model with visual.input_resolution; give a number instead")
         scale = model_scale
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 8:
         raise ValueError(f"scale must be a number in (0, 8] or 'model', got {scale!r}")
     sizes = [("frame size (×1)", 1.0)]
-    if model_scale is not None and abs(model_scale - 1) > 1e-6:
+    if abs(model_scale - 1) > 1e-6:
         sizes.append((f"model's input size (×{model_scale:.3g})", model_scale))
     for label, value in [("half size (×0.5)", 0.5), ("double size (×2)", 2.0), (f"×{scale:.3g}", float(scale))]:
         if all(abs(value - known) > 1e-9 for _, known in sizes):

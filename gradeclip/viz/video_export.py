@@ -178,13 +178,15 @@ def keyframes(result: VideoExplanation, max_count: int = 8) -> List[Tuple[int, s
 def plot_timeline(result: VideoExplanation, *, max_thumbnails: int = 8, scale: str = "shared", cmap: str = "jet",
                   alpha: float = 0.5):
     """Each prompt's cosine over time, with keyframes marked and shown below as thumbnails (the frame with the
-    overlay of the best prompt at that moment). Returns a matplotlib Figure."""
+    overlay of the best prompt at that moment); between them, with two or more frames, the temporal stability
+    (``eval.stability``). Returns a matplotlib Figure."""
     marks = keyframes(result, max_thumbnails)
     maps = result.normalized(scale)
     thumbs = read_frames(result.video, [int(result.indices[n]) for n, _ in marks], max_side=640) if marks else []
     cols = max(1, len(marks))
-    fig = plt.figure(figsize=(max(8.0, 1.9 * cols), 6.0), layout="constrained")
-    grid = fig.add_gridspec(2, cols, height_ratios=[1.6, 1])
+    stable = len(result.indices) > 1  # a panel of temporal stability below the scores
+    fig = plt.figure(figsize=(max(8.0, 1.9 * cols), 8.0 if stable else 6.0), layout="constrained")
+    grid = fig.add_gridspec(3 if stable else 2, cols, height_ratios=[1.6, 0.9, 1] if stable else [1.6, 1])
     ax = fig.add_subplot(grid[0, :])
     for j, prompt in enumerate(result.prompts):
         ax.plot(result.times, result.cosine[:, j], label=prompt, lw=1.5)
@@ -195,10 +197,15 @@ def plot_timeline(result: VideoExplanation, *, max_thumbnails: int = 8, scale: s
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"{Path(result.video).name} · {display_name(result.method)} · colour scale "
                  f"{'shared over the video' if scale == 'shared' else 'per frame'}", fontsize=10)
+    if stable:
+        from ..eval.stability import plot_stability, temporal_stability
+
+        panel = fig.add_subplot(grid[1, :], sharex=ax)
+        plot_stability(panel, temporal_stability(result))
     thumbnails = []
     for c, ((n, label), frame) in enumerate(zip(marks, thumbs)):
         best = int(result.cosine[n].argmax())
-        sub = fig.add_subplot(grid[1, c])
+        sub = fig.add_subplot(grid[-1, c])
         sub.imshow(overlay(frame, maps[n, best], cmap=cmap, alpha=alpha))
         shown = result.prompts[best] if len(result.prompts[best]) <= 24 else result.prompts[best][:23] + "…"
         sub.set_title(f"{result.times[n]:.2f} s · {label[:28]}\nmap: {shown}", fontsize=7)

@@ -1,0 +1,216 @@
+"""The ``evaluate`` command: explanation methods scored against ground truth.
+
+    python -m gradeclip evaluate --shapes [--n N]                                  # synthetic shape scenes
+    python -m gradeclip evaluate --video V (--masks M | --boxes F) --prompt P ...  # your own annotations
+
+One labelled progress bar (the grad-cam package's inner bars are silenced); the table is printed and written as
+CSV and Markdown into ``--out``; for a video also a per-frame CSV and a plot of each metric over time.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from ..checks import output_folder, positive_int_arg
+
+DEFAULT_OUT = "outputs/evaluate"
+
+
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid scale {text!r}: give a number > 0")
+    return value
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``evaluate`` on an argparse subparsers object; returns its parser."""
+    ev = subparsers.add_parser(
+        "evaluate", help="score explanation methods against ground truth (shape scenes, or your video's masks)",
+        description="Score explanation methods against ground truth. --shapes: pointing game, energy, deletion and "
+                    "insertion AUC and time per map on held-out synthetic shape scenes with the shapes CLIP. "
+                    "--video: pointing game, energy in the mask and rank correlation of map and mask for every "
+                    "annotated frame of your video (masks as a folder of images or a mask video, or COCO boxes).")
+    what = ev.add_mutually_exclusive_group()
+    what.add_argument("--shapes", action="store_true", help="the synthetic shapes benchmark")
+    what.add_argument("--video", metavar="VIDEO", help="a video whose frames you annotated")
+    ann = ev.add_mutually_exclusive_group()
+    ann.add_argument("--masks", metavar="DIR|VIDEO",
+                     help="with --video: a folder of per-frame mask images (PNG/JPG/BMP, frame number = last "
+                          "integer in the name) or a mask video")
+    ann.add_argument("--boxes", metavar="JSON", help="with --video: COCO-style boxes, image_id = frame index")
+    ev.add_argument("--first", type=int, choices=(0, 1), default=None,
+                    help="number of the first frame in mask names / image_ids (default: 0 if present, else 1)")
+    ev.add_argument("--prompt", "-p", action="append", metavar="TEXT", help="with --video: a prompt; repeat")
+    choose = ev.add_mutually_exclusive_group()
+    choose.add_argument("--every", type=positive_int_arg, metavar="K", help="with --video: every K-th frame (default: all)")
+    choose.add_argument("--frames", type=positive_int_arg, metavar="N", help="with --video: N evenly spaced frames")
+    ev.add_argument("--scale", type=_scale, default=1.0,
+                    help="with --video: resize frames by this factor before the model (default: 1)")
+    ev.add_argument("--n", type=positive_int_arg, default=None, metavar="N", help="with --shapes: scenes (default: 50)")
+    ev.add_argument("--methods", nargs="+", metavar="NAME",
+                    help="methods to evaluate (default: all registered with --shapes, grad_eclip with --video)")
+    ev.add_argument("--model", "-m", default=None, metavar="NAME|PATH",
+                    help="CLIP model (default: data/shapes_clip.pt with --shapes; $GRADECLIP_MODEL or ViT-B/32 "
+                         "with --video)")
+    ev.add_argument("--out", "-o", default=DEFAULT_OUT, metavar="DIR",
+                    help=f"folder for the table (CSV, Markdown) and, with --video, per-frame CSV and plot "
+                         f"(default: {DEFAULT_OUT})")
+    ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    return ev
+
+
+def check(args) -> None:
+    """Validate the flag combination before any work; raises ValueError with a one-line message."""
+    if not args.shapes and not args.video:
+        raise ValueError("choose a benchmark: --shapes (synthetic shape scenes) or --video VIDEO with --masks or "
+                         "--boxes (your annotations)")
+    video_only = {"--masks": args.masks, "--boxes": args.boxes, "--prompt": args.prompt, "--every": args.every,
+                  "--frames": args.frames, "--first": args.first}
+    if args.shapes:
+        given = [flag for flag, value in video_only.items() if value is not None]
+        if given or args.scale != 1.0:
+            raise ValueError(f"{', '.join(given or ['--scale'])} only work with --video, not with --shapes")
+    else:
+        if args.n is not None:
+            raise ValueError("--n only works with --shapes (number of scenes)")
+        if args.masks is None and args.boxes is None:
+            raise ValueError("--video needs its annotations: --masks DIR|VIDEO or --boxes JSON")
+        if not args.prompt or any(not p.strip() for p in args.prompt):
+            raise ValueError("--video needs at least one non-empty --prompt (what the annotation shows)")
+        if not Path(args.video).is_file():
+            raise FileNotFoundError(f"video not found: {args.video}")
+    from ..methods.registry import get_method
+
+    for name in args.methods or []:
+        get_method(name)
+    output_folder(args.out)
+
+
+@contextlib.contextmanager
+def quiet_cam_package():
+    """Silence the progress bars that the grad-cam package opens inside Score-CAM and Ablation-CAM."""
+    import importlib
+    from functools import partial
+    from types import SimpleNamespace
+    from unittest import mock
+
+    import tqdm
+
+    quiet = SimpleNamespace(tqdm=partial(tqdm.tqdm, disable=True))
+    with contextlib.ExitStack() as stack:
+        for name in ("score_cam", "ablation_cam", "ablation_cam_multilayer"):
+            try:
+                module = importlib.import_module(f"pytorch_grad_cam.{name}")
+            except ImportError:
+                continue
+            if hasattr(module, "tqdm"):
+                stack.enter_context(mock.patch.object(module, "tqdm", quiet))
+        yield
+
+
+def run(args) -> int:
+    """Run ``evaluate`` for parsed ``args``; returns the exit status."""
+    check(args)
+    with quiet_cam_package():
+        return _shapes(args) if args.shapes else _video(args)
+
+
+def _write_table(table, text: str, out: Path, stem: str) -> list:
+    from .annotations import write_csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / f"{stem}.md"
+    md.write_text(text + os.linesep)
+    return [write_csv(table, out / f"{stem}.csv"), md]
+
+
+def _shapes(args) -> int:
+    from ..backbones.base import backbone_of
+    from ..backbones.model import load_clip
+    from .evaluate import evaluate_shapes, format_evaluation, pointing_chance, shapes_model
+
+    n = args.n or 50
+    model, _ = load_clip(args.model or shapes_model(), device=args.device)
+    rows = evaluate_shapes(model, n=n, methods=args.methods)
+    text = format_evaluation(rows)
+    print(f"{n} held-out shape scenes, {rows[0]['maps']} maps per method; model "
+          f"{Path(args.model or shapes_model()).name}")
+    print(text)
+    chance = pointing_chance(n, size=backbone_of(model).resolution)
+    print(f"chance level: a random point falls inside the object {chance:.3f} of the time")
+    paths = _write_table(rows, text, Path(args.out), "shapes_evaluation")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _video(args) -> int:
+    import matplotlib.pyplot as plt
+    from tqdm.auto import tqdm
+
+    from ..backbones.model import load_clip
+    from ..io.frames import video_info
+    from ..io.stream import select_indices
+    from ..video import explain_video
+    from ..viz.figures import save_figure
+    from .annotations import format_table, open_masks, plot_metrics_over_time, score_frames, summarize, write_csv
+
+    info = video_info(args.video)
+    source = open_masks(args.masks, boxes=args.boxes, frame_size=(info.height, info.width), first=args.first)
+    methods = args.methods or ["grad_eclip"]
+    model_name = args.model or os.environ.get("GRADECLIP_MODEL", "ViT-B/32")
+    model, _ = load_clip(model_name, device=args.device)
+    total = len(select_indices(info.num_frames, every=args.every, count=args.frames))
+    rows, missing, resized = [], [], None
+    stem = Path(args.video).stem
+    with tqdm(total=total * len(methods), desc=f"evaluate {Path(args.video).name}", unit="frame") as bar:
+        for method in methods:
+            bar.set_postfix_str(method)
+            result = explain_video(model, args.video, args.prompt, method=method, every=args.every,
+                                   count=args.frames, scale=args.scale, model_name=model_name, progress=False)
+            scored = score_frames(result, source)
+            rows += scored["rows"]
+            missing, resized = scored["missing"], scored["resized"] or resized
+            explained = len(result.indices)
+            bar.update(total)
+    print(f"{Path(args.video).name}: {explained} frames explained, {explained - len(missing)} annotated "
+          f"({source.description}); model {Path(model_name).name}")
+    if missing:
+        print(f"  {len(missing)} explained frames have no annotation and were skipped: "
+              f"{_ranges(missing)}")
+    if resized:
+        print(f"  masks of {resized[0][1]}x{resized[0][0]} resized nearest-neighbour to the frame size "
+              f"{resized[1][1]}x{resized[1][0]}")
+    if not rows:
+        raise ValueError(f"no explained frame of {args.video} has an annotation in {source.description}; check "
+                         f"the frame numbering (--first 0 or 1)")
+    table = summarize(rows)
+    text = format_table(table)
+    print(text)
+    out = Path(args.out)
+    paths = _write_table(table, text, out, f"{stem}_annotations")
+    paths.append(write_csv(rows, out / f"{stem}_frames.csv"))
+    fig = plot_metrics_over_time(rows)
+    paths += save_figure(fig, f"{stem}_metrics", out)
+    plt.close(fig)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    sys.stdout.flush()
+    return 0
+
+
+def _ranges(indices) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8' (at most 10 ranges shown)."""
+    parts, start = [], None
+    for i, value in enumerate(indices):
+        if start is None:
+            start = value
+        if i + 1 == len(indices) or indices[i + 1] != value + 1:
+            parts.append(f"{start}" if start == value else f"{start}-{value}")
+            start = None
+    return ", ".join(parts[:10]) + (f", ... ({len(parts) - 10} more ranges)" if len(parts) > 10 else "")
