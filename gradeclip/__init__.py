@@ -40,8 +40,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        if _EXPORTS[name] == ".methods.registry":  # importing the methods registers every built-in one
-            importlib.import_module(".methods.baselines", __name__)
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
         globals()[name] = value  # later look-ups skip this function
         return value

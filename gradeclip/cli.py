@@ -181,7 +181,6 @@ def _check_cmap(name: str) -> None:
 def _check_common(args) -> None:
     """Every option of explain and video, before any video is read or model loaded."""
     from .methods.registry import get_method
-    from .methods import baselines  # noqa: F401  (registers the built-in methods)
 
     if not 0 <= args.alpha <= 1:
         raise _UserError(f"--alpha must be in [0, 1], got {args.alpha}")
