@@ -137,7 +137,7 @@ def drive(url: str, out: Path, workdir: Path, docs: Optional[Path] = None) -> li
             page.mouse.up()
             page.wait_for_function("!document.querySelector('.gc-status').innerText.includes('frame 0 ·')",
                                    timeout=120_000)
-            line = wait_status(page, " · grad_eclip · ")  # set once the new image and scores are shown
+            line = wait_status(page, " · Grad-ECLIP · ")  # set once the new image and scores are shown
             frame = int(line.split("frame ")[1].split(" ")[0])
             assert frame > 0, line
             moved_image, moved_scores = image.screenshot(), scores(page)

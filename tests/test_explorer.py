@@ -265,6 +265,7 @@ def test_method_menu_lists_every_method_and_options_follow_the_method(model, avi
     labels = dict((value, label) for label, value in explorer.method.options)
     assert sorted(labels) == gradeclip.method_names()
     assert "slow" in labels["rise"] and "slow" in labels["scorecam"]
+    assert labels["grad_eclip"] == "Grad-ECLIP" and labels["gradcam_pp"] == "Grad-CAM++"  # the paper's names
     assert set(explorer.option_widgets) == {"layers", "single_head", "spatial_weight"}
     explorer.method.value = "game"
     assert set(explorer.option_widgets) == {"start_layer"}

@@ -23,7 +23,7 @@ from ..explain import explain_encoded, word_importance
 from ..methods.registry import get_method, method_names
 from .explorer_view import (SCALES, FrameSource, LRUCache, compose_view, explanation_bytes, input_sizes, jpeg_bytes,
                             one_line, parse_prompts, scaled_maps, scores_html, words_html)
-from .figures import DEFAULT_OUT, plot_explanation, save_explanation, save_figure
+from .figures import DEFAULT_OUT, display_name, plot_explanation, save_explanation, save_figure
 
 # Expected cost on a CPU at ViT-B/32 size (README, "Explanation methods"), shown in the method menu
 SLOW_METHODS = {"rise": "slow: ~1 min per frame", "scorecam": "slow: ~1 min per frame",
@@ -87,8 +87,9 @@ class Explorer(widgets.VBox):
         self.prompts_box = widgets.Textarea(value="\n".join(prompts), description="prompts",
                                             placeholder="one prompt per line", continuous_update=False,
                                             layout=widgets.Layout(width="420px", height="90px"))
-        self.method = widgets.Dropdown(options=[(f"{n} ({SLOW_METHODS[n]})" if n in SLOW_METHODS else n, n)
-                                                for n in method_names()], value=method, description="method")
+        self.method = widgets.Dropdown(options=[(display_name(n) + (f" ({SLOW_METHODS[n]})" if n in SLOW_METHODS
+                                                                     else ""), n) for n in method_names()],
+                                       value=method, description="method")
         self.options_box = widgets.HBox()
         self.option_widgets = {}
         self.opacity = widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="opacity",
@@ -198,7 +199,7 @@ class Explorer(widgets.VBox):
         index = self.slider.value
         self.time_label.value = f"t = {self.source.time(index)}" if self.source.fps > 0 else ""
         cost = SLOW_METHODS.get(self.method.value, "")
-        self._say(f"computing {self.method.value} for frame {index} ({len(self.prompts)} prompts)…"
+        self._say(f"computing {display_name(self.method.value)} for frame {index} ({len(self.prompts)} prompts)…"
                   + (f" [{cost}]" if cost else ""))
         start = time.perf_counter()
         try:
@@ -212,7 +213,7 @@ class Explorer(widgets.VBox):
         note = f"; warning: {str(caught[0].message).splitlines()[0]}" if caught else ""
         # play no faster than frames are explained, or slider moves queue up behind the model
         self.play.interval = max(PLAY_INTERVAL_MS, 100 * round(12.5 * (time.perf_counter() - start)))
-        self.redraw(then=lambda: self._say(f"frame {index} · {self.method.value} · "
+        self.redraw(then=lambda: self._say(f"frame {index} · {display_name(self.method.value)} · "
                                            f"{time.perf_counter() - start:.2f} s ({len(self.cache)} cached){note}"))
 
     def displayed_maps(self) -> np.ndarray:
