@@ -44,6 +44,19 @@ def hf_backbone(model, tokenizer=None, name: str = "") -> Backbone:
                     f"or SiglipModel, which has both towers)")
 
 
+def _layer_qkv(layer, x):
+    """q, k, v (B, L, W) of a transformers encoder layer (pre-norm, separate projections) for tokens x (B, L, W)."""
+    h = layer.layer_norm1(x)
+    a = layer.self_attn
+    return a.q_proj(h), a.k_proj(h), a.v_proj(h)
+
+
+def _layer_finish(layer, x, o):
+    """The rest of the layer after attention: out-projection of o (B, L', W), residual, MLP with its residual."""
+    x = x + layer.self_attn.out_proj(o)
+    return x + layer.mlp(layer.layer_norm2(x))
+
+
 class _HFBackbone(Backbone):
     library = "transformers"
 
@@ -81,15 +94,10 @@ class _HFBackbone(Backbone):
         return self.layers[i].self_attn.num_heads
 
     def qkv(self, i, x):
-        layer = self.layers[i]
-        h = layer.layer_norm1(x)
-        a = layer.self_attn
-        return a.q_proj(h), a.k_proj(h), a.v_proj(h)
+        return _layer_qkv(self.layers[i], x)
 
     def finish(self, i, x, o):
-        layer = self.layers[i]
-        x = x + layer.self_attn.out_proj(o)
-        return x + layer.mlp(layer.layer_norm2(x))
+        return _layer_finish(self.layers[i], x, o)
 
     @property
     def vision_blocks(self):
@@ -128,15 +136,10 @@ class _HFBackbone(Backbone):
         return self.text_blocks[i].self_attn.num_heads
 
     def text_qkv(self, i, x):
-        layer = self.text_blocks[i]
-        h = layer.layer_norm1(x)
-        a = layer.self_attn
-        return a.q_proj(h), a.k_proj(h), a.v_proj(h)
+        return _layer_qkv(self.text_blocks[i], x)
 
     def text_finish(self, i, x, o):
-        layer = self.text_blocks[i]
-        x = x + layer.self_attn.out_proj(o)
-        return x + layer.mlp(layer.layer_norm2(x))
+        return _layer_finish(self.text_blocks[i], x, o)
 
 
 class HFClipBackbone(_HFBackbone):

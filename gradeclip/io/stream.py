@@ -107,12 +107,10 @@ def _batches_decord(video, wanted, batch_size, errors):
             yield np.array(good, dtype=np.int64), np.stack(frames)
 
 
-def _batches_pyav(video, wanted, batch_size, errors):
+def _in_batches(pairs, batch_size):
+    """(index, frame) pairs -> (indices (n,) int64, frames (n, H, W, 3)) batches of at most ``batch_size``."""
     indices, frames = [], []
-    for index, frame in video.scan(wanted):
-        if isinstance(frame, ValueError):  # reason: what is inside "could not be decoded (...)"
-            _report(errors, video.path, index, str(frame).split("could not be decoded (", 1)[-1].rstrip(")"))
-            continue
+    for index, frame in pairs:
         indices.append(index)
         frames.append(frame)
         if len(indices) == batch_size:
@@ -120,21 +118,26 @@ def _batches_pyav(video, wanted, batch_size, errors):
             indices, frames = [], []
     if indices:
         yield np.array(indices, dtype=np.int64), np.stack(frames)
+
+
+def _batches_pyav(video, wanted, batch_size, errors):
+    def decoded():
+        for index, frame in video.scan(wanted):
+            if isinstance(frame, ValueError):  # reason: what is inside "could not be decoded (...)"
+                _report(errors, video.path, index, str(frame).split("could not be decoded (", 1)[-1].rstrip(")"))
+                continue
+            yield index, frame
+    yield from _in_batches(decoded(), batch_size)
 
 
 def _batches_opencv(video, wanted, batch_size, errors):
-    indices, frames = [], []
-    for index, frame in video.scan(wanted):
-        if frame is None:
-            _report(errors, video.path, index, "OpenCV's decoder stopped here; later frames are not read")
-            break
-        indices.append(index)
-        frames.append(frame)
-        if len(indices) == batch_size:
-            yield np.array(indices, dtype=np.int64), np.stack(frames)
-            indices, frames = [], []
-    if indices:
-        yield np.array(indices, dtype=np.int64), np.stack(frames)
+    def decoded():
+        for index, frame in video.scan(wanted):
+            if frame is None:
+                _report(errors, video.path, index, "OpenCV's decoder stopped here; later frames are not read")
+                return
+            yield index, frame
+    yield from _in_batches(decoded(), batch_size)
     if video.listed > video.num_frames and not errors.failed:
         _report(errors, video.path, video.num_frames, f"OpenCV's decoder stopped here, but the file lists "
                                                       f"{video.listed} frames; later frames are not read")
