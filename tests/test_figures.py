@@ -50,6 +50,8 @@ def test_explanation_figure(result):
     for title, prompt, cos, p in zip(titles, PROMPTS, result.cosine[1], result.probs[1]):
         assert prompt in title and f"{cos:.3f}" in title and f"{p:.2f}" in title
     assert any("relevance" in ax.get_ylabel() for ax in fig.axes)  # the colorbar
+    # provenance under the frame; catches a figure that no longer says which library's model made it
+    assert images[0].get_title(loc="left") == f"{result.model} · openai-clip"
     with pytest.raises(IndexError, match="out of range"):
         plot_explanation(result, 5)
     plt.close("all")

@@ -71,7 +71,8 @@ def _title(prompt: str, width: int = 28) -> str:
 def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", alpha: float = 0.5,
                      title: Optional[str] = None):
     """Figure: frame ``index`` of ``result`` beside one overlay per prompt, cosine and probability in each title,
-    and a colorbar naming the method. A map that is zero everywhere is marked as such. Returns a Figure."""
+    and a colorbar naming the method; under the frame, the model and its library. A map that is zero everywhere is
+    marked as such. Returns a Figure."""
     n, k = result.maps.shape[:2]
     if not -n <= index < n:
         raise IndexError(f"frame index {index} out of range for {n} explained frame(s)")
@@ -81,6 +82,9 @@ def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", 
     axes = axes[0]
     axes[0].imshow(frame)
     axes[0].set_title("frame", fontsize=10)
+    if result.library:  # which model explained it, for a figure that travels without its JSON
+        axes[0].set_title(f"{Path(result.model).name or 'model'} · {result.library}", fontsize=7, loc="left",
+                          y=-0.02, va="top", color="0.35")
     for j, ax in enumerate(axes[1:]):
         if _is_zero(result, index, j):
             _mark_zero(ax, frame)
