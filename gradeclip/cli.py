@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .checks import positive_int_arg
+from .viz.export import export_frame, export_video, export_words
 
 DEFAULT_MODEL = "ViT-B/32"
 # The built-in method names, for --help without importing torch (a test keeps this equal to method_names())
@@ -37,7 +38,6 @@ def _frame(text: str):
         raise argparse.ArgumentTypeError(f"invalid frame {text!r}: give 'middle' or an integer index") from None
 
 
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv")
 
 
 def _common(p) -> None:
@@ -120,10 +120,10 @@ def _demo(args) -> int:
     result = explain(model, read_frames(video, [index]), DEMO_PROMPTS, scale=scale)
     print(f"{Path(video).name}, frame {index} of {info.num_frames}; model {Path(shapes_model()).name} (offline)")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
-    paths = _write_frame(result, "demo_frame", args.out, title=f"shapes CLIP · frame {index}",
+    paths = export_frame(result, "demo_frame", args.out, title=f"shapes CLIP · frame {index}",
                          meta={"model": shapes_model(), "video": video, "frame_index": index})
     whole = explain_video(model, video, DEMO_PROMPTS, scale=scale, model_name=shapes_model())
-    paths += _write_video(whole, "demo_video", args.out, timeline="demo_timeline")
+    paths += export_video(whole, "demo_video", args.out, timeline="demo_timeline")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -138,26 +138,6 @@ def _batch(args) -> int:
     from .batch import command as batch_command
 
     return batch_command.run(args)
-
-
-def _videos(path: str) -> List[Path]:
-    target = Path(path)
-    if target.is_dir():
-        found = []
-        for entry in sorted(target.iterdir()):
-            if entry.is_file() and entry.suffix.lower() in VIDEO_SUFFIXES:
-                found.append(entry)
-            elif entry.is_dir():
-                print(f"gradeclip: skipped {entry}: a folder (folders inside are not searched)", file=sys.stderr)
-            else:
-                print(f"gradeclip: skipped {entry}: not a video file name (videos end in "
-                      f"{', '.join(VIDEO_SUFFIXES)})", file=sys.stderr)
-        if not found:
-            raise _UserError(f"no video files in {path} (looked for {', '.join(VIDEO_SUFFIXES)})")
-        return found
-    if not target.exists():
-        raise FileNotFoundError(f"video not found: {path}")
-    return [target]
 
 
 def _check_out(out) -> None:
@@ -212,70 +192,13 @@ def _load_model(name: str, device):
                          f"--model PATH with the path of a local checkpoint") from None
 
 
-def _write_frame(result, name: str, out, *, title, meta: dict, dpi=150, cmap="jet", alpha=0.5) -> list:
-    """The frame figure (PNG, PDF) and its raw maps and scores; returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .viz.figures import plot_explanation, save_explanation, save_figure
-
-    fig = plot_explanation(result, cmap=cmap, alpha=alpha, title=title)
-    paths = save_figure(fig, name, out, dpi=dpi)
-    plt.close(fig)
-    return paths + save_explanation(result, name, out, meta=meta)
-
-
-def _write_video(result, stem: str, out, *, scale="shared", cmap="jet", alpha=0.5, gif=True, dpi=150,
-                 timeline: Optional[str] = None) -> list:
-    """The maps (.npz + JSON), the overlay MP4 (and GIF) and the timeline of a whole video; returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .viz.figures import save_figure
-    from .video import save_video_maps
-    from .viz.video_export import plot_timeline, write_overlay_video
-
-    paths = save_video_maps(result, out, stem)
-    paths += write_overlay_video(result, Path(out) / f"{stem}.mp4", scale=scale, cmap=cmap, alpha=alpha, gif=gif)
-    fig = plot_timeline(result, scale=scale, cmap=cmap, alpha=alpha)
-    paths += save_figure(fig, timeline or f"{stem}_timeline", out, dpi=dpi)
-    plt.close(fig)
-    return paths
-
-
-def _write_words(model, frame, prompts, name: str, out, *, dpi=150) -> list:
-    """Each prompt's word importance for ``frame``: a figure per prompt (``NAME_words_K``) and one JSON file."""
-    import json
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .explain import word_importance
-    from .viz.figures import plot_word_importance, save_figure
-
-    paths, record = [], []
-    for k, prompt in enumerate(prompts):
-        pairs = word_importance(model, frame, prompt)
-        record.append({"prompt": prompt, "words": [[word, round(float(weight), 6)] for word, weight in pairs]})
-        fig = plot_word_importance(pairs, title=f"word importance · {prompt}")
-        paths += save_figure(fig, f"{name}_words_{k}", out, dpi=dpi)
-        plt.close(fig)
-    path = Path(out) / f"{name}_words.json"
-    path.write_text(json.dumps({"frame_size": list(frame.shape[:2]), "prompts": record}, indent=2) + os.linesep)
-    return paths + [path]
-
-
 def _video(args) -> int:
     from .video import explain_video
 
     _check_common(args)
-    videos = _videos(args.video)
+    from .io.frames import list_videos
+
+    videos = list_videos(args.video, lambda entry, why: print(f"gradeclip: skipped {entry}: {why}", file=sys.stderr))
     model, _ = _load_model(args.model, args.device)
     from .eval.shapes import warn_unknown_words
 
@@ -293,7 +216,7 @@ def _video(args) -> int:
             where = "" if str(path) in message else f"{path}: "  # most errors already name the file
             print(f"gradeclip: error: {where}{message}", file=sys.stderr)
             continue
-        paths = _write_video(result, f"{path.stem}_{args.method}", args.out, scale=args.colour_scale,
+        paths = export_video(result, f"{path.stem}_{args.method}", args.out, scale=args.colour_scale,
                              cmap=args.cmap, alpha=args.alpha, gif=not args.no_gif, dpi=args.dpi)
         print(f"{path.name}: {len(result.indices)} frames explained in {seconds:.1f} s "
               f"({len(result.indices) / seconds:.1f} frames/s); model {args.model}; method {args.method}")
@@ -323,13 +246,13 @@ def _explain(args) -> int:
     model, _ = _load_model(args.model, args.device)
     result = explain(model, frames, args.prompt, method=args.method)
     name = f"{Path(args.video).stem}_frame{index}_{args.method}"
-    paths = _write_frame(result, name, args.out, dpi=args.dpi, cmap=args.cmap, alpha=args.alpha,
+    paths = export_frame(result, name, args.out, dpi=args.dpi, cmap=args.cmap, alpha=args.alpha,
                          title=f"{Path(args.video).name} · frame {index} ({info.times[index]:.2f} s)",
                          meta={"library": result.library, "model": args.model, "video": str(args.video),
                                "frame_index": index,
                                "time_s": info.times[index]})  # the frame's presentation time
     if args.words:
-        paths += _write_words(model, frames[0], result.prompts, name, args.out, dpi=args.dpi)
+        paths += export_words(model, frames[0], result.prompts, name, args.out, dpi=args.dpi)
     print(f"{Path(args.video).name}, frame {index} of {info.num_frames}; model {args.model} ({result.library}); "
           f"method {args.method}")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))

@@ -22,7 +22,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".gif")
+from ..io.frames import VIDEO_SUFFIXES
+
 MEAN_MAP_SIZE = 64  # side of the mean relevance map in normalised frame coordinates
 RUN_KEYS = ("prompts", "method", "model", "every", "frames", "scale", "masks_root")
 

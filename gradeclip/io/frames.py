@@ -12,7 +12,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, List, Optional, Union
 
 import numpy as np
 
@@ -22,6 +22,8 @@ Indices = Union[str, int, Iterable[int]]
 # Frames whose longer side is above this are reduced (area interpolation, while decoding) before they are explained:
 # the models run at the frame's native size, so a 4K frame would cost 4x a 1080p one for no gain in the maps.
 MAX_SIDE = 1920
+# File name endings taken for videos when a folder is searched (any file can still be named directly)
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".gif")
 
 def data_dir() -> Path:
     """The repository's ``data/`` folder, or ``$GRADECLIP_DATA`` when set (e.g. a clone's data/ beside a regular,
@@ -154,3 +156,24 @@ def read_frames(path, indices: Indices = "middle", *, backend: str = "auto",
         return np.ascontiguousarray(frames, dtype=np.uint8)
     finally:
         video.close()
+
+
+def list_videos(path, on_skip: Optional[Callable[[Path, str], None]] = None) -> List[Path]:
+    """``[path]`` for a file; for a folder, its files whose names end in ``VIDEO_SUFFIXES``, sorted (not searching
+    folders inside), calling ``on_skip(entry, reason)`` for every other entry. FileNotFoundError for a missing
+    path; ValueError for a folder without videos."""
+    target = Path(path)
+    if not target.exists():
+        raise FileNotFoundError(f"video not found: {path}")
+    if not target.is_dir():
+        return [target]
+    found = []
+    for entry in sorted(target.iterdir()):
+        if entry.is_file() and entry.suffix.lower() in VIDEO_SUFFIXES:
+            found.append(entry)
+        elif on_skip is not None:
+            on_skip(entry, "a folder (folders inside are not searched)" if entry.is_dir() else
+                    f"not a video file name (videos end in {', '.join(VIDEO_SUFFIXES)})")
+    if not found:
+        raise ValueError(f"no video files in {path} (looked for {', '.join(VIDEO_SUFFIXES)})")
+    return found
