@@ -176,14 +176,16 @@ class VideoWorker:
         self.out = Path(self.out)
 
     def __call__(self, batch: dict) -> dict:
-        statuses, reasons = [], []
+        statuses, reasons, frames = [], [], []
         for i in range(len(batch["id"])):
             job = {"id": str(batch["id"][i]), "path": str(batch["path"][i]),
                    "masks": str(batch["masks"][i]) or None, "columns": json.loads(str(batch["columns"][i]))}
             record = process_video(self.model, job, self.settings, self.out)
             statuses.append(record["status"])
             reasons.append(record.get("reason", ""))
-        return {"id": batch["id"], "status": np.array(statuses), "reason": np.array(reasons)}
+            frames.append(record.get("frames", 0))
+        return {"id": batch["id"], "status": np.array(statuses), "reason": np.array(reasons),
+                "frames": np.array(frames, dtype=np.int64)}
 
 
 def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional[str] = None, num_workers: int = 2,
@@ -216,12 +218,14 @@ def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional
         worker = type("VideoWorker", (VideoWorker,), {"settings": dict(settings), "out": str(out)})
         ds = ds.map_batches(worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(rows))),
                             num_cpus=1, num_gpus=1 if gpus >= num_workers else 0)
-        done = []
+        done, frames = [], 0
         with tqdm(total=len(rows), desc="videos", unit="video", disable=not progress) as bar:
             for row in ds.iter_rows():
                 done.append({"id": row["id"], "status": row["status"], "reason": row["reason"]})
                 if row["status"] == "failed":
                     log(f"gradeclip: failed: {row['id']}: {row['reason']}")
+                frames += int(row["frames"])
+                bar.set_postfix(frames=frames, failed=sum(d["status"] == "failed" for d in done))
                 bar.update(1)
         return done
     finally:
