@@ -239,8 +239,8 @@ def backbone_of(model, tokenizer=None) -> Backbone:
         from .openai import OpenAIBackbone
         return OpenAIBackbone(model, tokenizer)
     if module.startswith("open_clip"):
-        from .open_clip import OpenClipBackbone
-        return OpenClipBackbone(model, tokenizer)
+        from .open_clip import open_clip_backbone
+        return open_clip_backbone(model, tokenizer)
     if module.startswith("transformers"):
         from .hf import hf_backbone
         return hf_backbone(model, tokenizer)

@@ -20,6 +20,23 @@ def _mha_qkv(norm, attn, x):
     return F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
 
 
+def preprocess_constants(visual):
+    """(mean, std, crop) of an open_clip image tower: its own preprocessing configuration, CLIP's by default."""
+    cfg = getattr(visual, "preprocess_cfg", {}) or {}
+    mean = tuple(getattr(visual, "image_mean", None) or cfg.get("mean") or CLIP_MEAN)
+    std = tuple(getattr(visual, "image_std", None) or cfg.get("std") or CLIP_STD)
+    return mean, std, cfg.get("resize_mode", "shortest") != "squash"
+
+
+def open_clip_backbone(model, tokenizer=None, name: str = "") -> Backbone:
+    """The adapter for an open_clip model: open_clip's own ViT tower, or a timm tower with an attention-pooling
+    head (open_clip's SigLIP, ``timm_tower.py``)."""
+    if type(getattr(model, "visual", None)).__name__ == "TimmModel":
+        from .timm_tower import TimmTowerBackbone
+        return TimmTowerBackbone(model, tokenizer, name)
+    return OpenClipBackbone(model, tokenizer, name)
+
+
 class OpenClipBackbone(Backbone):
     library = "open_clip"
 
@@ -28,9 +45,8 @@ class OpenClipBackbone(Backbone):
         visual = getattr(model, "visual", None)
         kind = type(visual).__name__
         if kind != "VisionTransformer" or not hasattr(visual, "transformer"):
-            raise TypeError(f"this method needs open_clip's own ViT image tower; this model has {kind} "
-                            f"(timm and ResNet towers are not supported; for SigLIP use the transformers "
-                            f"SiglipModel, 'hf:google/siglip-...')")
+            raise TypeError(f"this method needs open_clip's own ViT image tower or a timm ViT with an attention-"
+                            f"pooling head (SigLIP); this model has {kind} (ResNet towers are not supported)")
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
             raise TypeError("this open_clip image tower pools with an attention pooler or by averaging; gradeclip "
                             "explains towers that read the class token (pool_type 'tok')")
@@ -46,10 +62,10 @@ class OpenClipBackbone(Backbone):
         self.resolution = size[0] if isinstance(size, (tuple, list)) else size
         self.depth = len(blocks)
         self.output_dim = visual.output_dim
-        cfg = getattr(visual, "preprocess_cfg", {}) or {}
-        self.mean = tuple(getattr(visual, "image_mean", None) or cfg.get("mean") or CLIP_MEAN)
-        self.std = tuple(getattr(visual, "image_std", None) or cfg.get("std") or CLIP_STD)
-        self.crop = cfg.get("resize_mode", "shortest") != "squash"
+        self.mean, self.std, self.crop = preprocess_constants(visual)
+        self._init_text(model)
+
+    def _init_text(self, model):
         self.text = getattr(model, "text", model)  # CustomTextCLIP keeps its text tower in .text
         self.context_length = getattr(self.text, "context_length", getattr(model, "context_length", 77))
         self.text_blocks = getattr(getattr(self.text, "transformer", None), "resblocks", [])
