@@ -1,0 +1,153 @@
+"""open_clip's SigLIP: a ``CustomTextCLIP`` whose image tower is a timm ViT with an attention-pooling head.
+
+The adapter's dense forward must be open_clip's own ``encode_image`` (at the trained size and, where the timm tower
+resamples its positional embeddings itself, at a non-square size); Grad-ECLIP must equal the naive loop reference
+shared with the transformers SigLIP test; scores and probabilities must be open_clip's own sigmoid.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradeclip
+from gradeclip import explain, grad_eclip_image
+from gradeclip.backbones.base import backbone_of
+from gradeclip.methods.grad_eclip import grad_eclip_image_with_features
+
+from backbone_models import clip_tokenizer, naive_pooling_grad_eclip, tiny_open_clip_siglip
+
+PROMPTS = ["a person walking", "a red car", "a tree"]
+
+
+@pytest.fixture(scope="module")
+def fixed():
+    """Built as open_clip builds its SigLIP tower: timm refuses other input sizes (``dynamic_img_size=False``)."""
+    return tiny_open_clip_siglip(1)
+
+
+@pytest.fixture(scope="module")
+def dynamic():
+    """The same kind of tower with ``dynamic_img_size=True``: timm resamples its positions to any input size."""
+    return tiny_open_clip_siglip(2, dynamic=True)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """Two non-square frames (24 x 40: a 3 x 5 grid at patch 8; the trained grid is 4 x 4)."""
+    return (np.random.RandomState(0).rand(2, 24, 40, 3) * 255).astype(np.uint8)
+
+
+def test_dense_forward_is_open_clip_own(fixed, dynamic):
+    """Catches a missing final norm or fc_norm, keys and values swapped in the fused kv, the tower's head skipped,
+    and positions resampled differently from timm (24 x 40 shrinks one side and stretches the other): the dense
+    forward equals ``encode_image`` exactly, and the decomposed Grad-ECLIP forward gives the same embedding."""
+    torch.manual_seed(0)
+    for model, size in [(fixed, (32, 32)), (dynamic, (32, 32)), (dynamic, (24, 40)), (dynamic, (48, 16))]:
+        pixels = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            want = model.encode_image(pixels)
+        bb = backbone_of(model)
+        assert type(bb).__name__ == "TimmTowerBackbone" and not bb.has_class_token and bb.output_dim == 64
+        torch.testing.assert_close(bb.encode_pixels(pixels), want, rtol=0, atol=0)
+        _, features = grad_eclip_image_with_features(model, pixels, torch.randn(3, 64))
+        torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-6)
+
+
+def test_open_clip_vit_b_16_siglip_config():
+    """Catches an adapter that fits only the small test tower: open_clip's own ``ViT-B-16-SigLIP`` configuration
+    (random weights, no download) is taken, and its dense forward is ``encode_image`` exactly at 224 x 224."""
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16-SigLIP", pretrained=None).eval()
+    bb = backbone_of(model)
+    assert (bb.patch_size, bb.resolution, bb.depth, bb.pool_heads(), bb.output_dim) == (16, 224, 12, 12, 768)
+    pixels = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.encode_pixels(pixels), model.encode_image(pixels), rtol=0, atol=0)
+
+
+def _open_clip_naive(model, pixels, text):
+    """The shared naive reference fed with open_clip/timm's own pieces: the trunk's ``forward_features`` (final
+    norm included), the latent's query, the two halves of the fused kv and the rest of the head."""
+    trunk, ap = model.visual.trunk, model.visual.trunk.attn_pool
+    with torch.no_grad():
+        h = trunk.forward_features(pixels)
+        q = ap.q(ap.latent)[0, 0]
+    wk, wv = ap.kv.weight.detach().chunk(2)
+    bk, bv = ap.kv.bias.detach().chunk(2)
+
+    def rest(o):
+        y = ap.proj(o)
+        y = y + ap.mlp(ap.norm(y))
+        return model.visual.head(trunk.head(trunk.fc_norm(y)))
+
+    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, ap.num_heads, rest,
+                                    text)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (24, 40)])
+def test_grad_eclip_matches_naive_reference(dynamic, size):
+    """Catches the probe's query taken without ``q``, keys before the final norm, keys and values swapped, a
+    missing ReLU or lambda over the wrong axis, on square and non-square inputs; the cosine explained is the one
+    of open_clip's own embedding."""
+    torch.manual_seed(1)
+    pixels = torch.randn(2, 3, *size)
+    text = torch.randn(2, 64)
+    got, features = grad_eclip_image_with_features(dynamic, pixels, text)
+    want, cosines = _open_clip_naive(dynamic, pixels, text)
+    assert want.max() > 0
+    torch.testing.assert_close(got, want.reshape(2, 2, size[0] // 8, size[1] // 8), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(F.normalize(features, dim=-1) @ F.normalize(text, dim=-1).T, cosines,
+                               rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(features, dynamic.encode_image(pixels), rtol=1e-5, atol=1e-6)
+
+
+def test_scores_and_probs_are_open_clip_own(fixed):
+    """Catches a softmax over prompts, a missing logit bias or an unexponentiated scale: ``explain``'s cosine and
+    probabilities equal open_clip's forward (normalised embeddings, exp(logit_scale), logit_bias) per prompt."""
+    frames = (np.random.RandomState(2).rand(2, 32, 32, 3) * 255).astype(np.uint8)
+    tok = clip_tokenizer(16)
+    result = explain(fixed, frames, PROMPTS, tokenizer=tok, progress=False)
+    pixels = gradeclip.to_pixels(fixed, frames)
+    with torch.no_grad():
+        image, text, scale, bias = fixed(pixels, tok(PROMPTS))
+        cos = image @ text.T
+        probs = torch.sigmoid(scale * cos + bias)
+    np.testing.assert_allclose(result.cosine, cos.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.probs, probs.numpy(), rtol=1e-5, atol=1e-6)
+    assert float(bias) == pytest.approx(-3.0, abs=0.2) and not np.allclose(result.probs.sum(1), 1)
+    assert result.library == "open_clip"
+
+
+def test_methods_and_refusals(fixed, frames):
+    """Catches a class-token method silently reading a patch, a grid off by one without a class token, and a
+    tower gradeclip cannot decompose taken silently: methods run on non-square frames with timm's fixed-size
+    tower (the adapter resamples the positions itself), class-token methods refuse in one line."""
+    tok = clip_tokenizer(16)
+    for method, options in [("grad_eclip", {}), ("grad_eclip", {"single_head": True}), ("grad_cam", {}),
+                            ("maskclip", {}), ("rise", {"n_masks": 16}), ("gradcam_pp", {})]:
+        result = explain(fixed, frames, PROMPTS, method=method, tokenizer=tok, progress=False, **options)
+        assert result.raw.shape == (2, 3, 3, 5) and np.isfinite(result.raw).all(), method
+        assert method == "rise" or result.raw.max() > 0, method
+    for method in ("self_attention", "rollout", "game"):
+        with pytest.raises(ValueError, match=f"^{method} needs a class token; CustomTextCLIP pools"):
+            explain(fixed, frames, PROMPTS, method=method, tokenizer=tok, progress=False)
+    with pytest.raises(ValueError, match="layers must be 1"):
+        grad_eclip_image(fixed, torch.randn(1, 3, 32, 32), torch.randn(1, 64), layers=2)
+    with pytest.raises(TypeError, match="word importance needs open_clip's own text transformer"):
+        gradeclip.word_importance(fixed, frames[0], "a dog", tokenizer=tok)
+
+
+def test_other_timm_towers_are_refused():
+    """Catches a timm tower that averages its tokens being explained as if it had an attention-pooling head."""
+    from open_clip.model import CustomTextCLIP
+
+    torch.manual_seed(0)
+    model = CustomTextCLIP(32, vision_cfg={"image_size": 224, "timm_model_name": "test_vit", "timm_pool": "avg",
+                                           "timm_proj": "linear"},
+                           text_cfg={"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1,
+                                     "layers": 1}).eval()
+    with pytest.raises(TypeError, match=r"^this open_clip timm image tower pools with 'avg'; gradeclip explains"):
+        backbone_of(model)
