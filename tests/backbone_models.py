@@ -124,18 +124,20 @@ def tiny_open_clip_siglip(seed=0, *, dynamic=False, width=64, layers=2, heads=4,
     return model.eval()
 
 
-def naive_pooling_grad_eclip(h, q, key, value, heads, rest, text_features):
+def naive_pooling_grad_eclip(h, q, key, value, heads, rest, text_features, skip=0):
     """Grad-ECLIP on an attention-pooling head (SigLIP) from the issue's formula, with loops over heads and
     tokens: o = the pooling attention's output at the probe (before its out-projection), w = dcos/do, v_i the value
     of patch i, lambda_i the min-max normalised cosine of the probe's query with key i,
     H_i = ReLU(sum_c w_c v_ic lambda_i).
 
-    h (B, P, W): the tokens entering the head (after the tower's final norm); q (W,): the probe's query;
-    ``key``/``value``: the head's projections of tokens (P, W); ``rest``: o (W,) -> the image embedding (D,).
-    Returns maps (B, K, P) and the cosines (B, K) of those embeddings with ``text_features`` (K, D)."""
+    h (B, P, C): the tokens entering the head (after its norm); q (W,): the probe's query (W: the attention width);
+    ``key``/``value``: the head's projections of tokens (P, W); ``rest``: o (W,) -> the image embedding (D,);
+    ``skip``: tokens before the patches (a class token), attended to but given no map entry and left out of
+    lambda's min-max. Returns maps (B, K, P - skip) and the cosines (B, K) of the embeddings with ``text_features``
+    (K, D)."""
     import torch.nn.functional as F
 
-    width = h.shape[-1]
+    width = q.shape[-1]  # the attention width (CoCa: the pooler's, narrower than the tower's)
     d = width // heads
     maps = torch.zeros(h.shape[0], text_features.shape[0], h.shape[1])
     cosines = torch.zeros(h.shape[0], text_features.shape[0])
@@ -151,16 +153,16 @@ def naive_pooling_grad_eclip(h, q, key, value, heads, rest, text_features):
             logits = torch.stack([q[cols] @ k[i, cols] / d ** 0.5 for i in range(k.shape[0])])
             a = logits.softmax(0)
             o[cols] = sum(a[i] * v[i, cols] for i in range(k.shape[0]))
-        cos_qk = torch.stack([F.cosine_similarity(q, k[i], dim=0) for i in range(k.shape[0])])
+        cos_qk = torch.stack([F.cosine_similarity(q, k[i], dim=0) for i in range(skip, k.shape[0])])
         lam = (cos_qk - cos_qk.min()) / (cos_qk.max() - cos_qk.min())
         for j in range(text_features.shape[0]):
             o_leaf = o.clone().requires_grad_(True)
             cos = F.cosine_similarity(rest(o_leaf), text_features[j], dim=0)
             (w,) = torch.autograd.grad(cos, o_leaf)
             cosines[b, j] = cos.detach()
-            for i in range(k.shape[0]):
-                maps[b, j, i] = torch.relu((w * v[i]).sum() * lam[i])
-    return maps, cosines
+            for i in range(skip, k.shape[0]):
+                maps[b, j, i] = torch.relu((w * v[i]).sum() * lam[i - skip])
+    return maps[:, :, skip:], cosines
 
 
 def write_clip_tokenizer(folder):

@@ -35,6 +35,8 @@ def open_clip_backbone(model, tokenizer=None, name: str = "") -> Backbone:
     if type(getattr(model, "visual", None)).__name__ == "TimmModel":
         from .timm_tower import TimmTowerBackbone
         return TimmTowerBackbone(model, tokenizer, name)
+    if getattr(getattr(model, "visual", None), "attn_pool", None) is not None:
+        return OpenClipPoolerBackbone(model, tokenizer, name)
     return OpenClipBackbone(model, tokenizer, name)
 
 
@@ -48,9 +50,12 @@ class OpenClipBackbone(Backbone):
         if kind != "VisionTransformer" or not hasattr(visual, "transformer"):
             raise TypeError(f"this method needs open_clip's own ViT image tower or a timm ViT with an attention-"
                             f"pooling head (SigLIP); this model has {kind} (ResNet towers are not supported)")
-        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
-            raise TypeError("this open_clip image tower pools with an attention pooler or by averaging; gradeclip "
-                            "explains towers that read the class token (pool_type 'tok')")
+        pooler = getattr(visual, "attn_pool", None) is not None
+        if pooler != self.pooled_by_head or getattr(visual, "pool_type", "tok") != "tok" \
+                or getattr(visual, "attn_pool_contrastive", None) is not None:
+            raise TypeError("this open_clip image tower pools by averaging or with a parallel or cascaded attention "
+                            "pooler; gradeclip explains towers that read the class token (pool_type 'tok') or the "
+                            "first query of CoCa's attentional pooler")
         blocks = visual.transformer.resblocks
         if any(type(b).__name__ != "ResidualAttentionBlock" for b in blocks):
             raise TypeError("this open_clip tower uses custom attention blocks (scaled cosine attention or head "
@@ -192,3 +197,42 @@ class OpenClipBackbone(Backbone):
             return x
         return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
 
+
+
+class OpenClipPoolerBackbone(OpenClipBackbone):
+    """open_clip's own ViT tower pooled by CoCa's attentional pooler (``attentional_pool=True``): the tokens after
+    the last block (class token included) pass ``attn_pool.ln_k`` and are the keys and values of one
+    ``nn.MultiheadAttention`` whose queries are ``ln_q(query)``; ``ln_post`` then reads the first query's row, which
+    ``proj`` turns into the embedding. That first query is the probe that Grad-ECLIP decomposes."""
+
+    pooled_by_head = True
+
+    def pool_heads(self):
+        return self.visual.attn_pool.attn.num_heads
+
+    def pool_qkv(self, x):
+        """The pooler's first query (B, 1, W') and the keys and values (B, L, W') of all tokens x (B, L, W)."""
+        p = self.visual.attn_pool
+        a = p.attn
+        if a._qkv_same_embed_dim:
+            wq, wk, wv = a.in_proj_weight.chunk(3)
+        else:  # the pooler's width differs from the tower's: separate projections
+            wq, wk, wv = a.q_proj_weight, a.k_proj_weight, a.v_proj_weight
+        bq, bk, bv = a.in_proj_bias.chunk(3) if a.in_proj_bias is not None else (None, None, None)
+        h = p.ln_k(x)
+        q = p.ln_q(p.query[:1]).to(h.dtype).expand(h.shape[0], -1, -1)
+        return F.linear(q, wq, bq), F.linear(h, wk, bk), F.linear(h, wv, bv)
+
+    def pool_finish(self, o):
+        """Embeddings (B, R, D) from pooler outputs o (B, R, W') before its out-projection: out_proj, ln_post, proj."""
+        out = self.visual.attn_pool.attn.out_proj
+        y = self.visual.ln_post(F.linear(o, out.weight, out.bias))
+        return y if self.visual.proj is None else y @ self.visual.proj
+
+    def pool(self, x):
+        pooled, _ = self.visual._pool(x)  # the library's own pooling, so that the dense forward is its own
+        return pooled if self.visual.proj is None else pooled @ self.visual.proj
+
+    def encode_image(self, pixels):
+        out = self.visual(pixels)  # CoCa's encode_image normalises; its tower returns (pooled, tokens)
+        return out[0] if isinstance(out, tuple) else out

@@ -1,8 +1,9 @@
-"""open_clip's SigLIP: a ``CustomTextCLIP`` whose image tower is a timm ViT with an attention-pooling head.
+"""open_clip models pooled by an attention head: SigLIP (a ``CustomTextCLIP`` whose image tower is a timm ViT with
+an ``AttentionPoolLatent`` head) and CoCa's attentional pooler on open_clip's own ViT.
 
-The adapter's dense forward must be open_clip's own ``encode_image`` (at the trained size and, where the timm tower
-resamples its positional embeddings itself, at a non-square size); Grad-ECLIP must equal the naive loop reference
-shared with the transformers SigLIP test; scores and probabilities must be open_clip's own sigmoid.
+The adapter's dense forward must be open_clip's own image embedding (at the trained size and, where the timm tower
+resamples its positional embeddings itself, at non-square sizes); Grad-ECLIP must equal the naive loop reference
+shared with the transformers SigLIP test; scores and probabilities must be open_clip's own.
 """
 import numpy as np
 import pytest
@@ -151,3 +152,86 @@ def test_other_timm_towers_are_refused():
                                      "layers": 1}).eval()
     with pytest.raises(TypeError, match=r"^this open_clip timm image tower pools with 'avg'; gradeclip explains"):
         backbone_of(model)
+
+
+VISION_POOLER = {"image_size": 32, "layers": 2, "width": 128, "patch_size": 8, "attentional_pool": True,
+                 "attn_pooler_heads": 4, "attn_pooler_queries": 6}
+TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}
+
+
+@pytest.fixture(scope="module")
+def coca():
+    """A random open_clip ``CoCa`` (class token, then the attentional pooler; its first query is the embedding)."""
+    from open_clip.coca_model import CoCa
+
+    torch.manual_seed(5)
+    model = CoCa(32, multimodal_cfg=dict(TEXT, attn_pooler_heads=1), text_cfg=dict(TEXT, embed_cls=True, output_tokens=True),
+                 vision_cfg=dict(VISION_POOLER, output_tokens=True)).eval()
+    with torch.no_grad():
+        for p in model.visual.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def _coca_naive(model, pixels, text):
+    """The shared naive reference fed with open_clip's own pieces of CoCa's tower: ``_embeds`` and the blocks,
+    the pooler's ``ln_k`` and first ``ln_q(query)``, the key and value projections (class token attended, not
+    mapped), then ``out_proj``, ``ln_post`` and ``proj``."""
+    v = model.visual
+    p = v.attn_pool
+    a = p.attn
+    with torch.no_grad():
+        h = p.ln_k(v.transformer(v._embeds(pixels)))
+        wq, wk, wv = a.q_proj_weight, a.k_proj_weight, a.v_proj_weight  # pooler width 32, tower width 128
+        bq, bk, bv = a.in_proj_bias.chunk(3)
+        q = p.ln_q(p.query)[0] @ wq.T + bq
+    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, a.num_heads,
+                                    lambda o: v.ln_post(a.out_proj(o)) @ v.proj, text, skip=1)
+
+
+def test_coca_pooler_forward_and_grad_eclip(coca):
+    """Catches the class token's row read instead of the pooler's first query, ln_post skipped, the class token
+    mapped as a patch or counted in lambda: the dense forward is CoCa's own (unnormalised) image embedding, and
+    Grad-ECLIP equals the naive loop reference."""
+    torch.manual_seed(2)
+    pixels, text = torch.randn(2, 3, 32, 32), torch.randn(2, 32)
+    bb = backbone_of(coca)
+    assert bb.prefix == 1 and not bb.has_class_token
+    with torch.no_grad():
+        want = coca.encode_image(pixels, normalize=False)
+    torch.testing.assert_close(bb.encode_pixels(pixels), want, rtol=0, atol=0)
+    got, features = grad_eclip_image_with_features(coca, pixels, text)
+    torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-6)
+    ref, cosines = _coca_naive(coca, pixels, text)
+    assert ref.max() > 0
+    torch.testing.assert_close(got, ref.reshape(2, 2, 4, 4), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(F.normalize(features, dim=-1) @ F.normalize(text, dim=-1).T, cosines,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_attentional_pooler_scores_methods_and_refusals(coca, frames):
+    """Catches a softmax model scored with a sigmoid, a class token mapped as a patch (grid off by one) and a
+    class-token method run on a pooled tower: an open_clip ``CLIP`` with the pooler scores as its own forward;
+    methods run on non-square frames; class-token methods, layers > 1 and CoCa's word importance refuse."""
+    from open_clip.model import CLIP
+
+    torch.manual_seed(6)
+    model = CLIP(32, vision_cfg=VISION_POOLER, text_cfg=dict(TEXT, context_length=77)).eval()
+    square = (np.random.RandomState(3).rand(2, 32, 32, 3) * 255).astype(np.uint8)
+    result = explain(model, square, PROMPTS, progress=False)
+    with torch.no_grad():
+        image, text, scale = model(gradeclip.to_pixels(model, square), backbone_of(model).tokenize(PROMPTS))
+        cos = image @ text.T
+    np.testing.assert_allclose(result.cosine, cos.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.probs, (scale * cos).softmax(-1).numpy(), rtol=1e-5, atol=1e-6)
+    tok = clip_tokenizer(16)
+    for method in ("grad_eclip", "grad_cam", "maskclip", "gradcam_pp"):
+        raw = explain(coca, frames, PROMPTS, method=method, tokenizer=tok, progress=False).raw
+        assert raw.shape == (2, 3, 3, 5) and np.isfinite(raw).all() and raw.max() > 0, method
+    for method in ("self_attention", "rollout", "game"):
+        with pytest.raises(ValueError, match=f"^{method} needs a class token; CoCa pools"):
+            explain(coca, frames, PROMPTS, method=method, tokenizer=tok, progress=False)
+    with pytest.raises(ValueError, match="layers must be 1"):
+        grad_eclip_image(coca, torch.randn(1, 3, 32, 32), torch.randn(1, 32), layers=2)
+    with pytest.raises(TypeError, match="word importance needs open_clip's own text transformer"):
+        gradeclip.word_importance(coca, frames[0], "a dog", tokenizer=tok)
