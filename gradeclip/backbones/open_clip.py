@@ -2,10 +2,12 @@
 
 The tower's blocks are ``ResidualAttentionBlock``s (``nn.MultiheadAttention``, optional LayerScale ``ls_1``/``ls_2``),
 run batch-first or sequence-first as the tower says; patch dropout is off in eval mode and skipped here; the image
-embedding is the class token after ``ln_post`` and ``proj``. Towers that pool otherwise (attention pooler, average
-pooling) are refused with one line. A timm tower with an attention-pooling head (open_clip's SigLIP) has its own
-adapter, ``timm_tower.py``, chosen by ``open_clip_backbone``; other timm towers are refused there. The text side is read at the token open_clip pools (argmax or
-end-of-text id) with ``ln_final`` and ``text_projection``.
+embedding is the class token after ``ln_post`` and ``proj``; with CoCa's attentional pooler
+(``OpenClipPoolerBackbone``) it is the pooler's first query after ``ln_post`` and ``proj``. Towers that pool
+otherwise (averaging, parallel or cascaded poolers) are refused with one line. A timm tower with an attention-pooling
+head (open_clip's SigLIP) has its own adapter, ``timm_tower.py``, chosen by ``open_clip_backbone``; other timm
+towers are refused there. The text side is read at the token open_clip pools (argmax or end-of-text id) with
+``ln_final`` and ``text_projection``.
 """
 from __future__ import annotations
 

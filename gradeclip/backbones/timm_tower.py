@@ -103,7 +103,8 @@ class TimmTowerBackbone(OpenClipBackbone):
 
     def finish(self, i, x, o):
         b = self.blocks[i]
-        x = x + b.ls1(b.attn.proj(b.attn.norm(o)))
+        norm = getattr(b.attn, "norm", None)  # timm >= 1.0.8: an optional norm of o (scale_norm)
+        x = x + b.ls1(b.attn.proj(o if norm is None else norm(o)))
         return x + b.ls2(b.mlp(b.norm2(x)))
 
     def pool_heads(self):
