@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-ACCEPTED_MODELS = ("an openai-clip clip.model.CLIP (ViT), an open_clip CLIP or CustomTextCLIP, a transformers "
+ACCEPTED_MODELS = ("an openai-clip clip.model.CLIP (ViT), an open_clip CLIP, CustomTextCLIP or CoCa, a transformers "
                    "CLIPModel or SiglipModel, or a gradeclip Backbone")
 
 
