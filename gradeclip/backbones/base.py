@@ -59,8 +59,8 @@ class Backbone:
     Attributes every adapter sets: ``model`` (the library's object), ``tokenizer`` (or None), ``name`` (what it was
     loaded as, may be empty), ``library``, ``patch_size``, ``resolution`` (trained square side in pixels),
     ``mean``/``std`` (RGB normalisation), ``crop`` (True: resize the short side and centre-crop; False: squash to a
-    square), ``prefix`` (1 with a class token, 0 without), ``pooled_by_head`` (the embedding comes from an attention-pooling
-    head, not the class token's row), ``depth`` (vision blocks), ``output_dim``,
+    square), ``prefix`` (1 with a class token, 0 without), ``pooled_by_head`` (the embedding comes from an
+    attention-pooling head, not the class token's row), ``depth`` (vision blocks), ``output_dim``,
     ``patch_weight`` (the patch embedding's weight: device and dtype), ``context_length``, ``text_depth``.
 
     Methods every adapter provides (x: tokens (B, L, W) batch-first; i: a block index):
