@@ -1,13 +1,14 @@
 """Grad-ECLIP on every supported backbone against the library's own image forward, ViT-B sizes, random weights.
 
 Per backbone (openai-clip ViT-B/32, open_clip ViT-B-32, transformers CLIPModel ViT-B/32, transformers SiglipModel
-base patch16 224): the library's own image forward (``encode_image`` / ``get_image_features``, no autograd) on a
-batch of frames at the native resolution, then Grad-ECLIP as ``explain`` runs it (``run_method``: maps and image
-features of one forward) with 1 and 16 prompts on the same batch. Targets: 1 prompt <= 1.3x the forward, 16
-prompts <= 1.5x 1 prompt. Timings are medians of --repeats rounds in one process (the three take turns); each backbone ends with a line
+base patch16 224, open_clip ViT-B-16-SigLIP with its timm tower, open_clip coca_ViT-B-32): the library's own image
+forward (``encode_image`` / ``get_image_features``, no autograd) on a batch of frames at the native resolution, then
+Grad-ECLIP as ``explain`` runs it (``run_method``: maps and image features of one forward) with 1 and 16 prompts on
+the same batch. Targets: 1 prompt <= 1.3x the forward, 16 prompts <= 1.5x 1 prompt. Timings are medians of
+--repeats rounds in one process (the three take turns); each backbone ends with a line
 ``BACKBONE grad_eclip_vs_forward=R prompts_16_vs_1=S``.
 
-    python benchmarks/backbones.py [--frames 8] [--repeats 3] [--only openai,open_clip,hf_clip,hf_siglip]
+    python benchmarks/backbones.py [--frames 8] [--repeats 3] [--only openai,open_clip,hf_clip,hf_siglip,...]
 """
 import argparse
 import statistics
@@ -30,6 +31,16 @@ def open_clip_b32():
     return open_clip.create_model("ViT-B-32", pretrained=None)  # open_clip's own config, random weights, offline
 
 
+def open_clip_siglip_b16():
+    import open_clip
+    return open_clip.create_model("ViT-B-16-SigLIP", pretrained=None)  # CustomTextCLIP with a timm tower
+
+
+def open_clip_coca_b32():
+    import open_clip
+    return open_clip.create_model("coca_ViT-B-32", pretrained=None)  # open_clip's ViT with the attentional pooler
+
+
 def hf_clip_b32():
     from transformers import CLIPConfig, CLIPModel
     return CLIPModel(CLIPConfig())  # the default configuration is ViT-B/32 at 224
@@ -42,7 +53,9 @@ def hf_siglip_b16():
 
 BACKBONES = {"openai": ("openai-clip ViT-B/32", openai_b32), "open_clip": ("open_clip ViT-B-32", open_clip_b32),
              "hf_clip": ("transformers CLIPModel ViT-B/32", hf_clip_b32),
-             "hf_siglip": ("transformers SiglipModel B/16-224", hf_siglip_b16)}
+             "hf_siglip": ("transformers SiglipModel B/16-224", hf_siglip_b16),
+             "open_clip_siglip": ("open_clip ViT-B-16-SigLIP (timm tower)", open_clip_siglip_b16),
+             "open_clip_coca": ("open_clip coca_ViT-B-32", open_clip_coca_b32)}
 
 
 def median_times(fns, repeats):

@@ -2,7 +2,9 @@
 
 ``as_open_clip`` converts an openai-clip model with open_clip's own converter for OpenAI state dicts;
 ``as_hf_clip`` maps its state dict onto a transformers ``CLIPModel`` (key mapping written here, from the two
-libraries' module names); ``tiny_siglip`` is a random transformers ``SiglipModel``.
+libraries' module names); ``tiny_siglip`` is a random transformers ``SiglipModel``,
+``tiny_open_clip_siglip`` a random open_clip SigLIP (timm tower); ``naive_pooling_grad_eclip`` is the loop reference
+of Grad-ECLIP on an attention-pooling head.
 """
 import warnings
 
@@ -94,6 +96,73 @@ def tiny_siglip(seed=0, *, width=128, layers=2, patch=8, resolution=32, text_len
         model.logit_scale.fill_(2.0)
         model.logit_bias.fill_(-3.0)
     return model.eval()
+
+
+def tiny_open_clip_siglip(seed=0, *, dynamic=False, width=64, layers=2, heads=4, patch=8, resolution=32):
+    """A random open_clip SigLIP: ``CustomTextCLIP`` whose ``TimmModel`` tower wraps a small timm
+    ``VisionTransformer`` built as ``vit_base_patch16_siglip_224`` is (no class token, ``global_pool='map'``),
+    ``dynamic`` for timm's own positional-embedding resampling at any input size; text as open_clip's SigLIP
+    configurations have it (not causal, read at the last token); every weight perturbed, logit bias -3."""
+    import timm
+    from open_clip.model import CustomTextCLIP
+
+    torch.manual_seed(seed)
+    model = CustomTextCLIP(
+        width, vision_cfg={"image_size": resolution, "timm_model_name": "test_vit", "timm_pool": "map",
+                           "timm_proj": "none"},
+        text_cfg={"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1,
+                  "no_causal_mask": True, "proj_bias": True, "pool_type": "last"},
+        init_logit_bias=-3.0)
+    # TimmModel passes no size arguments to timm, so the small trunk is built here as TimmModel builds it
+    model.visual.trunk = timm.create_model("vit_base_patch16_siglip_224", pretrained=False, num_classes=0,
+                                           global_pool="map", embed_dim=width, depth=layers, num_heads=heads,
+                                           img_size=resolution, patch_size=patch, dynamic_img_size=dynamic)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        model.logit_scale.fill_(2.0)
+    return model.eval()
+
+
+def naive_pooling_grad_eclip(h, q, key, value, heads, rest, text_features, skip=0):
+    """Grad-ECLIP on an attention-pooling head (SigLIP) from the issue's formula, with loops over heads and
+    tokens: o = the pooling attention's output at the probe (before its out-projection), w = dcos/do, v_i the value
+    of patch i, lambda_i the min-max normalised cosine of the probe's query with key i,
+    H_i = ReLU(sum_c w_c v_ic lambda_i).
+
+    h (B, P, C): the tokens entering the head (after its norm); q (W,): the probe's query (W: the attention width);
+    ``key``/``value``: the head's projections of tokens (P, W); ``rest``: o (W,) -> the image embedding (D,);
+    ``skip``: tokens before the patches (a class token), attended to but given no map entry and left out of
+    lambda's min-max. Returns maps (B, K, P - skip) and the cosines (B, K) of the embeddings with ``text_features``
+    (K, D)."""
+    import torch.nn.functional as F
+
+    width = q.shape[-1]  # the attention width (CoCa: the pooler's, narrower than the tower's)
+    d = width // heads
+    maps = torch.zeros(h.shape[0], text_features.shape[0], h.shape[1])
+    cosines = torch.zeros(h.shape[0], text_features.shape[0])
+    with torch.no_grad():
+        q = q.detach()
+    for b in range(h.shape[0]):
+        with torch.no_grad():
+            k = key(h[b])  # (P, W)
+            v = value(h[b])
+        o = torch.zeros(width)
+        for m in range(heads):
+            cols = slice(m * d, (m + 1) * d)
+            logits = torch.stack([q[cols] @ k[i, cols] / d ** 0.5 for i in range(k.shape[0])])
+            a = logits.softmax(0)
+            o[cols] = sum(a[i] * v[i, cols] for i in range(k.shape[0]))
+        cos_qk = torch.stack([F.cosine_similarity(q, k[i], dim=0) for i in range(skip, k.shape[0])])
+        lam = (cos_qk - cos_qk.min()) / (cos_qk.max() - cos_qk.min())
+        for j in range(text_features.shape[0]):
+            o_leaf = o.clone().requires_grad_(True)
+            cos = F.cosine_similarity(rest(o_leaf), text_features[j], dim=0)
+            (w,) = torch.autograd.grad(cos, o_leaf)
+            cosines[b, j] = cos.detach()
+            for i in range(skip, k.shape[0]):
+                maps[b, j, i] = torch.relu((w * v[i]).sum() * lam[i - skip])
+    return maps[:, :, skip:], cosines
 
 
 def write_clip_tokenizer(folder):

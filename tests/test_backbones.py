@@ -16,7 +16,7 @@ from gradeclip import explain, grad_eclip_image
 from gradeclip.backbones.base import backbone_of
 from gradeclip.methods.grad_eclip import grad_eclip_image_with_features
 
-from backbone_models import as_hf_clip, as_open_clip, clip_tokenizer, tiny_siglip
+from backbone_models import as_hf_clip, as_open_clip, clip_tokenizer, naive_pooling_grad_eclip, tiny_siglip
 from conftest import tiny_clip
 
 PROMPTS = ["a person walking", "a red car", "a tree"]
@@ -92,42 +92,23 @@ def test_same_weights_same_word_importance(trio, frames):
 
 
 def naive_siglip_grad_eclip(model, pixels, text_features):
-    """Grad-ECLIP on SigLIP from the issue's formula, with loops over heads and tokens: o = the pooling
-    attention's output at the probe (before out_proj), w = dcos/do, v_i the value of patch i, lambda_i the
-    min-max normalised cosine of the probe's query with key i, H_i = ReLU(sum_c w_c v_ic lambda_i)."""
+    """The naive reference (``naive_pooling_grad_eclip``) fed with transformers SigLIP's own pieces: the tokens
+    after post_layernorm, the head's probe query, its key and value projections and the rest of its head."""
     vm = model.vision_model
     with torch.no_grad():
         h = vm(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state  # after post_layernorm
     head = vm.head
     attn = head.attention
-    width, heads = h.shape[-1], attn.num_heads
-    d = width // heads
     wq, wk, wv = attn.in_proj_weight.detach().chunk(3)
     bq, bk, bv = attn.in_proj_bias.detach().chunk(3)
-    maps = torch.zeros(pixels.shape[0], text_features.shape[0], h.shape[1])
-    cosines = torch.zeros(pixels.shape[0], text_features.shape[0])
-    for b in range(pixels.shape[0]):
-        q = head.probe.detach()[0, 0] @ wq.T + bq  # (W,)
-        k = h[b] @ wk.T + bk  # (P, W)
-        v = h[b] @ wv.T + bv
-        o = torch.zeros(width)
-        for m in range(heads):
-            cols = slice(m * d, (m + 1) * d)
-            logits = torch.stack([q[cols] @ k[i, cols] / d ** 0.5 for i in range(k.shape[0])])
-            a = logits.softmax(0)
-            o[cols] = sum(a[i] * v[i, cols] for i in range(k.shape[0]))
-        cos_qk = torch.stack([F.cosine_similarity(q, k[i], dim=0) for i in range(k.shape[0])])
-        lam = (cos_qk - cos_qk.min()) / (cos_qk.max() - cos_qk.min())
-        for j in range(text_features.shape[0]):
-            o_leaf = o.clone().requires_grad_(True)
-            y = attn.out_proj(o_leaf)
-            y = y + head.mlp(head.layernorm(y))
-            cos = F.cosine_similarity(y, text_features[j], dim=0)
-            (w,) = torch.autograd.grad(cos, o_leaf)
-            cosines[b, j] = cos.detach()
-            for i in range(k.shape[0]):
-                maps[b, j, i] = torch.relu((w * v[i]).sum() * lam[i])
-    return maps, cosines
+    q = head.probe.detach()[0, 0] @ wq.T + bq  # (W,)
+
+    def rest(o):
+        y = attn.out_proj(o)
+        return y + head.mlp(head.layernorm(y))
+
+    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, attn.num_heads, rest,
+                                    text_features)
 
 
 @pytest.mark.parametrize("size", [(32, 32), (24, 40)])

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-ACCEPTED_MODELS = ("an openai-clip clip.model.CLIP (ViT), an open_clip CLIP or CustomTextCLIP, a transformers "
+ACCEPTED_MODELS = ("an openai-clip clip.model.CLIP (ViT), an open_clip CLIP, CustomTextCLIP or CoCa, a transformers "
                    "CLIPModel or SiglipModel, or a gradeclip Backbone")
 
 
@@ -59,7 +59,8 @@ class Backbone:
     Attributes every adapter sets: ``model`` (the library's object), ``tokenizer`` (or None), ``name`` (what it was
     loaded as, may be empty), ``library``, ``patch_size``, ``resolution`` (trained square side in pixels),
     ``mean``/``std`` (RGB normalisation), ``crop`` (True: resize the short side and centre-crop; False: squash to a
-    square), ``prefix`` (1 with a class token, 0 without), ``depth`` (vision blocks), ``output_dim``,
+    square), ``prefix`` (1 with a class token, 0 without), ``pooled_by_head`` (the embedding comes from an
+    attention-pooling head, not the class token's row), ``depth`` (vision blocks), ``output_dim``,
     ``patch_weight`` (the patch embedding's weight: device and dtype), ``context_length``, ``text_depth``.
 
     Methods every adapter provides (x: tokens (B, L, W) batch-first; i: a block index):
@@ -73,11 +74,13 @@ class Backbone:
     ``pool_qkv(x)`` -> the probe's q (B, 1, W), k, v and ``pool_finish(o)`` (B, R, W) -> (B, R, D). Text side:
     ``text_embed(tokens)``, ``text_run_blocks``, ``text_heads``, ``text_qkv``, ``text_finish``,
     ``text_mask(T, device, dtype)`` (additive or None), ``text_query(tokens)`` -> (K,) pooled position,
-    ``text_pool(rows)`` (K, W) -> (K, D).
+    ``text_pool(rows)`` (K, W) -> (K, D). Under a pooling head the keys and values of ``pool_qkv`` span all tokens,
+    the first ``prefix`` of them (a class token) before the patches.
     """
 
     library = "?"
     prefix = 1
+    pooled_by_head = False  # True where an attention-pooling head makes the embedding (SigLIP, CoCa)
 
     def __init__(self, model, tokenizer=None, name: str = ""):
         self.model = model
@@ -87,7 +90,9 @@ class Backbone:
     # ----- generic parts, written once on top of the adapter's pieces
     @property
     def has_class_token(self) -> bool:
-        return self.prefix == 1
+        """True where the image embedding is read from the class token's row (False under a pooling head, even
+        where the tokens carry a class token, as in CoCa: ``prefix`` counts the tokens before the patches)."""
+        return self.prefix == 1 and not self.pooled_by_head
 
     @property
     def parameter(self) -> torch.Tensor:
@@ -239,8 +244,8 @@ def backbone_of(model, tokenizer=None) -> Backbone:
         from .openai import OpenAIBackbone
         return OpenAIBackbone(model, tokenizer)
     if module.startswith("open_clip"):
-        from .open_clip import OpenClipBackbone
-        return OpenClipBackbone(model, tokenizer)
+        from .open_clip import open_clip_backbone
+        return open_clip_backbone(model, tokenizer)
     if module.startswith("transformers"):
         from .hf import hf_backbone
         return hf_backbone(model, tokenizer)

@@ -98,7 +98,7 @@ def _load_open_clip(spec: str, device):
         import open_clip
     except ImportError:
         raise ImportError("open_clip models need the open_clip extra: pip install 'gradeclip[open_clip]'") from None
-    from .open_clip import OpenClipBackbone
+    from .open_clip import open_clip_backbone
 
     if os.path.isdir(spec):
         name, pretrained = "local-dir:" + spec, None
@@ -115,7 +115,7 @@ def _load_open_clip(spec: str, device):
     except (OSError, RuntimeError, ValueError) as err:
         raise _download_failed(f"open_clip model {spec!r}", err) from None
     model = model.float().eval().to(device)
-    return OpenClipBackbone(model, tokenizer, name=f"open_clip:{spec}"), preprocess
+    return open_clip_backbone(model, tokenizer, name=f"open_clip:{spec}"), preprocess
 
 
 def _load_hf(spec: str, device):

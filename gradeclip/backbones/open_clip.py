@@ -2,9 +2,12 @@
 
 The tower's blocks are ``ResidualAttentionBlock``s (``nn.MultiheadAttention``, optional LayerScale ``ls_1``/``ls_2``),
 run batch-first or sequence-first as the tower says; patch dropout is off in eval mode and skipped here; the image
-embedding is the class token after ``ln_post`` and ``proj``. Towers that pool otherwise (attention pooler, average
-pooling) and timm towers are refused with one line. The text side is read at the token open_clip pools (argmax or
-end-of-text id) with ``ln_final`` and ``text_projection``.
+embedding is the class token after ``ln_post`` and ``proj``; with CoCa's attentional pooler
+(``OpenClipPoolerBackbone``) it is the pooler's first query after ``ln_post`` and ``proj``. Towers that pool
+otherwise (averaging, parallel or cascaded poolers) are refused with one line. A timm tower with an attention-pooling
+head (open_clip's SigLIP) has its own adapter, ``timm_tower.py``, chosen by ``open_clip_backbone``; other timm
+towers are refused there. The text side is read at the token open_clip pools (argmax or end-of-text id) with
+``ln_final`` and ``text_projection``.
 """
 from __future__ import annotations
 
@@ -20,6 +23,25 @@ def _mha_qkv(norm, attn, x):
     return F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
 
 
+def preprocess_constants(visual):
+    """(mean, std, crop) of an open_clip image tower: its own preprocessing configuration, CLIP's by default."""
+    cfg = getattr(visual, "preprocess_cfg", {}) or {}
+    mean = tuple(getattr(visual, "image_mean", None) or cfg.get("mean") or CLIP_MEAN)
+    std = tuple(getattr(visual, "image_std", None) or cfg.get("std") or CLIP_STD)
+    return mean, std, cfg.get("resize_mode", "shortest") != "squash"
+
+
+def open_clip_backbone(model, tokenizer=None, name: str = "") -> Backbone:
+    """The adapter for an open_clip model: open_clip's own ViT tower, or a timm tower with an attention-pooling
+    head (open_clip's SigLIP, ``timm_tower.py``)."""
+    if type(getattr(model, "visual", None)).__name__ == "TimmModel":
+        from .timm_tower import TimmTowerBackbone
+        return TimmTowerBackbone(model, tokenizer, name)
+    if getattr(getattr(model, "visual", None), "attn_pool", None) is not None:
+        return OpenClipPoolerBackbone(model, tokenizer, name)
+    return OpenClipBackbone(model, tokenizer, name)
+
+
 class OpenClipBackbone(Backbone):
     library = "open_clip"
 
@@ -28,12 +50,14 @@ class OpenClipBackbone(Backbone):
         visual = getattr(model, "visual", None)
         kind = type(visual).__name__
         if kind != "VisionTransformer" or not hasattr(visual, "transformer"):
-            raise TypeError(f"this method needs open_clip's own ViT image tower; this model has {kind} "
-                            f"(timm and ResNet towers are not supported; for SigLIP use the transformers "
-                            f"SiglipModel, 'hf:google/siglip-...')")
-        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
-            raise TypeError("this open_clip image tower pools with an attention pooler or by averaging; gradeclip "
-                            "explains towers that read the class token (pool_type 'tok')")
+            raise TypeError(f"this method needs open_clip's own ViT image tower or a timm ViT with an attention-"
+                            f"pooling head (SigLIP); this model has {kind} (ResNet towers are not supported)")
+        pooler = getattr(visual, "attn_pool", None) is not None
+        if pooler != self.pooled_by_head or getattr(visual, "pool_type", "tok") != "tok" \
+                or getattr(visual, "attn_pool_contrastive", None) is not None:
+            raise TypeError("this open_clip image tower pools by averaging or with a parallel or cascaded attention "
+                            "pooler; gradeclip explains towers that read the class token (pool_type 'tok') or the "
+                            "first query of CoCa's attentional pooler")
         blocks = visual.transformer.resblocks
         if any(type(b).__name__ != "ResidualAttentionBlock" for b in blocks):
             raise TypeError("this open_clip tower uses custom attention blocks (scaled cosine attention or head "
@@ -46,10 +70,10 @@ class OpenClipBackbone(Backbone):
         self.resolution = size[0] if isinstance(size, (tuple, list)) else size
         self.depth = len(blocks)
         self.output_dim = visual.output_dim
-        cfg = getattr(visual, "preprocess_cfg", {}) or {}
-        self.mean = tuple(getattr(visual, "image_mean", None) or cfg.get("mean") or CLIP_MEAN)
-        self.std = tuple(getattr(visual, "image_std", None) or cfg.get("std") or CLIP_STD)
-        self.crop = cfg.get("resize_mode", "shortest") != "squash"
+        self.mean, self.std, self.crop = preprocess_constants(visual)
+        self._init_text(model)
+
+    def _init_text(self, model):
         self.text = getattr(model, "text", model)  # CustomTextCLIP keeps its text tower in .text
         self.context_length = getattr(self.text, "context_length", getattr(model, "context_length", 77))
         self.text_blocks = getattr(getattr(self.text, "transformer", None), "resblocks", [])
@@ -175,3 +199,42 @@ class OpenClipBackbone(Backbone):
             return x
         return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
 
+
+
+class OpenClipPoolerBackbone(OpenClipBackbone):
+    """open_clip's own ViT tower pooled by CoCa's attentional pooler (``attentional_pool=True``): the tokens after
+    the last block (class token included) pass ``attn_pool.ln_k`` and are the keys and values of one
+    ``nn.MultiheadAttention`` whose queries are ``ln_q(query)``; ``ln_post`` then reads the first query's row, which
+    ``proj`` turns into the embedding. That first query is the probe that Grad-ECLIP decomposes."""
+
+    pooled_by_head = True
+
+    def pool_heads(self):
+        return self.visual.attn_pool.attn.num_heads
+
+    def pool_qkv(self, x):
+        """The pooler's first query (B, 1, W') and the keys and values (B, L, W') of all tokens x (B, L, W)."""
+        p = self.visual.attn_pool
+        a = p.attn
+        if a._qkv_same_embed_dim:
+            wq, wk, wv = a.in_proj_weight.chunk(3)
+        else:  # the pooler's width differs from the tower's: separate projections
+            wq, wk, wv = a.q_proj_weight, a.k_proj_weight, a.v_proj_weight
+        bq, bk, bv = a.in_proj_bias.chunk(3) if a.in_proj_bias is not None else (None, None, None)
+        h = p.ln_k(x)
+        q = p.ln_q(p.query[:1]).to(h.dtype).expand(h.shape[0], -1, -1)
+        return F.linear(q, wq, bq), F.linear(h, wk, bk), F.linear(h, wv, bv)
+
+    def pool_finish(self, o):
+        """Embeddings (B, R, D) from pooler outputs o (B, R, W') before its out-projection: out_proj, ln_post, proj."""
+        out = self.visual.attn_pool.attn.out_proj
+        y = self.visual.ln_post(F.linear(o, out.weight, out.bias))
+        return y if self.visual.proj is None else y @ self.visual.proj
+
+    def pool(self, x):
+        pooled, _ = self.visual._pool(x)  # the library's own pooling, so that the dense forward is its own
+        return pooled if self.visual.proj is None else pooled @ self.visual.proj
+
+    def encode_image(self, pixels):
+        out = self.visual(pixels)  # CoCa's encode_image normalises; its tower returns (pooled, tokens)
+        return out[0] if isinstance(out, tuple) else out

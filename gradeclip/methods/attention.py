@@ -61,6 +61,6 @@ def maskclip(model, pixels, text_features):
             patches = bb.pool_rows(bb.finish(last, x[:, 1:], v[:, 1:]))  # (B, P, D)
         else:
             _, _, v = bb.pool_qkv(bb.tokens_before(pixels, bb.depth))
-            patches = bb.pool_finish(v)  # (B, P, D)
+            patches = bb.pool_finish(v[:, bb.prefix:])  # (B, P, D)
         cos = (F.normalize(patches, dim=-1) @ text.T).relu()  # (B, P, K)
     return grid_maps(cos.transpose(1, 2), grid)

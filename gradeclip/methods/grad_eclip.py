@@ -10,8 +10,9 @@ q[query row] and k_i, min-max normalised over the tokens ("spatial weight"). Ima
 ``layers`` blocks after the ReLU of each; word weights are summed over layers before the ReLU, as the paper's code
 does.
 
-On SigLIP-style models (no class token) the query row is the probe of the attention-pooling head, and the keys and
-values are the patch tokens entering it (after the last block and the post-norm).
+On models pooled by an attention head (SigLIP, CoCa) the query row is the head's probe (CoCa: its first query),
+and the keys and values are the tokens entering it (after the last block and the head's norm); a class token among
+them (CoCa) takes part in the attention but gets no map entry, and lambda is min-max normalised over the patches.
 
 By default the decomposed blocks use the model's own heads, so the explained score is exactly the model's cosine.
 ``single_head=True`` reproduces the official code, which runs the decomposed blocks as one head over the full width
@@ -130,8 +131,9 @@ def _pooling_head(bb, pixels, text_features, layers, single_head, spatial_weight
         cosine = F.normalize(features, dim=-1) @ text.T  # (B, K)
         (grad,) = _per_prompt_grads(cosine, [o])
     w = grad[:, :, 0]  # (K, B, W)
-    lam = qk_weight(q[:, 0].detach(), k.detach()) if spatial_weight else torch.ones_like(k[:, :, 0])
-    maps = (torch.einsum("kbc,bpc->bkp", w, v.detach()) * lam[:, None, :]).relu()
+    k, v = k[:, bb.prefix:].detach(), v[:, bb.prefix:].detach()  # a class token (CoCa) is attended, not mapped
+    lam = qk_weight(q[:, 0].detach(), k) if spatial_weight else torch.ones_like(k[:, :, 0])
+    maps = (torch.einsum("kbc,bpc->bkp", w, v) * lam[:, None, :]).relu()
     return maps.reshape(*maps.shape[:2], *grid).float().detach(), features.detach()
 
 

@@ -1,0 +1,242 @@
+"""open_clip models pooled by an attention head: SigLIP (a ``CustomTextCLIP`` whose image tower is a timm ViT with
+an ``AttentionPoolLatent`` head) and CoCa's attentional pooler on open_clip's own ViT.
+
+The adapter's dense forward must be open_clip's own image embedding (at the trained size and, where the timm tower
+resamples its positional embeddings itself, at non-square sizes); Grad-ECLIP must equal the naive loop reference
+shared with the transformers SigLIP test; scores and probabilities must be open_clip's own.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradeclip
+from gradeclip import explain, grad_eclip_image
+from gradeclip.backbones.base import backbone_of
+from gradeclip.methods.grad_eclip import grad_eclip_image_with_features
+
+from backbone_models import clip_tokenizer, naive_pooling_grad_eclip, tiny_open_clip_siglip
+
+PROMPTS = ["a person walking", "a red car", "a tree"]
+
+
+@pytest.fixture(scope="module")
+def fixed():
+    """Built as open_clip builds its SigLIP tower: timm refuses other input sizes (``dynamic_img_size=False``)."""
+    return tiny_open_clip_siglip(1)
+
+
+@pytest.fixture(scope="module")
+def dynamic():
+    """The same kind of tower with ``dynamic_img_size=True``: timm resamples its positions to any input size."""
+    return tiny_open_clip_siglip(2, dynamic=True)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """Two non-square frames (24 x 40: a 3 x 5 grid at patch 8; the trained grid is 4 x 4)."""
+    return (np.random.RandomState(0).rand(2, 24, 40, 3) * 255).astype(np.uint8)
+
+
+def test_dense_forward_is_open_clip_own(fixed, dynamic):
+    """Catches a missing final norm or fc_norm, keys and values swapped in the fused kv, the tower's head skipped,
+    and positions resampled differently from timm (24 x 40 shrinks one side and stretches the other): the dense
+    forward equals ``encode_image`` exactly, and the decomposed Grad-ECLIP forward gives the same embedding."""
+    torch.manual_seed(0)
+    for model, size in [(fixed, (32, 32)), (dynamic, (32, 32)), (dynamic, (24, 40)), (dynamic, (48, 16))]:
+        pixels = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            want = model.encode_image(pixels)
+        bb = backbone_of(model)
+        assert type(bb).__name__ == "TimmTowerBackbone" and not bb.has_class_token and bb.output_dim == 64
+        torch.testing.assert_close(bb.encode_pixels(pixels), want, rtol=0, atol=0)
+        _, features = grad_eclip_image_with_features(model, pixels, torch.randn(3, 64))
+        torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-6)
+
+
+def test_open_clip_vit_b_16_siglip_config():
+    """Catches an adapter that fits only the small test tower: open_clip's own ``ViT-B-16-SigLIP`` configuration
+    (random weights, no download) is taken, and its dense forward is ``encode_image`` exactly at 224 x 224."""
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16-SigLIP", pretrained=None).eval()
+    bb = backbone_of(model)
+    assert (bb.patch_size, bb.resolution, bb.depth, bb.pool_heads(), bb.output_dim) == (16, 224, 12, 12, 768)
+    pixels = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.encode_pixels(pixels), model.encode_image(pixels), rtol=0, atol=0)
+
+
+def _open_clip_naive(model, pixels, text):
+    """The shared naive reference fed with open_clip/timm's own pieces: the trunk's ``forward_features`` (final
+    norm included), the latent's query, the two halves of the fused kv and the rest of the head."""
+    trunk, ap = model.visual.trunk, model.visual.trunk.attn_pool
+    with torch.no_grad():
+        h = trunk.forward_features(pixels)
+        q = ap.q(ap.latent)[0, 0]
+    wk, wv = ap.kv.weight.detach().chunk(2)
+    bk, bv = ap.kv.bias.detach().chunk(2)
+
+    def rest(o):
+        y = ap.proj(o)
+        y = y + ap.mlp(ap.norm(y))
+        return model.visual.head(trunk.head(trunk.fc_norm(y)))
+
+    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, ap.num_heads, rest,
+                                    text)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (24, 40)])
+def test_grad_eclip_matches_naive_reference(dynamic, size):
+    """Catches the probe's query taken without ``q``, keys before the final norm, keys and values swapped, a
+    missing ReLU or lambda over the wrong axis, on square and non-square inputs; the cosine explained is the one
+    of open_clip's own embedding."""
+    torch.manual_seed(1)
+    pixels = torch.randn(2, 3, *size)
+    text = torch.randn(2, 64)
+    got, features = grad_eclip_image_with_features(dynamic, pixels, text)
+    want, cosines = _open_clip_naive(dynamic, pixels, text)
+    assert want.max() > 0
+    torch.testing.assert_close(got, want.reshape(2, 2, size[0] // 8, size[1] // 8), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(F.normalize(features, dim=-1) @ F.normalize(text, dim=-1).T, cosines,
+                               rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(features, dynamic.encode_image(pixels), rtol=1e-5, atol=1e-6)
+
+
+def test_scores_and_probs_are_open_clip_own(fixed):
+    """Catches a softmax over prompts, a missing logit bias or an unexponentiated scale: ``explain``'s cosine and
+    probabilities equal open_clip's forward (normalised embeddings, exp(logit_scale), logit_bias) per prompt."""
+    frames = (np.random.RandomState(2).rand(2, 32, 32, 3) * 255).astype(np.uint8)
+    tok = clip_tokenizer(16)
+    result = explain(fixed, frames, PROMPTS, tokenizer=tok, progress=False)
+    pixels = gradeclip.to_pixels(fixed, frames)
+    with torch.no_grad():
+        image, text, scale, bias = fixed(pixels, tok(PROMPTS))
+        cos = image @ text.T
+        probs = torch.sigmoid(scale * cos + bias)
+    np.testing.assert_allclose(result.cosine, cos.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.probs, probs.numpy(), rtol=1e-5, atol=1e-6)
+    assert float(bias.detach()) == pytest.approx(-3.0, abs=0.2) and not np.allclose(result.probs.sum(1), 1)
+    assert result.library == "open_clip"
+
+
+def test_methods_and_refusals(fixed, frames):
+    """Catches a class-token method silently reading a patch, a grid off by one without a class token, and a
+    tower gradeclip cannot decompose taken silently: methods run on non-square frames with timm's fixed-size
+    tower (the adapter resamples the positions itself), class-token methods refuse in one line."""
+    tok = clip_tokenizer(16)
+    for method, options in [("grad_eclip", {}), ("grad_eclip", {"single_head": True}), ("grad_cam", {}),
+                            ("maskclip", {}), ("rise", {"n_masks": 16}), ("gradcam_pp", {})]:
+        result = explain(fixed, frames, PROMPTS, method=method, tokenizer=tok, progress=False, **options)
+        assert result.raw.shape == (2, 3, 3, 5) and np.isfinite(result.raw).all(), method
+        assert method == "rise" or result.raw.max() > 0, method
+    for method in ("self_attention", "rollout", "game"):
+        with pytest.raises(ValueError, match=f"^{method} needs a class token; CustomTextCLIP pools"):
+            explain(fixed, frames, PROMPTS, method=method, tokenizer=tok, progress=False)
+    with pytest.raises(ValueError, match="layers must be 1"):
+        grad_eclip_image(fixed, torch.randn(1, 3, 32, 32), torch.randn(1, 64), layers=2)
+    with pytest.raises(TypeError, match="word importance needs open_clip's own text transformer"):
+        gradeclip.word_importance(fixed, frames[0], "a dog", tokenizer=tok)
+
+
+def test_other_timm_towers_are_refused():
+    """Catches a timm tower that averages its tokens being explained as if it had an attention-pooling head."""
+    from open_clip.model import CustomTextCLIP
+
+    torch.manual_seed(0)
+    model = CustomTextCLIP(32, vision_cfg={"image_size": 224, "timm_model_name": "test_vit", "timm_pool": "avg",
+                                           "timm_proj": "linear"},
+                           text_cfg={"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1,
+                                     "layers": 1}).eval()
+    with pytest.raises(TypeError, match=r"^this open_clip timm image tower pools with 'avg'; gradeclip explains"):
+        backbone_of(model)
+
+
+VISION_POOLER = {"image_size": 32, "layers": 2, "width": 128, "patch_size": 8, "attentional_pool": True,
+                 "attn_pooler_heads": 4, "attn_pooler_queries": 6}
+TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}
+
+
+@pytest.fixture(scope="module")
+def coca():
+    """A random open_clip ``CoCa`` (class token, then the attentional pooler; its first query is the embedding)."""
+    from open_clip.coca_model import CoCa
+
+    torch.manual_seed(9)  # a seed where the class token's key is the one nearest the probe's query (see below)
+    model = CoCa(32, multimodal_cfg=dict(TEXT, attn_pooler_heads=1),
+                 text_cfg=dict(TEXT, embed_cls=True, output_tokens=True),
+                 vision_cfg=dict(VISION_POOLER, output_tokens=True)).eval()
+    with torch.no_grad():
+        for p in model.visual.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def _coca_naive(model, pixels, text):
+    """The shared naive reference fed with open_clip's own pieces of CoCa's tower: ``_embeds`` and the blocks,
+    the pooler's ``ln_k`` and first ``ln_q(query)``, the key and value projections (class token attended, not
+    mapped), then ``out_proj``, ``ln_post`` and ``proj``."""
+    v = model.visual
+    p = v.attn_pool
+    a = p.attn
+    with torch.no_grad():
+        h = p.ln_k(v.transformer(v._embeds(pixels)))
+        wq, wk, wv = a.q_proj_weight, a.k_proj_weight, a.v_proj_weight  # pooler width 32, tower width 128
+        bq, bk, bv = a.in_proj_bias.chunk(3)
+        q = p.ln_q(p.query)[0] @ wq.T + bq
+    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, a.num_heads,
+                                    lambda o: v.ln_post(a.out_proj(o)) @ v.proj, text, skip=1)
+
+
+def test_coca_pooler_forward_and_grad_eclip(coca):
+    """Catches the class token's row read instead of the pooler's first query, ln_post skipped, the class token
+    mapped as a patch or counted in lambda: the dense forward is CoCa's own (unnormalised) image embedding, and
+    Grad-ECLIP equals the naive loop reference."""
+    torch.manual_seed(2)
+    pixels, text = torch.randn(2, 3, 32, 32), torch.randn(2, 32)
+    bb = backbone_of(coca)
+    assert bb.prefix == 1 and not bb.has_class_token
+    with torch.no_grad():  # so that a lambda min-maxed over the class token too would differ from the reference
+        q, k, _ = bb.pool_qkv(bb.tokens_before(pixels, bb.depth))
+        cos = F.normalize(k, dim=-1) @ F.normalize(q[:, 0], dim=-1)[:, :, None]  # (B, L, 1)
+        assert (cos[:, 0] > cos[:, 1:].amax(dim=1)).all()
+    with torch.no_grad():
+        want = coca.encode_image(pixels, normalize=False)
+    torch.testing.assert_close(bb.encode_pixels(pixels), want, rtol=0, atol=0)
+    got, features = grad_eclip_image_with_features(coca, pixels, text)
+    torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-6)
+    ref, cosines = _coca_naive(coca, pixels, text)
+    assert ref.max() > 0
+    torch.testing.assert_close(got, ref.reshape(2, 2, 4, 4), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(F.normalize(features, dim=-1) @ F.normalize(text, dim=-1).T, cosines,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_attentional_pooler_scores_methods_and_refusals(coca, frames):
+    """Catches a softmax model scored with a sigmoid, a class token mapped as a patch (grid off by one) and a
+    class-token method run on a pooled tower: an open_clip ``CLIP`` with the pooler scores as its own forward;
+    methods run on non-square frames; class-token methods, layers > 1 and CoCa's word importance refuse."""
+    from open_clip.model import CLIP
+
+    torch.manual_seed(6)
+    model = CLIP(32, vision_cfg=VISION_POOLER, text_cfg=dict(TEXT, context_length=77)).eval()
+    square = (np.random.RandomState(3).rand(2, 32, 32, 3) * 255).astype(np.uint8)
+    result = explain(model, square, PROMPTS, progress=False)
+    with torch.no_grad():
+        image, text, scale = model(gradeclip.to_pixels(model, square), backbone_of(model).tokenize(PROMPTS))
+        cos = image @ text.T
+    np.testing.assert_allclose(result.cosine, cos.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.probs, (scale * cos).softmax(-1).numpy(), rtol=1e-5, atol=1e-6)
+    tok = clip_tokenizer(16)
+    for method in ("grad_eclip", "grad_cam", "maskclip", "gradcam_pp"):
+        raw = explain(coca, frames, PROMPTS, method=method, tokenizer=tok, progress=False).raw
+        assert raw.shape == (2, 3, 3, 5) and np.isfinite(raw).all() and raw.max() > 0, method
+    for method in ("self_attention", "rollout", "game"):
+        with pytest.raises(ValueError, match=f"^{method} needs a class token; CoCa pools"):
+            explain(coca, frames, PROMPTS, method=method, tokenizer=tok, progress=False)
+    with pytest.raises(ValueError, match="layers must be 1"):
+        grad_eclip_image(coca, torch.randn(1, 3, 32, 32), torch.randn(1, 32), layers=2)
+    with pytest.raises(TypeError, match="word importance needs open_clip's own text transformer"):
+        gradeclip.word_importance(coca, frames[0], "a dog", tokenizer=tok)
