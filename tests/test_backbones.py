@@ -154,7 +154,7 @@ def test_siglip_methods_on_non_square_frames(siglip, frames):
         # RISE clips negative saliency, and this random model's cosines may all be negative
         assert method == "rise" or result.raw.max() > 0, method
     for method in ("self_attention", "rollout", "game"):
-        with pytest.raises(ValueError, match=f"{method} needs a class token; SiglipModel pools"):
+        with pytest.raises(ValueError, match=f"{method} needs the image embedding to be the class token's row; SiglipModel pools"):
             explain(siglip, frames, PROMPTS, method=method, tokenizer=tok, progress=False)
     with pytest.raises(ValueError, match="layers must be 1"):
         grad_eclip_image(siglip, torch.randn(1, 3, 32, 32), torch.randn(1, 128), layers=2)

@@ -133,7 +133,7 @@ def test_methods_and_refusals(fixed, frames):
         assert result.raw.shape == (2, 3, 3, 5) and np.isfinite(result.raw).all(), method
         assert method == "rise" or result.raw.max() > 0, method
     for method in ("self_attention", "rollout", "game"):
-        with pytest.raises(ValueError, match=f"^{method} needs a class token; CustomTextCLIP pools"):
+        with pytest.raises(ValueError, match=f"^{method} needs the image embedding to be the class token's row; CustomTextCLIP pools"):
             explain(fixed, frames, PROMPTS, method=method, tokenizer=tok, progress=False)
     with pytest.raises(ValueError, match="layers must be 1"):
         grad_eclip_image(fixed, torch.randn(1, 3, 32, 32), torch.randn(1, 64), layers=2)
@@ -234,7 +234,7 @@ def test_attentional_pooler_scores_methods_and_refusals(coca, frames):
         raw = explain(coca, frames, PROMPTS, method=method, tokenizer=tok, progress=False).raw
         assert raw.shape == (2, 3, 3, 5) and np.isfinite(raw).all() and raw.max() > 0, method
     for method in ("self_attention", "rollout", "game"):
-        with pytest.raises(ValueError, match=f"^{method} needs a class token; CoCa pools"):
+        with pytest.raises(ValueError, match=f"^{method} needs the image embedding to be the class token's row; CoCa pools"):
             explain(coca, frames, PROMPTS, method=method, tokenizer=tok, progress=False)
     with pytest.raises(ValueError, match="layers must be 1"):
         grad_eclip_image(coca, torch.randn(1, 3, 32, 32), torch.randn(1, 32), layers=2)

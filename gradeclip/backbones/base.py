@@ -111,10 +111,12 @@ class Backbone:
         return {"library": self.library, "model": self.name or type(self.model).__name__}
 
     def require_class_token(self, method: str) -> None:
-        """One-line ValueError for methods that read the class token's row, on models that have none."""
+        """One-line ValueError for methods that read the class token's row, on models whose image embedding is not
+        that row (no class token, or one that an attention-pooling head only attends to)."""
         if not self.has_class_token:
-            raise ValueError(f"{method} needs a class token; {type(self.model).__name__} pools its image embedding "
-                             f"with an attention head instead (use grad_eclip, grad_cam, maskclip or rise)")
+            raise ValueError(f"{method} needs the image embedding to be the class token's row; "
+                             f"{type(self.model).__name__} pools its image embedding with an attention head instead "
+                             f"(use grad_eclip, grad_cam, maskclip or rise)")
 
     def check_pixels(self, pixels: torch.Tensor) -> Tuple[int, int]:
         """Validate normalised pixels (B, 3, H, W); returns the patch grid (h, w)."""
