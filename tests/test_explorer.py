@@ -353,3 +353,21 @@ def test_input_size_menu_changes_what_explain_sees(model, avi, tmp_path):
     assert explorer.current.raw.shape[-2:] == (12, 16) and explorer.forwards == 3
     with pytest.raises(ValueError, match="scale must be"):
         make(model, avi, tmp_path, scale=0)
+
+
+def test_time_stamps_are_the_container_times_on_a_variable_rate_video(model, tmp_path):
+    """A variable-rate MKV (gaps of 0.54 s and 0.41 s): the time shown and exported for a frame is FFmpeg's
+    presentation time. Catches ``index / fps`` (the average rate), which is 0.36 s off at frame 30 here."""
+    from ffmpeg_truth import make, truth
+
+    vfr = "setpts='PTS+gte(N\\,20)*0.5/TB+gte(N\\,30)*0.37/TB'"
+    path = make(tmp_path / "vfr.mkv", "testsrc2=size=64x48:rate=25:duration=1.6", "-vf", vfr, "-fps_mode", "vfr",
+                "-c:v", "libx264")
+    _, times = truth(path)
+    explorer = gradeclip.explore(model, path, PROMPTS, out_dir=tmp_path / "out", words=False)
+    explorer.slider.value = 30
+    assert abs(times[30] - 30 / explorer.source.fps) > 0.1  # the average rate would be visibly wrong here
+    assert explorer.time_label.value == f"t = {times[30]:.3f} s"
+    scores = next(Path(p) for p in explorer.export() if str(p).endswith("_scores.json"))
+    record = json.loads(scores.read_text())
+    assert abs(record["time_s"] - times[30]) < 1e-3

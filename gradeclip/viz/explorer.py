@@ -1,9 +1,8 @@
 """The interactive explorer: scrub a video, type prompts, switch methods and export, in one ipywidgets widget.
 
-Core ipywidgets only (what Colab, JupyterLab, Jupyter Notebook and VS Code render without set-up). Each frame's
-explanation is cached (bounded LRU, key: frame, prompts, method, options), so changing the opacity, the colour map,
-the colour scale or the selected prompt redraws from the cache without running the model. Frames are decoded one
-at a time when shown. The view is composed with numpy and PIL; Export writes the package's paper figure.
+Core ipywidgets only (what Colab, JupyterLab, Jupyter Notebook and VS Code render without set-up). Explanations
+are cached (bounded LRU, key: frame, prompts, method, options): opacity, colours, colour scale and the selected
+prompt redraw without running the model. Frames are decoded when shown; Export writes the paper figure.
 """
 from __future__ import annotations
 
@@ -21,20 +20,11 @@ import numpy as np
 from ..backbones.base import backbone_of
 from ..explain import explain_encoded, word_importance
 from ..methods.registry import get_method, method_names
-from .explorer_view import (SCALES, FrameSource, LRUCache, compose_view, explanation_bytes, input_sizes, jpeg_bytes,
-                            one_line, parse_prompts, scaled_maps, scores_html, words_html)
-from .figures import DEFAULT_OUT, display_name, plot_explanation, save_explanation, save_figure
-
-# Expected cost on a CPU at ViT-B/32 size (README, "Explanation methods"), shown in the method menu
-SLOW_METHODS = {"rise": "slow: ~1 min per frame", "scorecam": "slow: ~1 min per frame",
-                "eigencam": "~1 s per frame"}
-# Options offered as controls when the chosen method takes them (other options keep their defaults)
-MAIN_OPTIONS = ("layers", "single_head", "spatial_weight", "start_layer", "n_masks")
-PLAY_INTERVAL_MS = 700  # the play button's step, longer when frames take longer to explain
-CMAPS = ("jet", "viridis", "inferno", "magma", "turbo", "gray")
-NO_WIDGETS = ("gradeclip explorer: this front end cannot show Jupyter widgets. Open the notebook in Jupyter, "
-              "JupyterLab, Colab or VS Code (with ipywidgets >= 8), or use gradeclip.explain and "
-              "gradeclip.plot_explanation for a static figure.")
+from .explorer_view import (CMAPS, MAIN_OPTIONS, NO_WIDGETS, PLAY_INTERVAL_MS, SCALES, SLOW_METHODS, FrameSource,
+                            LRUCache, compose_view, explanation_bytes, input_sizes, jpeg_bytes, one_line,
+                            parse_prompts, scaled_maps, scores_html, words_html)
+from .export import export_frame
+from .figures import DEFAULT_OUT, display_name
 
 
 def _option_widget(name: str, default):
@@ -197,7 +187,7 @@ class Explorer(widgets.VBox):
     def refresh(self):
         """Show the slider's frame: compute its explanation if it is not cached, then redraw."""
         index = self.slider.value
-        self.time_label.value = f"t = {self.source.time(index)}" if self.source.fps > 0 else ""
+        self.time_label.value = f"t = {self.source.time(index)}" if self.source.times is not None else ""
         cost = SLOW_METHODS.get(self.method.value, "")
         self._say(f"computing {display_name(self.method.value)} for frame {index} ({len(self.prompts)} prompts)…"
                   + (f" [{cost}]" if cost else ""))
@@ -262,20 +252,14 @@ class Explorer(widgets.VBox):
         if self.current is None:
             self._say("export: nothing to export (fix the error above first)", error=True)
             return []
-        import matplotlib.pyplot as plt
-
         index, result = self.slider.value, self.current
         name = f"{self.source.name}_frame{index:06d}_{result.method}"
         try:
             shown = replace(result, maps=self._frame_size_maps()[None])  # the colour scale shown
-            fig = plot_explanation(shown, 0, cmap=self.cmap.value, alpha=self.opacity.value,
-                                   title=f"{self.source.name} · frame {index} · {self.source.time(index)}")
-            paths = save_figure(fig, name, self.out_dir)
-            plt.close(fig)
-            meta = {"video": self.source.path, "frame": index, "time_s": index / self.source.fps
-                    if self.source.fps > 0 else None, "options": self.options, "scale": self.size.value,
-                    "colour_scale": self.scale.value}
-            paths += save_explanation(result, name, self.out_dir, meta=meta)
+            meta = {"video": self.source.path, "frame": index, "time_s": self.source.seconds(index),
+                    "options": self.options, "scale": self.size.value, "colour_scale": self.scale.value}
+            paths = export_frame(shown, name, self.out_dir, cmap=self.cmap.value, alpha=self.opacity.value, meta=meta,
+                                 title=f"{self.source.name} · frame {index} · {self.source.time(index)}")
         except Exception as err:
             self._say(f"export: {one_line(err)}", error=True)
             return []

@@ -15,10 +15,22 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..io.frames import read_frames, video_info
+from ..io.frames import MAX_SIDE, read_frames, video_info
+from ..io.index import shape_after
 
 SCALES = {"per map": "per map (each map 0–1)", "per frame": "per frame (all prompts share one)",
           "shared": "shared over the frames seen (per prompt)"}
+
+# Expected cost on a CPU at ViT-B/32 size (README, "Explanation methods"), shown in the method menu
+SLOW_METHODS = {"rise": "slow: ~1 min per frame", "scorecam": "slow: ~1 min per frame",
+                "eigencam": "~1 s per frame"}
+# Options offered as controls when the chosen method takes them (other options keep their defaults)
+MAIN_OPTIONS = ("layers", "single_head", "spatial_weight", "start_layer", "n_masks")
+PLAY_INTERVAL_MS = 700  # the play button's step, longer when frames take longer to explain
+CMAPS = ("jet", "viridis", "inferno", "magma", "turbo", "gray")
+NO_WIDGETS = ("gradeclip explorer: this front end cannot show Jupyter widgets. Open the notebook in Jupyter, "
+              "JupyterLab, Colab or VS Code (with ipywidgets >= 8), or use gradeclip.explain and "
+              "gradeclip.plot_explanation for a static figure.")
 
 
 class FrameSource:
@@ -29,7 +41,8 @@ class FrameSource:
             self.path: Optional[str] = str(video)
             self.array = None
             info = video_info(self.path)
-            self.num_frames, self.fps, self.height, self.width = info.num_frames, info.fps, info.height, info.width
+            self.num_frames, self.fps, self.times = info.num_frames, info.fps, info.times
+            self.width, self.height = shape_after(info.width, info.height, MAX_SIDE)  # as read: 4K at 1920 px
             self.name = Path(self.path).stem
         else:
             array = np.asarray(video)
@@ -39,17 +52,23 @@ class FrameSource:
                 raise ValueError(f"video must be a path or uint8 RGB frames (N, H, W, 3), got {array.dtype} "
                                  f"{array.shape}")
             self.path, self.array, self.num_frames, self.fps, self.name = None, array, len(array), 0.0, "frames"
+            self.times = None
             self.height, self.width = array.shape[1:3]
 
     def read(self, index: int) -> np.ndarray:
         """Frame ``index`` as uint8 RGB (H, W, 3)."""
         if self.array is not None:
             return self.array[index]
-        return read_frames(self.path, [int(index)])[0]
+        return read_frames(self.path, [int(index)], max_side=MAX_SIDE)[0]
+
+    def seconds(self, index: int) -> Optional[float]:
+        """The frame's presentation time in seconds (from the container), or None for in-memory frames."""
+        return None if self.times is None else float(self.times[index])
 
     def time(self, index: int) -> str:
-        """The frame's time stamp as text ("1.240 s"), or "" when the frame rate is unknown."""
-        return f"{index / self.fps:.3f} s" if self.fps > 0 else ""
+        """The frame's time stamp as text ("1.240 s"), or "" when it has none."""
+        seconds = self.seconds(index)
+        return "" if seconds is None else f"{seconds:.3f} s"
 
 
 def input_sizes(model, height: int, width: int, scale) -> Tuple[list, float]:
