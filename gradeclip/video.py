@@ -69,7 +69,7 @@ class VideoExplanation:
 
 def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
                   every: Optional[int] = None, count: Optional[int] = None, batch_size: int = 16,
-                  scale: float = 1.0, model_name: str = "", progress: bool = True, tokenizer=None,
+                  scale: float = 1.0, model_name: str = "", progress=True, tokenizer=None,
                   max_side: Optional[int] = MAX_SIDE, **options) -> VideoExplanation:
     """Explain the selected frames of ``video`` (all, every ``every``-th, or ``count`` evenly spaced) for
     ``prompts`` with ``method``, at most ``batch_size`` frames per forward (fewer for large frames, so that
@@ -78,7 +78,8 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     presentation times from the container. ``max_side``: frames with a longer side above this many pixels are
     reduced while they are decoded (default ``MAX_SIDE`` = 1920: a 4K clip costs what a 1080p one does); None
     keeps full size. ``model`` and ``tokenizer`` as for ``explain``; ``model_name`` is recorded (default: the name
-    the model was loaded as).
+    the model was loaded as). ``progress``: True for a bar of its own, False for none, or a caller's bar (anything
+    with ``update(n)``, e.g. a tqdm) to advance by the frames explained.
     """
     model = backbone_of(model, tokenizer)
     check_options(method, options)
@@ -92,7 +93,9 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     batch_size = max(1, min(batch_size, _PIXEL_BUDGET // (input_size[0] * input_size[1])))
     errors = StreamErrors()
     raws, feats, indices, times = [], [], [], []
-    bar = tqdm(total=total, desc=f"{Path(video).name} ({method})", unit="frame", disable=not progress)
+    own = not hasattr(progress, "update")  # else the caller's bar, advanced frame by frame
+    bar = tqdm(total=total, desc=f"{Path(video).name} ({method})", unit="frame", disable=not progress) if own \
+        else progress
     try:
         for batch in stream_frames(video, every=every, count=count, batch_size=batch_size, errors=errors,
                                    max_side=max_side):
@@ -104,7 +107,8 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
             times.append(batch.times)
             bar.update(len(batch.indices))
     finally:
-        bar.close()
+        if own:
+            bar.close()
     if not raws:
         raise ValueError(f"{video}: no frame could be decoded")
     cosine, probs = scores(model, torch.cat(feats), text_features)

@@ -86,6 +86,24 @@ def test_explain_video_matches_explain(model, avi):
     assert rise.raw.shape == (2, 1, 6, 8) and rise.options == {"n_masks": 8}
 
 
+def test_a_callers_bar_advances_by_the_frames_explained(model, avi):
+    """``progress=bar``: the caller's bar moves batch by batch and stays open (the evaluate command counts frames
+    of several methods on one bar). Catches a bar advanced once per video, by batches instead of frames, or closed."""
+    class Bar:
+        def __init__(self):
+            self.steps, self.closed = [], False
+
+        def update(self, n):
+            self.steps.append(n)
+
+        def close(self):
+            self.closed = True
+
+    bar = Bar()
+    result = explain_video(model, avi, ["a person"], every=3, batch_size=4, progress=bar)
+    assert bar.steps == [4, 4, 2] and sum(bar.steps) == len(result.indices) and not bar.closed
+
+
 def fake_result(video, raw):
     f, k = raw.shape[:2]
     return VideoExplanation(video=video, prompts=[f"p{j}" for j in range(k)], method="grad_eclip", model="tiny",

@@ -173,12 +173,12 @@ def _video(args) -> int:
         for method in methods:
             bar.set_postfix_str(method)
             result = explain_video(model, args.video, args.prompt, method=method, every=args.every,
-                                   count=args.frames, scale=args.scale, model_name=model_name, progress=False)
+                                   count=args.frames, scale=args.scale, model_name=model_name, progress=bar)
+            bar.update(total - len(result.indices))  # frames that failed to decode, so the bar ends full
             scored = score_frames(result, source)
             rows += scored["rows"]
             missing, resized = scored["missing"], scored["resized"] or resized
             explained = len(result.indices)
-            bar.update(total)
     print(f"{Path(args.video).name}: {explained} frames explained, {explained - len(missing)} annotated "
           f"({source.description}); model {Path(model_name).name}")
     if missing:
