@@ -18,6 +18,13 @@ from .base import Backbone, interpolate_grid
 from .pixels import CLIP_MEAN, CLIP_STD
 
 
+def _block_finish(b, x, o):
+    """The rest of an open_clip residual block after attention: out-projection of o (B, L', W), LayerScale,
+    residual, then the MLP with its LayerScale and residual."""
+    x = x + b.ls_1(F.linear(o, b.attn.out_proj.weight, b.attn.out_proj.bias))
+    return x + b.ls_2(b.mlp(b.ln_2(x)))
+
+
 def _mha_qkv(norm, attn, x):
     h = norm(x)
     return F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
@@ -106,9 +113,7 @@ class OpenClipBackbone(Backbone):
         return _mha_qkv(self.blocks[i].ln_1, self.blocks[i].attn, x)
 
     def finish(self, i, x, o):
-        b = self.blocks[i]
-        x = x + b.ls_1(F.linear(o, b.attn.out_proj.weight, b.attn.out_proj.bias))
-        return x + b.ls_2(b.mlp(b.ln_2(x)))
+        return _block_finish(self.blocks[i], x, o)
 
     def pool_rows(self, y):
         y = self.visual.ln_post(y)
@@ -179,9 +184,7 @@ class OpenClipBackbone(Backbone):
         return _mha_qkv(self.text_blocks[i].ln_1, self.text_blocks[i].attn, x)
 
     def text_finish(self, i, x, o):
-        b = self.text_blocks[i]
-        x = x + b.ls_1(F.linear(o, b.attn.out_proj.weight, b.attn.out_proj.bias))
-        return x + b.ls_2(b.mlp(b.ln_2(x)))
+        return _block_finish(self.text_blocks[i], x, o)
 
     def text_mask(self, length, device, dtype):
         mask = getattr(self.text, "attn_mask", None)
