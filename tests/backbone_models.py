@@ -8,6 +8,7 @@ of Grad-ECLIP on an attention-pooling head.
 """
 import warnings
 
+import numpy as np
 import torch
 
 with warnings.catch_warnings():
@@ -210,3 +211,28 @@ def save_open_clip(model, folder):
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     torch.save(as_open_clip(model).state_dict(), folder / "open_clip_pytorch_model.bin")
     return str(folder)
+
+
+def check_pooling_head_model(model, frames, prompts, *, grid, name, text_width, words_error, words_match):
+    """What every model pooled by an attention head must do (SigLIP of either library, CoCa): the methods that do
+    not read the class token run on non-square ``frames`` with maps of ``grid`` (h, w) that are finite and, except
+    RISE (it clips negative saliency, and a random model's cosines may all be negative), somewhere positive; the
+    class-token methods, ``layers=2`` and word importance refuse in one line naming the model class ``name``."""
+    import pytest
+
+    import gradeclip
+
+    tok = clip_tokenizer(16)
+    for method, options in [("grad_eclip", {}), ("grad_eclip", {"single_head": True}), ("grad_cam", {}),
+                            ("maskclip", {}), ("rise", {"n_masks": 16}), ("gradcam_pp", {})]:
+        result = gradeclip.explain(model, frames, prompts, method=method, tokenizer=tok, progress=False, **options)
+        assert result.raw.shape == (len(frames), len(prompts), *grid) and np.isfinite(result.raw).all(), method
+        assert method == "rise" or result.raw.max() > 0, method
+    for method in ("self_attention", "rollout", "game"):
+        with pytest.raises(ValueError, match=f"^{method} needs the image embedding to be the class token's row; "
+                                             f"{name} pools"):
+            gradeclip.explain(model, frames, prompts, method=method, tokenizer=tok, progress=False)
+    with pytest.raises(ValueError, match="layers must be 1"):
+        gradeclip.grad_eclip_image(model, torch.randn(1, 3, 32, 32), torch.randn(1, text_width), layers=2)
+    with pytest.raises(words_error, match=words_match):
+        gradeclip.word_importance(model, frames[0], "a dog", tokenizer=tok)

@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 
 import gradeclip
-from gradeclip import explain, grad_eclip_image
+from gradeclip import explain
 from gradeclip.backbones.base import backbone_of
 from gradeclip.methods.grad_eclip import grad_eclip_image_with_features
 
-from backbone_models import as_hf_clip, as_open_clip, clip_tokenizer, naive_pooling_grad_eclip, tiny_siglip
+from backbone_models import (as_hf_clip, as_open_clip, check_pooling_head_model, clip_tokenizer,
+                             naive_pooling_grad_eclip, tiny_siglip)
 from conftest import tiny_clip
 
 PROMPTS = ["a person walking", "a red car", "a tree"]
@@ -146,21 +147,8 @@ def test_siglip_scores_and_probs_are_the_library_own(siglip):
 
 def test_siglip_methods_on_non_square_frames(siglip, frames):
     """Catches a class-token method silently reading a patch on SigLIP, and a grid off by one without one."""
-    tok = clip_tokenizer(16)
-    for method, options in [("grad_eclip", {}), ("grad_eclip", {"single_head": True}), ("grad_cam", {}),
-                            ("maskclip", {}), ("rise", {"n_masks": 16}), ("gradcam_pp", {})]:
-        result = explain(siglip, frames, PROMPTS, method=method, tokenizer=tok, progress=False, **options)
-        assert result.raw.shape == (2, 3, 3, 5) and np.isfinite(result.raw).all(), method
-        # RISE clips negative saliency, and this random model's cosines may all be negative
-        assert method == "rise" or result.raw.max() > 0, method
-    for method in ("self_attention", "rollout", "game"):
-        with pytest.raises(ValueError, match=f"{method} needs the image embedding to be the class token's row; SiglipModel pools"):
-            explain(siglip, frames, PROMPTS, method=method, tokenizer=tok, progress=False)
-    with pytest.raises(ValueError, match="layers must be 1"):
-        grad_eclip_image(siglip, torch.randn(1, 3, 32, 32), torch.randn(1, 128), layers=2)
-    with pytest.raises(ValueError, match="SigLIP's text tower is not supported"):
-        gradeclip.word_importance(siglip, frames[0], "a dog", tokenizer=tok)
-
+    check_pooling_head_model(siglip, frames, PROMPTS, grid=(3, 5), name="SiglipModel", text_width=128,
+                             words_error=ValueError, words_match="SigLIP's text tower is not supported")
 
 def test_open_clip_layerscale(frames):
     """Catches an adapter that ignores LayerScale (ls_1, ls_2): open_clip's own ViT with it is explained with its

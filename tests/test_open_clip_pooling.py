@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 import gradeclip
-from gradeclip import explain, grad_eclip_image
+from gradeclip import explain
 from gradeclip.backbones.base import backbone_of
 from gradeclip.methods.grad_eclip import grad_eclip_image_with_features
 
-from backbone_models import clip_tokenizer, naive_pooling_grad_eclip, tiny_open_clip_siglip
+from backbone_models import check_pooling_head_model, clip_tokenizer, naive_pooling_grad_eclip, tiny_open_clip_siglip
 
 PROMPTS = ["a person walking", "a red car", "a tree"]
 
@@ -126,19 +126,9 @@ def test_methods_and_refusals(fixed, frames):
     """Catches a class-token method silently reading a patch, a grid off by one without a class token, and a
     tower gradeclip cannot decompose taken silently: methods run on non-square frames with timm's fixed-size
     tower (the adapter resamples the positions itself), class-token methods refuse in one line."""
-    tok = clip_tokenizer(16)
-    for method, options in [("grad_eclip", {}), ("grad_eclip", {"single_head": True}), ("grad_cam", {}),
-                            ("maskclip", {}), ("rise", {"n_masks": 16}), ("gradcam_pp", {})]:
-        result = explain(fixed, frames, PROMPTS, method=method, tokenizer=tok, progress=False, **options)
-        assert result.raw.shape == (2, 3, 3, 5) and np.isfinite(result.raw).all(), method
-        assert method == "rise" or result.raw.max() > 0, method
-    for method in ("self_attention", "rollout", "game"):
-        with pytest.raises(ValueError, match=f"^{method} needs the image embedding to be the class token's row; CustomTextCLIP pools"):
-            explain(fixed, frames, PROMPTS, method=method, tokenizer=tok, progress=False)
-    with pytest.raises(ValueError, match="layers must be 1"):
-        grad_eclip_image(fixed, torch.randn(1, 3, 32, 32), torch.randn(1, 64), layers=2)
-    with pytest.raises(TypeError, match="word importance needs open_clip's own text transformer"):
-        gradeclip.word_importance(fixed, frames[0], "a dog", tokenizer=tok)
+    check_pooling_head_model(fixed, frames, PROMPTS, grid=(3, 5), name="CustomTextCLIP", text_width=64,
+                             words_error=TypeError, words_match="word importance needs open_clip's own text "
+                                                                "transformer")
 
 
 def test_other_timm_towers_are_refused():
@@ -229,14 +219,5 @@ def test_attentional_pooler_scores_methods_and_refusals(coca, frames):
         cos = image @ text.T
     np.testing.assert_allclose(result.cosine, cos.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(result.probs, (scale * cos).softmax(-1).numpy(), rtol=1e-5, atol=1e-6)
-    tok = clip_tokenizer(16)
-    for method in ("grad_eclip", "grad_cam", "maskclip", "gradcam_pp"):
-        raw = explain(coca, frames, PROMPTS, method=method, tokenizer=tok, progress=False).raw
-        assert raw.shape == (2, 3, 3, 5) and np.isfinite(raw).all() and raw.max() > 0, method
-    for method in ("self_attention", "rollout", "game"):
-        with pytest.raises(ValueError, match=f"^{method} needs the image embedding to be the class token's row; CoCa pools"):
-            explain(coca, frames, PROMPTS, method=method, tokenizer=tok, progress=False)
-    with pytest.raises(ValueError, match="layers must be 1"):
-        grad_eclip_image(coca, torch.randn(1, 3, 32, 32), torch.randn(1, 32), layers=2)
-    with pytest.raises(TypeError, match="word importance needs open_clip's own text transformer"):
-        gradeclip.word_importance(coca, frames[0], "a dog", tokenizer=tok)
+    check_pooling_head_model(coca, frames, PROMPTS, grid=(3, 5), name="CoCa", text_width=32, words_error=TypeError,
+                             words_match="word importance needs open_clip's own text transformer")
