@@ -5,7 +5,6 @@ import json
 import re
 import sys
 import types
-from pathlib import Path
 
 import nbformat
 import pytest

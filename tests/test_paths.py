@@ -1,6 +1,5 @@
 """Notebook/CLI parameter values: "sample" videos, the "shapes" model, and where outputs/ is."""
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

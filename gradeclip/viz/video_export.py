@@ -9,7 +9,6 @@ import cv2
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-from PIL import Image
 
 from .figures import display_name, overlay
 from ..io.frames import read_frames
