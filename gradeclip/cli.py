@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .checks import positive_int_arg
+from .files import INTERRUPT_STATUS, Interrupted
 from .viz.export import export_frame, export_video, export_words
 
 DEFAULT_MODEL = "ViT-B/32"
@@ -281,6 +282,12 @@ def _main(argv: Optional[List[str]]) -> int:
             return 1
         commands = {"explain": _explain, "video": _video, "demo": _demo, "evaluate": _evaluate, "batch": _batch}
         return commands[args.command](args)
+    except Interrupted as err:  # a command caught Ctrl-C and says what was completed and how to resume
+        print(f"gradeclip: interrupted: {' '.join(str(err).split())}", file=sys.stderr)
+        return INTERRUPT_STATUS
+    except KeyboardInterrupt:
+        print("gradeclip: interrupted: no output file was left incomplete under its final name", file=sys.stderr)
+        return INTERRUPT_STATUS
     except (_UserError, FileNotFoundError, ValueError, IndexError, TypeError, RuntimeError, OSError) as err:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"gradeclip: error: {message}", file=sys.stderr)

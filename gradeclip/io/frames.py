@@ -35,7 +35,11 @@ def data_dir() -> Path:
 class VideoInfo:
     """Metadata of a video: frame count (frames that decode), average frames per second, frame size in pixels as
     displayed (rotation applied), duration in seconds, whether the frame rate is variable, each frame's
-    presentation time in seconds (``times``, a tuple of N floats) and the codec's FFmpeg name."""
+    presentation time in seconds (``times``, a tuple of N floats) and the codec's FFmpeg name.
+
+    ``declared_frames``: the frame count the container declares (its header, or its duration times its rate where
+    it has no count), None where it declares neither; a video whose ``num_frames`` is below it is truncated or
+    damaged, and callers that count data must say so rather than count it complete."""
 
     num_frames: int
     fps: float
@@ -45,6 +49,7 @@ class VideoInfo:
     variable_rate: bool = False
     times: tuple = ()
     codec: str = ""
+    declared_frames: Optional[int] = None
 
 
 def sample_video() -> str:
