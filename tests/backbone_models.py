@@ -236,3 +236,59 @@ def check_pooling_head_model(model, frames, prompts, *, grid, name, text_width, 
         gradeclip.grad_eclip_image(model, torch.randn(1, 3, 32, 32), torch.randn(1, text_width), layers=2)
     with pytest.raises(words_error, match=words_match):
         gradeclip.word_importance(model, frames[0], "a dog", tokenizer=tok)
+
+
+# A vocabulary in which case, punctuation and accents change the ids, and whose end token (id 1) is not the largest
+# id, so that reading the end of text by argmax, or skipping a library's text cleaning, gives other numbers.
+SPECIALS = ["<pad>", "</s>", "<unk>", "<s>"]
+WORDS = ["a", "photo", "of", "dog", "A", "Photo", "Dog", ".", ",", "!", "été", "ÉTÉ", "café", "Café", "person",
+         "walking", "red", "car", "tree", "two", "cats", "word", "##s"]
+PAD, EOS, UNK, BOS = range(4)
+
+
+def write_wordpiece_tokenizer(folder, *, model_max_length, bos=False):
+    """A WordPiece tokenizer built with the ``tokenizers`` library (no lower-casing, no accent stripping, BERT's
+    split on whitespace and punctuation; ids: <pad> 0, </s> 1, <unk> 2, <s> 3, then ``WORDS``), each prompt ended
+    by </s> (and started by <s> with ``bos``), saved with transformers' ``PreTrainedTokenizerFast.save_pretrained``
+    into ``folder``. Returns the transformers tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single=("<s> " if bos else "") + "$A </s>", special_tokens=[("<s>", BOS), ("</s>", EOS)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>",
+                                   bos_token="<s>", model_max_length=model_max_length)
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+def write_open_clip_hf_tokenizer_model(folder, *, context_length=16, seed=0):
+    """An open_clip folder (``open_clip_config.json``, weights, tokenizer files) of a small ``CustomTextCLIP``
+    whose text side is configured as open_clip's SigLIP models are: an HF tokenizer (``hf_tokenizer_name``; for a
+    local folder open_clip reads the folder's own) with ``clean="canonicalize"``, no causal mask, read at the last
+    token, a logit bias. Random weights, every one perturbed. Returns the folder as str."""
+    import json
+    from pathlib import Path
+
+    from open_clip.model import CustomTextCLIP
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_wordpiece_tokenizer(folder, model_max_length=context_length)
+    cfg = {"embed_dim": 32, "init_logit_bias": -3.0, "custom_text": True,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
+           "text_cfg": {"context_length": context_length, "vocab_size": len(SPECIALS) + len(WORDS),
+                        "hf_tokenizer_name": "local-wordpiece", "tokenizer_kwargs": {"clean": "canonicalize"},
+                        "width": 64, "heads": 1, "layers": 1, "no_causal_mask": True, "proj_bias": True,
+                        "pool_type": "last"}}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    torch.manual_seed(seed)
+    model = CustomTextCLIP(**{k: v for k, v in cfg.items() if k != "custom_text"})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return str(folder)

@@ -59,6 +59,7 @@ def _layer_finish(layer, x, o):
 
 class _HFBackbone(Backbone):
     library = "transformers"
+    takes_attention_mask = True  # get_text_features gets the mask the tokenizer returns, as the library's pipeline
 
     def __init__(self, model, tokenizer=None, name: str = ""):
         super().__init__(model, tokenizer, name)
@@ -112,8 +113,8 @@ class _HFBackbone(Backbone):
     def encode_image(self, pixels):
         return _features(self.model.get_image_features(pixel_values=pixels))
 
-    def encode_text(self, tokens):
-        return _features(self.model.get_text_features(input_ids=tokens))
+    def encode_text(self, tokens, attention_mask=None):
+        return _features(self.model.get_text_features(input_ids=tokens, attention_mask=attention_mask))
 
     def preprocess(self):
         from .pixels import square_transform
