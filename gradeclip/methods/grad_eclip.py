@@ -144,8 +144,8 @@ def grad_eclip_text(model, pixels: torch.Tensor, tokens: torch.Tensor, *, layers
     ``model``: as for ``grad_eclip_image``, with a CLIP-style text tower (causal, read at the end-of-text token:
     openai-clip, open_clip, transformers ``CLIPModel``). ``pixels``: (1, 3, S, S) preprocessed image (the
     library's own transform); its embedding is the ordinary image forward. ``tokens``: (K, T) token ids as the
-    model's tokenizer gives them. The end-of-text token is the query; keys and values span the whole sequence; the
-    last ``layers`` text blocks are decomposed.
+    model's tokenizer gives them (T the tokenizer's length, at most the tower's positions). The end-of-text token
+    is the query; keys and values span the whole sequence; the last ``layers`` text blocks are decomposed.
 
     Returns K float32 tensors (on the model's device), one weight per word token between start and end token,
     each summing to 1, or all zeros when no token has positive relevance.
@@ -154,8 +154,8 @@ def grad_eclip_text(model, pixels: torch.Tensor, tokens: torch.Tensor, *, layers
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[0] != 1:
         raise ValueError(f"pixels must be one preprocessed image (1, 3, S, S), got "
                          f"{tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__}")
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != bb.context_length:
-        raise ValueError(f"tokens must be (K, {bb.context_length}) token ids from the model's tokenizer, got "
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or not 0 < tokens.shape[1] <= bb.context_length:
+        raise ValueError(f"tokens must be (K, T<={bb.context_length}) token ids from the model's tokenizer, got "
                          f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
     tokens = tokens.to(bb.device).long()
     x0 = bb.text_embed(tokens)  # refuses text towers it cannot decompose before any work
