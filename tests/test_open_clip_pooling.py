@@ -54,6 +54,20 @@ def test_dense_forward_is_open_clip_own(fixed, dynamic):
         torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-6)
 
 
+def test_decomposed_last_block_readout_is_open_clip_own(fixed, dynamic):
+    """Catches q and k swapped (or v taken for k, a per-head q/k norm skipped) in the adapter's decomposed
+    attention, which Grad-CAM and GradCAM++ read the score through (``Backbone.readout``: the last block from q, k,
+    v, then the head): that readout equals open_clip's ``encode_image`` within 1e-5, square and non-square."""
+    torch.manual_seed(5)
+    for model, size in [(fixed, (32, 32)), (dynamic, (24, 40))]:
+        pixels = torch.randn(2, 3, *size)
+        bb = backbone_of(model)
+        with torch.no_grad():
+            want = model.encode_image(pixels)
+            got = bb.readout(bb.tokens_before(pixels, -1), bb.depth - 1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_open_clip_vit_b_16_siglip_config():
     """Catches an adapter that fits only the small test tower: open_clip's own ``ViT-B-16-SigLIP`` configuration
     (random weights, no download) is taken, and its dense forward is ``encode_image`` exactly at 224 x 224."""
@@ -68,7 +82,7 @@ def test_open_clip_vit_b_16_siglip_config():
         torch.testing.assert_close(bb.encode_pixels(pixels), model.encode_image(pixels), rtol=0, atol=0)
 
 
-def _open_clip_naive(model, pixels, text):
+def _open_clip_naive(model, pixels, text, heads=None):
     """The shared naive reference fed with open_clip/timm's own pieces: the trunk's ``forward_features`` (final
     norm included), the latent's query, the two halves of the fused kv and the rest of the head."""
     trunk, ap = model.visual.trunk, model.visual.trunk.attn_pool
@@ -83,8 +97,8 @@ def _open_clip_naive(model, pixels, text):
         y = y + ap.mlp(ap.norm(y))
         return model.visual.head(trunk.head(trunk.fc_norm(y)))
 
-    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, ap.num_heads, rest,
-                                    text)
+    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, heads or ap.num_heads,
+                                    rest, text)
 
 
 @pytest.mark.parametrize("size", [(32, 32), (24, 40)])
@@ -103,6 +117,19 @@ def test_grad_eclip_matches_naive_reference(dynamic, size):
                                rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(features, dynamic.encode_image(pixels), rtol=1e-5, atol=1e-6)
+
+
+def test_single_head_grad_eclip_matches_naive_single_head_reference(dynamic):
+    """Catches ``single_head`` ignored under the attention-pooling head (the official code's one head over the
+    full width): single_head=True equals the naive loop reference run with one head, and differs from the
+    model's own heads."""
+    torch.manual_seed(3)
+    pixels, text = torch.randn(2, 3, 24, 40), torch.randn(2, 64)
+    got = gradeclip.grad_eclip_image(dynamic, pixels, text, single_head=True)
+    want, _ = _open_clip_naive(dynamic, pixels, text, heads=1)
+    torch.testing.assert_close(got, want.reshape(2, 2, 3, 5), rtol=1e-4, atol=1e-6)
+    heads = gradeclip.grad_eclip_image(dynamic, pixels, text)
+    assert (got - heads).abs().max() > 1e-3 * heads.abs().max()
 
 
 def test_scores_and_probs_are_open_clip_own(fixed):

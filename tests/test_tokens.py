@@ -247,3 +247,25 @@ def test_open_clip_eos_pooling_reads_the_end_token():
     frame = (np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8)
     words = gradeclip.word_importance(bb, frame, PROMPTS[1], layers=2)
     assert [w for w, _ in words] == ["ÉTÉ", ",", "café", "!"]
+
+
+@pytest.mark.parametrize("command", ["explain", "video"])
+def test_cli_truncate_flag(command, checkpoint, tmp_path, capsys):
+    """Catches a --truncate flag that is not passed on (``video`` tokenizes inside ``explain_video``, which takes
+    no truncate argument) and an error that names an option the command line does not have: an over-long prompt
+    is refused in one line naming --truncate (exit 1), and with --truncate it is cut with a warning and the run
+    completes."""
+    from conftest import numbered_frames, write_video
+    from gradeclip.cli import main
+
+    video = write_video(tmp_path / "clip.avi", numbered_frames(3, 32, 48))
+    args = [command, video, "-p", "a dog", "-p", "word " * 100, "--model", str(checkpoint), "--dpi", "30"]
+    args += [] if command == "explain" else ["--no-gif"]
+    assert main(args + ["--out", str(tmp_path / "refused")]) == 1
+    err = capsys.readouterr().err
+    assert "context length is 77" in err and "--truncate" in err
+    assert len([line for line in err.splitlines() if "context length" in line]) == 1
+    assert main(args + ["--out", str(tmp_path / "cut"), "--truncate"]) == 0
+    err = capsys.readouterr().err
+    assert "truncated to the tokenizer's context length 77" in err
+    assert any((tmp_path / "cut").glob("*.json"))
