@@ -194,8 +194,9 @@ def save_hf_clip(model, folder):
     return str(folder)
 
 
-def save_open_clip(model, folder):
-    """An openai-clip model saved as an open_clip local folder (open_clip_config.json + weights)."""
+def save_open_clip(model, folder, preprocess_cfg=None):
+    """An openai-clip model saved as an open_clip local folder (open_clip_config.json + weights), with
+    ``preprocess_cfg`` (e.g. ``{"resize_mode": "squash"}``) as its preprocessing configuration."""
     import json
     from pathlib import Path
 
@@ -208,7 +209,8 @@ def save_open_clip(model, folder):
                         "layers": len(model.transformer.resblocks)}}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg,
+                                                              "preprocess_cfg": preprocess_cfg or {}}))
     torch.save(as_open_clip(model).state_dict(), folder / "open_clip_pytorch_model.bin")
     return str(folder)
 
