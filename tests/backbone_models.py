@@ -215,21 +215,34 @@ def save_open_clip(model, folder, preprocess_cfg=None):
     return str(folder)
 
 
-def check_pooling_head_model(model, frames, prompts, *, grid, name, text_width, words_error, words_match):
-    """What every model pooled by an attention head must do (SigLIP of either library, CoCa): the methods that do
-    not read the class token run on non-square ``frames`` with maps of ``grid`` (h, w) that are finite and, except
-    RISE (it clips negative saliency, and a random model's cosines may all be negative), somewhere positive; the
-    class-token methods, ``layers=2`` and word importance refuse in one line naming the model class ``name``."""
+def check_pooling_head_model(model, frames, prompts, *, grid, name, text_width, words_error, words_match,
+                             reference):
+    """What every model pooled by an attention head must do (SigLIP of either library, CoCa), on non-square
+    ``frames`` with maps of ``grid`` (h, w): Grad-ECLIP's maps (the model's heads, and ``single_head``) equal the
+    naive loop reference ``reference(pixels, text_features, heads)`` -> (maps (B, K, h*w), cosines (B, K)) built
+    from the library's own pieces (``heads`` None: the model's); every method's cosine is the model's own (the
+    reference's, with the model's heads), its maps finite and, except RISE (it clips negative saliency, and a random
+    model's cosines may all be negative), somewhere positive; the class-token methods, ``layers=2`` and word
+    importance refuse in one line naming the model class ``name``."""
     import pytest
 
     import gradeclip
 
     tok = clip_tokenizer(16)
+    pixels = gradeclip.to_pixels(model, frames)
+    text = gradeclip.encode_prompts(model, prompts, tokenizer=tok)
+    want = {False: reference(pixels, text, None), True: reference(pixels, text, 1)}
+    own = want[False][1].numpy()
+    assert want[False][0].max() > 0 and not np.allclose(want[False][0], want[True][0])
     for method, options in [("grad_eclip", {}), ("grad_eclip", {"single_head": True}), ("grad_cam", {}),
                             ("maskclip", {}), ("rise", {"n_masks": 16}), ("gradcam_pp", {})]:
         result = gradeclip.explain(model, frames, prompts, method=method, tokenizer=tok, progress=False, **options)
         assert result.raw.shape == (len(frames), len(prompts), *grid) and np.isfinite(result.raw).all(), method
         assert method == "rise" or result.raw.max() > 0, method
+        np.testing.assert_allclose(result.cosine, own, rtol=0, atol=1e-5, err_msg=method)
+        if method == "grad_eclip":
+            maps = want[bool(options)][0].reshape(len(frames), len(prompts), *grid).numpy()
+            np.testing.assert_allclose(result.raw, maps, rtol=1e-4, atol=1e-6 * maps.max(), err_msg=str(options))
     for method in ("self_attention", "rollout", "game"):
         with pytest.raises(ValueError, match=f"^{method} needs the image embedding to be the class token's row; "
                                              f"{name} pools"):

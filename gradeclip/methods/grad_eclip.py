@@ -16,7 +16,7 @@ them (CoCa) takes part in the attention but gets no map entry, and lambda is min
 
 By default the decomposed blocks use the model's own heads, so the explained score is exactly the model's cosine.
 ``single_head=True`` reproduces the official code, which runs the decomposed blocks as one head over the full width
-and so explains a slightly different score.
+and so explains a slightly different score; the score reported with its maps is still the model's own.
 """
 from __future__ import annotations
 
@@ -79,12 +79,19 @@ def grad_eclip_image(model, pixels: torch.Tensor, text_features: torch.Tensor, *
 
 def grad_eclip_image_with_features(model, pixels: torch.Tensor, text_features: torch.Tensor, *, layers: int = 1,
                                    single_head: bool = False, spatial_weight: bool = True):
-    """``grad_eclip_image`` plus the image features (B, D) of the same forward (not normalised), so that scores
-    need no second forward. Returns ``(maps, image_features)``."""
+    """``grad_eclip_image`` plus the model's own image features (B, D) (not normalised): those of the same
+    forward, so that scores need no second forward; with ``single_head`` (whose decomposed forward is not the
+    model's) those of a second, ordinary forward, so that the score reported is always the model's own.
+    Returns ``(maps, image_features)``."""
     bb = backbone_of(model)
     grid = bb.check_pixels(pixels)
-    if not bb.has_class_token:
-        return _pooling_head(bb, pixels, text_features, layers, single_head, spatial_weight, grid)
+    explain = _class_token if bb.has_class_token else _pooling_head
+    maps, features = explain(bb, pixels, text_features, layers, single_head, spatial_weight, grid)
+    return maps, (bb.encode_pixels(pixels) if single_head else features)
+
+
+def _class_token(bb, pixels, text_features, layers, single_head, spatial_weight, grid):
+    """Grad-ECLIP where the embedding is the class token's row: the last ``layers`` blocks decomposed."""
     n = _layer_count(layers, bb.depth, "image")
     text = bb.unit_text(text_features)
 
