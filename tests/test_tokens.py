@@ -191,15 +191,17 @@ def test_transformers_ids_and_score_are_the_library_own(which, square, request):
 
 
 def test_transformers_over_long_prompt(hf_siglip):
-    """Catches a silent cut at the tokenizer's length: refused in one line naming --truncate, cut with a warning
-    to the tokenizer's own truncation when asked."""
+    """Catches a silent cut at the tokenizer's length, or a prompt checked against the tower's 24 positions
+    instead (21 tokens fit the tower, not the tokenizer): refused in one line naming --truncate, cut with a
+    warning to the tokenizer's own truncation when asked."""
     model, tok = hf_siglip
     bb = backbone_of(model, tok)
-    with pytest.raises(ValueError, match=r"is 31 tokens long; the tokenizer's context length is 16 .*--truncate"):
-        bb.tokenize(["a dog", LONG])
+    long = "a photo of a dog " * 4  # 20 words and </s>
+    with pytest.raises(ValueError, match=r"is 21 tokens long; the tokenizer's context length is 16 .*--truncate"):
+        bb.tokenize(["a dog", long])
     with pytest.warns(UserWarning, match="truncated"):
-        got = bb.tokenize(["a dog", LONG], truncate=True)
-    want = tok(["a dog", LONG], padding="max_length", truncation=True, return_tensors="pt")["input_ids"]
+        got = bb.tokenize(["a dog", long], truncate=True)
+    want = tok(["a dog", long], padding="max_length", truncation=True, return_tensors="pt")["input_ids"]
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
