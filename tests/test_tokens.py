@@ -271,3 +271,31 @@ def test_cli_truncate_flag(command, checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "truncated to the tokenizer's context length 77" in err
     assert any((tmp_path / "cut").glob("*.json"))
+
+
+def test_open_clip_hf_text_tower_is_padded_to_the_tokenizer_length(tmp_path):
+    """Catches prompts padded to a Hugging Face text tower's maximum (xlm-roberta's 514 positions, 5x slower)
+    instead of open_clip's tokenizer length: a small xlm-roberta-shaped ``HFTextEncoder`` (40 positions, built
+    offline from a local config) with open_clip's ``HFTokenizer`` at 16 gets 16 ids per prompt, and its text
+    features equal ``encode_text`` of open_clip's own tokens."""
+    from open_clip.model import CustomTextCLIP
+    from open_clip.tokenizer import HFTokenizer
+    from transformers import XLMRobertaConfig
+
+    write_wordpiece_tokenizer(tmp_path, model_max_length=512)
+    XLMRobertaConfig(vocab_size=len(SPECIALS) + len(WORDS), hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=40, pad_token_id=PAD,
+                     type_vocab_size=1).save_pretrained(str(tmp_path))
+    torch.manual_seed(0)
+    model = CustomTextCLIP(16, vision_cfg={"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
+                           text_cfg={"hf_model_name": str(tmp_path), "hf_tokenizer_name": str(tmp_path),
+                                     "hf_model_pretrained": False, "hf_pooler_type": "mean_pooler"}).eval()
+    tok = HFTokenizer(str(tmp_path), context_length=16)
+    bb = backbone_of(model, tok)
+    assert bb.context_length == 40
+    tokens = bb.tokenize(PROMPTS)
+    assert tokens.shape == (3, 16)
+    torch.testing.assert_close(tokens, tok(PROMPTS), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.encode_prompts(PROMPTS), model.encode_text(tok(PROMPTS)), rtol=1e-5,
+                                   atol=1e-6)
