@@ -4,6 +4,7 @@ CLIP: class token, ``pre_layrnorm``, encoder layers, ``post_layernorm`` on the c
 the text is read at the end-of-text token. SigLIP: no class token; after ``post_layernorm`` the attention-pooling
 head's probe is the query of one ``nn.MultiheadAttention`` over all patch tokens, then the head's LayerNorm and MLP
 residual give the embedding (no projection); the score is ``sigmoid(exp(logit_scale) * cos + logit_bias)``.
+Text features are ``get_text_features`` of the tokenizer's ids with the attention mask it returns (``tokens.py``).
 """
 from __future__ import annotations
 
