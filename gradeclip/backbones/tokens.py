@@ -64,7 +64,7 @@ def _transformers_inputs(tok, prompts: list, length: int, truncate: bool):
     ``length``, the tower's positions)."""
     own = getattr(tok, "model_max_length", None)
     size = own if isinstance(own, int) and 0 < own <= length else length
-    counts = [len(ids) for ids in tok(prompts, truncation=False)["input_ids"]]
+    counts = [len(ids) for ids in tok(prompts, truncation=False, verbose=False)["input_ids"]]  # no log line
     for prompt, n in zip(prompts, counts):
         if n > size:
             too_long(prompt, n, size, truncate)
