@@ -49,6 +49,8 @@ def _common(p) -> None:
                         "open_clip:ViT-B-32/laion2b_s34b_b79k), hf:REPO_OR_FOLDER (e.g. hf:google/siglip-base-"
                         "patch16-224), or a local checkpoint or model folder (default: $GRADECLIP_MODEL or ViT-B/32)")
     p.add_argument("--out", "-o", default="outputs", metavar="DIR", help="output folder (default: outputs)")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut prompts longer than the tokenizer's context length (with a warning) instead of refusing")
     p.add_argument("--method", default="grad_eclip", metavar="NAME",
                    help=f"explanation method: {', '.join(METHOD_NAMES)} (default: grad_eclip)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
@@ -174,15 +176,20 @@ def _check_common(args) -> None:
     _check_out(args.out)
 
 
-def _load_model(name: str, device):
+def _load_model(name: str, device, truncate: bool = False):
     """``load_clip`` with a CLI message when a model name's weights are neither cached nor downloadable: the
-    expected file, the cache folder and ``--model PATH``."""
+    expected file, the cache folder and ``--model PATH``; with ``truncate`` (``--truncate``) the model cuts
+    over-long prompts instead of refusing them."""
     from .backbones.model import DEFAULT_CACHE, load_clip  # first: it imports clip with its warning silenced
 
     import clip
 
     try:
-        return load_clip(name, device=device)
+        model, preprocess = load_clip(name, device=device)
+        if truncate:
+            from .backbones.base import with_truncation
+            model = with_truncation(model)
+        return model, preprocess
     except RuntimeError as err:
         if name not in clip.available_models():
             raise
@@ -200,7 +207,7 @@ def _video(args) -> int:
     from .io.frames import list_videos
 
     videos = list_videos(args.video, lambda entry, why: print(f"gradeclip: skipped {entry}: {why}", file=sys.stderr))
-    model, _ = _load_model(args.model, args.device)
+    model, _ = _load_model(args.model, args.device, args.truncate)
     from .eval.shapes import warn_unknown_words
 
     warn_unknown_words(model, args.prompt)
@@ -244,7 +251,7 @@ def _explain(args) -> int:
     info = video_info(args.video)
     index = int(resolve_indices(args.frame, info.num_frames)[0])
     frames = read_frames(args.video, [index], max_side=MAX_SIDE)  # a 4K frame explained at 1920 px
-    model, _ = _load_model(args.model, args.device)
+    model, _ = _load_model(args.model, args.device, args.truncate)
     result = explain(model, frames, args.prompt, method=args.method)
     name = f"{Path(args.video).stem}_frame{index}_{args.method}"
     paths = export_frame(result, name, args.out, dpi=args.dpi, cmap=args.cmap, alpha=args.alpha,

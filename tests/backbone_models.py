@@ -194,8 +194,9 @@ def save_hf_clip(model, folder):
     return str(folder)
 
 
-def save_open_clip(model, folder):
-    """An openai-clip model saved as an open_clip local folder (open_clip_config.json + weights)."""
+def save_open_clip(model, folder, preprocess_cfg=None):
+    """An openai-clip model saved as an open_clip local folder (open_clip_config.json + weights), with
+    ``preprocess_cfg`` (e.g. ``{"resize_mode": "squash"}``) as its preprocessing configuration."""
     import json
     from pathlib import Path
 
@@ -208,26 +209,40 @@ def save_open_clip(model, folder):
                         "layers": len(model.transformer.resblocks)}}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg,
+                                                              "preprocess_cfg": preprocess_cfg or {}}))
     torch.save(as_open_clip(model).state_dict(), folder / "open_clip_pytorch_model.bin")
     return str(folder)
 
 
-def check_pooling_head_model(model, frames, prompts, *, grid, name, text_width, words_error, words_match):
-    """What every model pooled by an attention head must do (SigLIP of either library, CoCa): the methods that do
-    not read the class token run on non-square ``frames`` with maps of ``grid`` (h, w) that are finite and, except
-    RISE (it clips negative saliency, and a random model's cosines may all be negative), somewhere positive; the
-    class-token methods, ``layers=2`` and word importance refuse in one line naming the model class ``name``."""
+def check_pooling_head_model(model, frames, prompts, *, grid, name, text_width, words_error, words_match,
+                             reference):
+    """What every model pooled by an attention head must do (SigLIP of either library, CoCa), on non-square
+    ``frames`` with maps of ``grid`` (h, w): Grad-ECLIP's maps (the model's heads, and ``single_head``) equal the
+    naive loop reference ``reference(pixels, text_features, heads)`` -> (maps (B, K, h*w), cosines (B, K)) built
+    from the library's own pieces (``heads`` None: the model's); every method's cosine is the model's own (the
+    reference's, with the model's heads), its maps finite and, except RISE (it clips negative saliency, and a random
+    model's cosines may all be negative), somewhere positive; the class-token methods, ``layers=2`` and word
+    importance refuse in one line naming the model class ``name``."""
     import pytest
 
     import gradeclip
 
     tok = clip_tokenizer(16)
+    pixels = gradeclip.to_pixels(model, frames)
+    text = gradeclip.encode_prompts(model, prompts, tokenizer=tok)
+    want = {False: reference(pixels, text, None), True: reference(pixels, text, 1)}
+    own = want[False][1].numpy()
+    assert want[False][0].max() > 0 and not np.allclose(want[False][0], want[True][0])
     for method, options in [("grad_eclip", {}), ("grad_eclip", {"single_head": True}), ("grad_cam", {}),
                             ("maskclip", {}), ("rise", {"n_masks": 16}), ("gradcam_pp", {})]:
         result = gradeclip.explain(model, frames, prompts, method=method, tokenizer=tok, progress=False, **options)
         assert result.raw.shape == (len(frames), len(prompts), *grid) and np.isfinite(result.raw).all(), method
         assert method == "rise" or result.raw.max() > 0, method
+        np.testing.assert_allclose(result.cosine, own, rtol=0, atol=1e-5, err_msg=method)
+        if method == "grad_eclip":
+            maps = want[bool(options)][0].reshape(len(frames), len(prompts), *grid).numpy()
+            np.testing.assert_allclose(result.raw, maps, rtol=1e-4, atol=1e-6 * maps.max(), err_msg=str(options))
     for method in ("self_attention", "rollout", "game"):
         with pytest.raises(ValueError, match=f"^{method} needs the image embedding to be the class token's row; "
                                              f"{name} pools"):
@@ -236,3 +251,59 @@ def check_pooling_head_model(model, frames, prompts, *, grid, name, text_width, 
         gradeclip.grad_eclip_image(model, torch.randn(1, 3, 32, 32), torch.randn(1, text_width), layers=2)
     with pytest.raises(words_error, match=words_match):
         gradeclip.word_importance(model, frames[0], "a dog", tokenizer=tok)
+
+
+# A vocabulary in which case, punctuation and accents change the ids, and whose end token (id 1) is not the largest
+# id, so that reading the end of text by argmax, or skipping a library's text cleaning, gives other numbers.
+SPECIALS = ["<pad>", "</s>", "<unk>", "<s>"]
+WORDS = ["a", "photo", "of", "dog", "A", "Photo", "Dog", ".", ",", "!", "été", "ÉTÉ", "café", "Café", "person",
+         "walking", "red", "car", "tree", "two", "cats", "word", "##s"]
+PAD, EOS, UNK, BOS = range(4)
+
+
+def write_wordpiece_tokenizer(folder, *, model_max_length, bos=False):
+    """A WordPiece tokenizer built with the ``tokenizers`` library (no lower-casing, no accent stripping, BERT's
+    split on whitespace and punctuation; ids: <pad> 0, </s> 1, <unk> 2, <s> 3, then ``WORDS``), each prompt ended
+    by </s> (and started by <s> with ``bos``), saved with transformers' ``PreTrainedTokenizerFast.save_pretrained``
+    into ``folder``. Returns the transformers tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single=("<s> " if bos else "") + "$A </s>", special_tokens=[("<s>", BOS), ("</s>", EOS)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>",
+                                   bos_token="<s>", model_max_length=model_max_length)
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+def write_open_clip_hf_tokenizer_model(folder, *, context_length=16, seed=0):
+    """An open_clip folder (``open_clip_config.json``, weights, tokenizer files) of a small ``CustomTextCLIP``
+    whose text side is configured as open_clip's SigLIP models are: an HF tokenizer (``hf_tokenizer_name``; for a
+    local folder open_clip reads the folder's own) with ``clean="canonicalize"``, no causal mask, read at the last
+    token, a logit bias. Random weights, every one perturbed. Returns the folder as str."""
+    import json
+    from pathlib import Path
+
+    from open_clip.model import CustomTextCLIP
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_wordpiece_tokenizer(folder, model_max_length=context_length)
+    cfg = {"embed_dim": 32, "init_logit_bias": -3.0, "custom_text": True,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
+           "text_cfg": {"context_length": context_length, "vocab_size": len(SPECIALS) + len(WORDS),
+                        "hf_tokenizer_name": "local-wordpiece", "tokenizer_kwargs": {"clean": "canonicalize"},
+                        "width": 64, "heads": 1, "layers": 1, "no_causal_mask": True, "proj_bias": True,
+                        "pool_type": "last"}}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    torch.manual_seed(seed)
+    model = CustomTextCLIP(**{k: v for k, v in cfg.items() if k != "custom_text"})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return str(folder)

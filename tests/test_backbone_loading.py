@@ -73,3 +73,23 @@ def test_cli_and_video_sidecar_record_library_and_model(folders, tmp_path, capsy
                  "--no-gif", "--dpi", "40"]) == 0
     sidecar = json.loads(next((tmp_path / "v").glob("*_maps.json")).read_text())
     assert sidecar["library"] == "open_clip" and sidecar["model"] == f"open_clip:{oc}"
+
+
+@pytest.mark.parametrize("mode", ["squash", "shortest"])
+def test_open_clip_preprocess_is_open_clip_own(tmp_path, mode):
+    """Catches squash and resize-and-crop swapped (or the folder's resize_mode ignored): ``preprocess()`` of an
+    open_clip folder with ``resize_mode`` squash or shortest equals open_clip's own transform on a non-square
+    image (56 x 40), and the two modes give different pixels (so a swap cannot pass)."""
+    import open_clip
+    from PIL import Image
+
+    folder = save_open_clip(tiny_clip(8), tmp_path / mode, preprocess_cfg={"resize_mode": mode})
+    image = Image.fromarray((np.random.RandomState(1).rand(40, 56, 3) * 255).astype(np.uint8))
+    model, preprocess = load_clip(folder, device="cpu")
+    _, _, own = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    want = own(image)
+    assert want.shape == (3, 32, 32)
+    torch.testing.assert_close(model.preprocess()(image), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(preprocess(image), want, rtol=0, atol=1e-5)
+    other = open_clip.image_transform(32, is_train=False, resize_mode="shortest" if mode == "squash" else "squash")
+    assert (other(image) - want).abs().max() > 0.1

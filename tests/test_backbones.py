@@ -84,15 +84,20 @@ def test_same_weights_same_maps_in_three_libraries(trio, frames, method, options
 
 
 def test_same_weights_same_word_importance(trio, frames):
-    """Catches a wrong end-of-text position or causal mask on the text side of an adapter."""
-    want = gradeclip.word_importance(trio[0][0], frames[0], "a person walking", layers=2)
+    """Catches a wrong end-of-text position, causal mask, head split or block finish on the text side of an
+    adapter: the same weights give the same word weights in three libraries, and those weights are not trivial
+    (a prompt whose weights are all zero, as "a person walking" has on this model, would compare nothing)."""
+    prompt = "a red car on a tree"
+    want = gradeclip.word_importance(trio[0][0], frames[0], prompt, layers=2)
+    values = np.array([v for _, v in want])
+    assert abs(values.sum() - 1) < 1e-5 and (values > 0.05).sum() >= 3 and len(set(values.round(3))) >= 3
     for model, tok in trio[1:]:
-        got = gradeclip.word_importance(model, frames[0], "a person walking", layers=2, tokenizer=tok)
-        assert [w for w, _ in got] == [w for w, _ in want] == ["a", "person", "walking"]
-        np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-4, atol=1e-6)
+        got = gradeclip.word_importance(model, frames[0], prompt, layers=2, tokenizer=tok)
+        assert [w for w, _ in got] == [w for w, _ in want] == ["a", "red", "car", "on", "a", "tree"]
+        np.testing.assert_allclose([v for _, v in got], values, rtol=1e-4, atol=1e-6)
 
 
-def naive_siglip_grad_eclip(model, pixels, text_features):
+def naive_siglip_grad_eclip(model, pixels, text_features, heads=None):
     """The naive reference (``naive_pooling_grad_eclip``) fed with transformers SigLIP's own pieces: the tokens
     after post_layernorm, the head's probe query, its key and value projections and the rest of its head."""
     vm = model.vision_model
@@ -108,8 +113,8 @@ def naive_siglip_grad_eclip(model, pixels, text_features):
         y = attn.out_proj(o)
         return y + head.mlp(head.layernorm(y))
 
-    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, attn.num_heads, rest,
-                                    text_features)
+    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, heads or attn.num_heads,
+                                    rest, text_features)
 
 
 @pytest.mark.parametrize("size", [(32, 32), (24, 40)])
@@ -130,6 +135,29 @@ def test_siglip_grad_eclip_matches_naive_reference(siglip, size):
     torch.testing.assert_close(features, own, rtol=1e-5, atol=1e-6)
 
 
+def test_siglip_single_head_matches_naive_single_head_reference(siglip):
+    """Catches ``single_head`` ignored under SigLIP's pooling head: single_head=True equals the naive reference
+    with one head over the full width, and differs from the model's own heads."""
+    pixels, text = torch.randn(2, 3, 24, 40), torch.randn(2, siglip.config.vision_config.hidden_size)
+    got = gradeclip.grad_eclip_image(siglip, pixels, text, single_head=True)
+    want, _ = naive_siglip_grad_eclip(siglip, pixels, text, heads=1)
+    torch.testing.assert_close(got, want.reshape(2, 2, 3, 5), rtol=1e-4, atol=1e-6)
+    heads = gradeclip.grad_eclip_image(siglip, pixels, text)
+    assert (got - heads).abs().max() > 1e-3 * heads.abs().max()
+
+
+def test_decomposed_last_block_readout_is_the_library_own(trio, siglip):
+    """Catches q and k swapped, or a block's rest (out-projection, MLP) wrong, in an adapter's decomposed
+    attention, through which Grad-CAM and GradCAM++ read the score: ``Backbone.readout`` of the last block equals
+    the library's image embedding within 1e-5."""
+    pixels = torch.randn(2, 3, 32, 32)
+    for model, _ in trio + [(siglip, None)]:
+        bb = backbone_of(model)
+        with torch.no_grad():
+            got = bb.readout(bb.tokens_before(pixels, -1), bb.depth - 1)
+            torch.testing.assert_close(got, _library_image(model, pixels), rtol=1e-5, atol=1e-5)
+
+
 def test_siglip_scores_and_probs_are_the_library_own(siglip):
     """Catches a softmax over prompts where SigLIP scores each prompt with its own sigmoid (and its bias)."""
     frames = (np.random.RandomState(2).rand(2, 32, 32, 3) * 255).astype(np.uint8)
@@ -148,7 +176,9 @@ def test_siglip_scores_and_probs_are_the_library_own(siglip):
 def test_siglip_methods_on_non_square_frames(siglip, frames):
     """Catches a class-token method silently reading a patch on SigLIP, and a grid off by one without one."""
     check_pooling_head_model(siglip, frames, PROMPTS, grid=(3, 5), name="SiglipModel", text_width=128,
-                             words_error=ValueError, words_match="SigLIP's text tower is not supported")
+                             words_error=ValueError, words_match="SigLIP's text tower is not supported",
+                             reference=lambda pixels, text, heads: naive_siglip_grad_eclip(siglip, pixels, text,
+                                                                                           heads))
 
 def test_open_clip_layerscale(frames):
     """Catches an adapter that ignores LayerScale (ls_1, ls_2): open_clip's own ViT with it is explained with its

@@ -54,6 +54,20 @@ def test_dense_forward_is_open_clip_own(fixed, dynamic):
         torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-6)
 
 
+def test_decomposed_last_block_readout_is_open_clip_own(fixed, dynamic):
+    """Catches q and k swapped (or v taken for k, a per-head q/k norm skipped) in the adapter's decomposed
+    attention, which Grad-CAM and GradCAM++ read the score through (``Backbone.readout``: the last block from q, k,
+    v, then the head): that readout equals open_clip's ``encode_image`` within 1e-5, square and non-square."""
+    torch.manual_seed(5)
+    for model, size in [(fixed, (32, 32)), (dynamic, (24, 40))]:
+        pixels = torch.randn(2, 3, *size)
+        bb = backbone_of(model)
+        with torch.no_grad():
+            want = model.encode_image(pixels)
+            got = bb.readout(bb.tokens_before(pixels, -1), bb.depth - 1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_open_clip_vit_b_16_siglip_config():
     """Catches an adapter that fits only the small test tower: open_clip's own ``ViT-B-16-SigLIP`` configuration
     (random weights, no download) is taken, and its dense forward is ``encode_image`` exactly at 224 x 224."""
@@ -68,7 +82,7 @@ def test_open_clip_vit_b_16_siglip_config():
         torch.testing.assert_close(bb.encode_pixels(pixels), model.encode_image(pixels), rtol=0, atol=0)
 
 
-def _open_clip_naive(model, pixels, text):
+def _open_clip_naive(model, pixels, text, heads=None):
     """The shared naive reference fed with open_clip/timm's own pieces: the trunk's ``forward_features`` (final
     norm included), the latent's query, the two halves of the fused kv and the rest of the head."""
     trunk, ap = model.visual.trunk, model.visual.trunk.attn_pool
@@ -83,8 +97,8 @@ def _open_clip_naive(model, pixels, text):
         y = y + ap.mlp(ap.norm(y))
         return model.visual.head(trunk.head(trunk.fc_norm(y)))
 
-    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, ap.num_heads, rest,
-                                    text)
+    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, heads or ap.num_heads,
+                                    rest, text)
 
 
 @pytest.mark.parametrize("size", [(32, 32), (24, 40)])
@@ -103,6 +117,19 @@ def test_grad_eclip_matches_naive_reference(dynamic, size):
                                rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(features, dynamic.encode_image(pixels), rtol=1e-5, atol=1e-6)
+
+
+def test_single_head_grad_eclip_matches_naive_single_head_reference(dynamic):
+    """Catches ``single_head`` ignored under the attention-pooling head (the official code's one head over the
+    full width): single_head=True equals the naive loop reference run with one head, and differs from the
+    model's own heads."""
+    torch.manual_seed(3)
+    pixels, text = torch.randn(2, 3, 24, 40), torch.randn(2, 64)
+    got = gradeclip.grad_eclip_image(dynamic, pixels, text, single_head=True)
+    want, _ = _open_clip_naive(dynamic, pixels, text, heads=1)
+    torch.testing.assert_close(got, want.reshape(2, 2, 3, 5), rtol=1e-4, atol=1e-6)
+    heads = gradeclip.grad_eclip_image(dynamic, pixels, text)
+    assert (got - heads).abs().max() > 1e-3 * heads.abs().max()
 
 
 def test_scores_and_probs_are_open_clip_own(fixed):
@@ -125,10 +152,15 @@ def test_scores_and_probs_are_open_clip_own(fixed):
 def test_methods_and_refusals(fixed, frames):
     """Catches a class-token method silently reading a patch, a grid off by one without a class token, and a
     tower gradeclip cannot decompose taken silently: methods run on non-square frames with timm's fixed-size
-    tower (the adapter resamples the positions itself), class-token methods refuse in one line."""
+    tower (the adapter resamples the positions itself) and match the naive reference run on a twin with the same
+    weights whose timm tower resamples its own positions; class-token methods refuse in one line."""
+    twin = tiny_open_clip_siglip(1, dynamic=True)
+    for (key, a), b in zip(fixed.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(a, b), key
     check_pooling_head_model(fixed, frames, PROMPTS, grid=(3, 5), name="CustomTextCLIP", text_width=64,
                              words_error=TypeError, words_match="word importance needs open_clip's own text "
-                                                                "transformer")
+                                                                "transformer",
+                             reference=lambda pixels, text, heads: _open_clip_naive(twin, pixels, text, heads))
 
 
 def test_other_timm_towers_are_refused():
@@ -164,19 +196,35 @@ def coca():
     return model
 
 
-def _coca_naive(model, pixels, text):
-    """The shared naive reference fed with open_clip's own pieces of CoCa's tower: ``_embeds`` and the blocks,
-    the pooler's ``ln_k`` and first ``ln_q(query)``, the key and value projections (class token attended, not
-    mapped), then ``out_proj``, ``ln_post`` and ``proj``."""
+def _coca_embeds(v, pixels):
+    """open_clip's ``_embeds`` (patches, class token, positions, ln_pre) with the patch positions resized to the
+    pixels' grid by bicubic interpolation (align_corners=False), written here; at the trained grid ``_embeds``."""
+    if pixels.shape[-2:] == (v.image_size[0], v.image_size[1]):
+        return v._embeds(pixels)
+    x = v.conv1(pixels)  # (B, W, h, w)
+    grid = x.shape[-2:]
+    x = x.flatten(2).transpose(1, 2)
+    pos = v.positional_embedding
+    side = round((pos.shape[0] - 1) ** 0.5)
+    patches = F.interpolate(pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2), size=tuple(grid),
+                            mode="bicubic", align_corners=False)[0].flatten(1).T
+    x = torch.cat([v.class_embedding.expand(x.shape[0], 1, -1), x], dim=1) + torch.cat([pos[:1], patches])
+    return v.ln_pre(x)
+
+
+def _coca_naive(model, pixels, text, heads=None):
+    """The shared naive reference fed with open_clip's own pieces of CoCa's tower: ``_embeds`` (``_coca_embeds``
+    off the trained grid) and the blocks, the pooler's ``ln_k`` and first ``ln_q(query)``, the key and value
+    projections (class token attended, not mapped), then ``out_proj``, ``ln_post`` and ``proj``."""
     v = model.visual
     p = v.attn_pool
     a = p.attn
     with torch.no_grad():
-        h = p.ln_k(v.transformer(v._embeds(pixels)))
+        h = p.ln_k(v.transformer(_coca_embeds(v, pixels)))
         wq, wk, wv = a.q_proj_weight, a.k_proj_weight, a.v_proj_weight  # pooler width 32, tower width 128
         bq, bk, bv = a.in_proj_bias.chunk(3)
         q = p.ln_q(p.query)[0] @ wq.T + bq
-    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, a.num_heads,
+    return naive_pooling_grad_eclip(h, q, lambda t: t @ wk.T + bk, lambda t: t @ wv.T + bv, heads or a.num_heads,
                                     lambda o: v.ln_post(a.out_proj(o)) @ v.proj, text, skip=1)
 
 
@@ -220,4 +268,5 @@ def test_attentional_pooler_scores_methods_and_refusals(coca, frames):
     np.testing.assert_allclose(result.cosine, cos.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(result.probs, (scale * cos).softmax(-1).numpy(), rtol=1e-5, atol=1e-6)
     check_pooling_head_model(coca, frames, PROMPTS, grid=(3, 5), name="CoCa", text_width=32, words_error=TypeError,
-                             words_match="word importance needs open_clip's own text transformer")
+                             words_match="word importance needs open_clip's own text transformer",
+                             reference=lambda pixels, text, heads: _coca_naive(coca, pixels, text, heads))

@@ -10,11 +10,12 @@ Tensors are batch-first here: (B, L, W) for B images, L tokens, W channels.
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+
+from .tokens import call_tokenizer, check_prompts, tokenizer_inputs  # noqa: F401 (call_tokenizer: public name)
 
 ACCEPTED_MODELS = ("an openai-clip clip.model.CLIP (ViT), an open_clip CLIP, CustomTextCLIP or CoCa, a transformers "
                    "CLIPModel or SiglipModel, or a gradeclip Backbone")
@@ -166,22 +167,41 @@ class Backbone:
         return (self.logit_scale().float() * cosine.float()).softmax(dim=-1)
 
     # ----- text side
-    def tokenize(self, prompts: Union[str, Sequence[str]], *, truncate: bool = False) -> torch.Tensor:
-        """Token ids (K, T) int64 on the model's device, with the given tokenizer or the model's own."""
+    truncate = False  # True: prompts over the context length are cut with a warning (``with_truncation``)
+    takes_attention_mask = False  # True where encode_text accepts the tokenizer's attention mask (transformers)
+
+    def text_inputs(self, prompts: Union[str, Sequence[str]], *, truncate: Optional[bool] = None
+                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Token ids (K, T) int64 and the tokenizer's attention mask (K, T) or None, on the model's device, from the
+        given tokenizer or the model's own, exactly as the library tokenizes (``tokens.tokenizer_inputs``).
+        Over-long prompts are cut (with a warning) where ``truncate`` or the backbone's ``truncate`` setting is
+        True, else refused in one line."""
         prompts = check_prompts(prompts)
+        truncate = bool(truncate) or self.truncate
         if self.tokenizer is None:
-            return self.default_tokenize(prompts, truncate=truncate)
-        return call_tokenizer(self.tokenizer, prompts, self.context_length, truncate).to(self.device)
+            return self.default_tokenize(prompts, truncate=truncate), None
+        ids, mask = tokenizer_inputs(self.tokenizer, prompts, self.context_length, truncate)
+        return ids.to(self.device), None if mask is None else mask.to(self.device)
+
+    def tokenize(self, prompts: Union[str, Sequence[str]], *, truncate: Optional[bool] = None) -> torch.Tensor:
+        """Token ids (K, T) int64 on the model's device, with the given tokenizer or the model's own; T is the
+        tokenizer's length (77 for CLIP's BPE, 64 for SigLIP's, ...), at most the text tower's positions."""
+        return self.text_inputs(prompts, truncate=truncate)[0]
 
     def default_tokenize(self, prompts, *, truncate: bool = False) -> torch.Tensor:
         raise TypeError(f"{type(self.model).__name__} carries no tokenizer: pass tokenizer= (a callable from a "
-                        f"list of strings to a (K, T) tensor of token ids, or a transformers tokenizer or "
-                        f"processor), or load the model with gradeclip.load_clip, which keeps its tokenizer")
+                        f"list of strings to a (K, T) tensor of token ids, an open_clip tokenizer, or a transformers "
+                        f"tokenizer or processor), or load the model with gradeclip.load_clip, which keeps its "
+                        f"tokenizer")
 
     @torch.no_grad()
-    def encode_prompts(self, prompts, *, truncate: bool = False) -> torch.Tensor:
-        """Text features (K, D) float32, the library's own, not normalised."""
-        return self.encode_text(self.tokenize(prompts, truncate=truncate)).float()
+    def encode_prompts(self, prompts, *, truncate: Optional[bool] = None) -> torch.Tensor:
+        """Text features (K, D) float32, the library's own (its tokenizer, its attention mask where the tower takes
+        one, its ``encode_text``/``get_text_features``), not normalised."""
+        ids, mask = self.text_inputs(prompts, truncate=truncate)
+        if mask is not None and self.takes_attention_mask:
+            return self.encode_text(ids, attention_mask=mask).float()
+        return self.encode_text(ids).float()
 
     def token_words(self, tokens: torch.Tensor) -> list:
         """The word tokens (strings) of one tokenised prompt (T,), between its start token and its query token."""
@@ -194,41 +214,13 @@ class Backbone:
         return [decode_token(t) for t in ids]
 
 
-def check_prompts(prompts) -> list:
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts given: pass at least one text prompt")
-    bad = [p for p in prompts if not isinstance(p, str)]
-    if bad:
-        raise TypeError(f"prompts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}")
-    return prompts
-
-
-def call_tokenizer(tokenizer, prompts: list, length: int, truncate: bool) -> torch.Tensor:
-    """(K, T) token ids from a callable or a transformers tokenizer or processor, T at most ``length``."""
-    tok = getattr(tokenizer, "tokenizer", tokenizer)  # a transformers processor holds its tokenizer
-    if type(tok).__module__.startswith(("transformers", "tokenizers")):
-        ids = tok(prompts, padding="max_length", max_length=length, truncation=False,
-                  return_tensors="pt")["input_ids"]
-        if ids.shape[1] > length:
-            if not truncate:
-                raise ValueError(f"a prompt is {ids.shape[1]} tokens long; the context length is {length}. "
-                                 f"Shorten it or pass truncate=True")
-            warnings.warn(f"prompts truncated to the context length {length}")
-            ids = tok(prompts, padding="max_length", max_length=length, truncation=True,
-                      return_tensors="pt")["input_ids"]
-    elif callable(tok):
-        ids = tok(prompts)
-    else:
-        raise TypeError(f"tokenizer must be a callable (list of strings -> (K, T) token ids) or a transformers "
-                        f"tokenizer or processor, got {type(tokenizer).__name__}")
-    ids = torch.as_tensor(ids)
-    if ids.ndim != 2 or ids.shape[0] != len(prompts) or ids.shape[1] > length or ids.is_floating_point():
-        raise ValueError(f"the tokenizer must return integer token ids (K={len(prompts)}, T<={length}), "
-                         f"got {tuple(ids.shape)} {ids.dtype}")
-    return ids.long()
+def with_truncation(model, truncate: bool = True) -> "Backbone":
+    """The ``Backbone`` of ``model`` (a copy where it is one already) whose prompts longer than the tokenizer's
+    context length are cut with a warning (``truncate=True``) instead of refused, whatever each call asks: the
+    command line's ``--truncate``, for code paths that take no ``truncate`` argument (``explain_video``)."""
+    twin = copy.copy(backbone_of(model))
+    twin.truncate = truncate
+    return twin
 
 
 def backbone_of(model, tokenizer=None) -> Backbone:

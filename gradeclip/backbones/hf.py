@@ -4,6 +4,7 @@ CLIP: class token, ``pre_layrnorm``, encoder layers, ``post_layernorm`` on the c
 the text is read at the end-of-text token. SigLIP: no class token; after ``post_layernorm`` the attention-pooling
 head's probe is the query of one ``nn.MultiheadAttention`` over all patch tokens, then the head's LayerNorm and MLP
 residual give the embedding (no projection); the score is ``sigmoid(exp(logit_scale) * cos + logit_bias)``.
+Text features are ``get_text_features`` of the tokenizer's ids with the attention mask it returns (``tokens.py``).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def _layer_finish(layer, x, o):
 
 class _HFBackbone(Backbone):
     library = "transformers"
+    takes_attention_mask = True  # get_text_features gets the mask the tokenizer returns, as the library's pipeline
 
     def __init__(self, model, tokenizer=None, name: str = ""):
         super().__init__(model, tokenizer, name)
@@ -112,8 +114,8 @@ class _HFBackbone(Backbone):
     def encode_image(self, pixels):
         return _features(self.model.get_image_features(pixel_values=pixels))
 
-    def encode_text(self, tokens):
-        return _features(self.model.get_text_features(input_ids=tokens))
+    def encode_text(self, tokens, attention_mask=None):
+        return _features(self.model.get_text_features(input_ids=tokens, attention_mask=attention_mask))
 
     def preprocess(self):
         from .pixels import square_transform

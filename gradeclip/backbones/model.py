@@ -191,32 +191,35 @@ def tokenize_with_clip_bpe(prompts: Sequence[str], length: int, truncate: bool =
 
     A prompt longer than ``length`` raises ValueError, or is cut (with a warning) when ``truncate=True``.
     """
+    from .tokens import too_long
+
     for prompt in prompts:
         n = len(clip.clip._tokenizer.encode(prompt)) + 2
         if n > length:
-            if not truncate:
-                raise ValueError(f"prompt {prompt[:60]!r}... is {n} tokens long; the context length is {length} "
-                                 f"(including start and end tokens). Shorten it or pass truncate=True")
-            warnings.warn(f"prompt {prompt[:60]!r}... has {n} tokens; truncated to the context length {length}")
+            too_long(prompt, n, length, truncate)
     return clip.tokenize(list(prompts), context_length=length, truncate=truncate).long()
 
 
-def tokenize(model, prompts: Union[str, Sequence[str]], *, truncate: bool = False, tokenizer=None) -> torch.Tensor:
-    """Token ids (K, T) int64 on the model's device for K prompts; T is the model's context length.
+def tokenize(model, prompts: Union[str, Sequence[str]], *, truncate: Optional[bool] = None,
+             tokenizer=None) -> torch.Tensor:
+    """Token ids (K, T) int64 on the model's device for K prompts, exactly as the library's own tokenizer gives
+    them; T is the tokenizer's context length (77 for CLIP's BPE, 64 for SigLIP's, ...).
 
     ``model``: any model ``explain`` accepts; ``tokenizer`` where the model carries none (see ``explain``).
-    A prompt longer than the context length raises ValueError, or is cut (with a warning) when ``truncate=True``.
+    A prompt longer than the context length raises ValueError, or is cut (with a warning) when ``truncate=True``
+    (or where the model is a Backbone made by ``with_truncation``).
     """
     from .base import backbone_of, check_prompts
 
     if isinstance(model, CLIP) and tokenizer is None:
         prompts = check_prompts(prompts)
-        return tokenize_with_clip_bpe(prompts, model.context_length, truncate).to(model.token_embedding.weight.device)
+        return tokenize_with_clip_bpe(prompts, model.context_length, bool(truncate)).to(
+            model.token_embedding.weight.device)
     return backbone_of(model, tokenizer).tokenize(prompts, truncate=truncate)
 
 
 @torch.no_grad()
-def encode_prompts(model, prompts: Union[str, Sequence[str]], *, truncate: bool = False,
+def encode_prompts(model, prompts: Union[str, Sequence[str]], *, truncate: Optional[bool] = None,
                    tokenizer=None) -> torch.Tensor:
     """Text features (K, D) float32, the library's own (``encode_text`` / ``get_text_features``), not normalised."""
     from .base import backbone_of

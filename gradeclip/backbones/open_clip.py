@@ -85,6 +85,10 @@ class OpenClipBackbone(Backbone):
         self.context_length = getattr(self.text, "context_length", getattr(model, "context_length", 77))
         self.text_blocks = getattr(getattr(self.text, "transformer", None), "resblocks", [])
         self.text_depth = len(self.text_blocks)
+        # open_clip's CLIP copies its text tower's pooling onto itself (text_pool_type, text_eos_id); a separate
+        # text tower (CustomTextCLIP's .text) keeps them as pool_type and eos_id
+        self.text_pool_type = getattr(self.text, "pool_type", None) or getattr(model, "text_pool_type", "argmax")
+        self.text_eos_id = getattr(self.text, "eos_id", getattr(model, "text_eos_id", None))
 
     # image side
     def embed_image(self, pixels):
@@ -158,7 +162,7 @@ class OpenClipBackbone(Backbone):
 
     def _check_text(self):
         if not self.text_depth or getattr(self.text, "cls_emb", None) is not None \
-                or getattr(self.text, "pool_type", "argmax") not in ("argmax", "eos"):
+                or self.text_pool_type not in ("argmax", "eos"):
             raise TypeError("word importance needs open_clip's own text transformer read at the end-of-text token; "
                             "this model's text tower is different")
 
@@ -191,9 +195,9 @@ class OpenClipBackbone(Backbone):
         return None if mask is None else mask[:length, :length].to(device=device, dtype=dtype)
 
     def text_query(self, tokens):
-        if getattr(self.text, "pool_type", "argmax") == "eos":
-            return (tokens == self.text.eos_id).int().argmax(dim=-1)
-        return tokens.argmax(dim=-1)
+        if self.text_pool_type == "eos":  # the first end-of-text token, as open_clip's text_global_pool reads it
+            return (tokens == self.text_eos_id).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)  # 'argmax': open_clip's own rule (CLIP's BPE gives the end token the top id)
 
     def text_pool(self, rows):
         x = self.text.ln_final(rows)

@@ -37,9 +37,10 @@ def embed_image(visual, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def embed_text(model, tokens: torch.Tensor) -> torch.Tensor:
-    """Tokens (K, T, W) entering the first text block: token and positional embeddings."""
+    """Tokens (K, T, W) entering the first text block: token and positional embeddings (the first T positions;
+    T is the tokenizer's length, at most the tower's)."""
     x = model.token_embedding(tokens)
-    return x + model.positional_embedding.to(x.dtype)
+    return x + model.positional_embedding[:tokens.shape[1]].to(x.dtype)
 
 
 @torch.no_grad()

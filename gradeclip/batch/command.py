@@ -26,6 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="folders of videos (searched recursively), video files, or a CSV manifest with columns "
                         "path[,masks][,group columns...]")
     b.add_argument("--prompt", "-p", action="append", required=True, metavar="TEXT", help="a prompt; repeat")
+    b.add_argument("--truncate", action="store_true",
+                   help="cut prompts longer than the tokenizer's context length instead of refusing them")
     b.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder of the run")
     b.add_argument("--model", "-m", default=os.environ.get("GRADECLIP_MODEL", "ViT-B/32"), metavar="NAME|PATH",
                    help="CLIP model (default: $GRADECLIP_MODEL or ViT-B/32); must be loadable on every worker")
@@ -73,7 +75,7 @@ def check(args) -> dict:
     output_folder(args.out)
     model = args.model if not os.path.exists(args.model) else str(Path(args.model).resolve())
     return {"prompts": list(args.prompt), "method": args.method, "model": model, "every": args.every,
-            "frames": args.frames, "scale": args.scale,
+            "frames": args.frames, "scale": args.scale, "truncate": args.truncate,
             "masks_root": str(Path(args.masks_root).resolve()) if args.masks_root else None}
 
 

@@ -173,6 +173,9 @@ class VideoWorker:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU when Ray gave this actor one
         self.model, _ = load_clip(self.settings["model"], device=device)
+        if self.settings.get("truncate"):
+            from ..backbones.base import with_truncation
+            self.model = with_truncation(self.model)
         self.out = Path(self.out)
 
     def __call__(self, batch: dict) -> dict:

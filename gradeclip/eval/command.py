@@ -48,6 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ev.add_argument("--first", type=int, choices=(0, 1), default=None,
                     help="number of the first frame in mask names / image_ids (default: 0 if present, else 1)")
     ev.add_argument("--prompt", "-p", action="append", metavar="TEXT", help="with --video: a prompt; repeat")
+    ev.add_argument("--truncate", action="store_true",
+                    help="with --video: cut prompts longer than the tokenizer's context length instead of refusing")
     choose = ev.add_mutually_exclusive_group()
     choose.add_argument("--every", type=positive_int_arg, metavar="K", help="with --video: every K-th frame (default: all)")
     choose.add_argument("--frames", type=positive_int_arg, metavar="N", help="with --video: N evenly spaced frames")
@@ -72,7 +74,7 @@ def check(args) -> None:
         raise ValueError("choose a benchmark: --shapes (synthetic shape scenes) or --video VIDEO with --masks or "
                          "--boxes (your annotations)")
     video_only = {"--masks": args.masks, "--boxes": args.boxes, "--prompt": args.prompt, "--every": args.every,
-                  "--frames": args.frames, "--first": args.first}
+                  "--frames": args.frames, "--first": args.first, "--truncate": args.truncate or None}
     if args.shapes:
         given = [flag for flag, value in video_only.items() if value is not None]
         if given or args.scale != 1.0:
@@ -166,6 +168,9 @@ def _video(args) -> int:
     methods = args.methods or ["grad_eclip"]
     model_name = args.model or os.environ.get("GRADECLIP_MODEL", "ViT-B/32")
     model, _ = load_clip(model_name, device=args.device)
+    if args.truncate:
+        from ..backbones.base import with_truncation
+        model = with_truncation(model)
     total = len(select_indices(info.num_frames, every=args.every, count=args.frames))
     rows, missing, resized = [], [], None
     stem = Path(args.video).stem

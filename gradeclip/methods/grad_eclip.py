@@ -16,7 +16,7 @@ them (CoCa) takes part in the attention but gets no map entry, and lambda is min
 
 By default the decomposed blocks use the model's own heads, so the explained score is exactly the model's cosine.
 ``single_head=True`` reproduces the official code, which runs the decomposed blocks as one head over the full width
-and so explains a slightly different score.
+and so explains a slightly different score; the score reported with its maps is still the model's own.
 """
 from __future__ import annotations
 
@@ -79,12 +79,19 @@ def grad_eclip_image(model, pixels: torch.Tensor, text_features: torch.Tensor, *
 
 def grad_eclip_image_with_features(model, pixels: torch.Tensor, text_features: torch.Tensor, *, layers: int = 1,
                                    single_head: bool = False, spatial_weight: bool = True):
-    """``grad_eclip_image`` plus the image features (B, D) of the same forward (not normalised), so that scores
-    need no second forward. Returns ``(maps, image_features)``."""
+    """``grad_eclip_image`` plus the model's own image features (B, D) (not normalised): those of the same
+    forward, so that scores need no second forward; with ``single_head`` (whose decomposed forward is not the
+    model's) those of a second, ordinary forward, so that the score reported is always the model's own.
+    Returns ``(maps, image_features)``."""
     bb = backbone_of(model)
     grid = bb.check_pixels(pixels)
-    if not bb.has_class_token:
-        return _pooling_head(bb, pixels, text_features, layers, single_head, spatial_weight, grid)
+    explain = _class_token if bb.has_class_token else _pooling_head
+    maps, features = explain(bb, pixels, text_features, layers, single_head, spatial_weight, grid)
+    return maps, (bb.encode_pixels(pixels) if single_head else features)
+
+
+def _class_token(bb, pixels, text_features, layers, single_head, spatial_weight, grid):
+    """Grad-ECLIP where the embedding is the class token's row: the last ``layers`` blocks decomposed."""
     n = _layer_count(layers, bb.depth, "image")
     text = bb.unit_text(text_features)
 
@@ -144,8 +151,8 @@ def grad_eclip_text(model, pixels: torch.Tensor, tokens: torch.Tensor, *, layers
     ``model``: as for ``grad_eclip_image``, with a CLIP-style text tower (causal, read at the end-of-text token:
     openai-clip, open_clip, transformers ``CLIPModel``). ``pixels``: (1, 3, S, S) preprocessed image (the
     library's own transform); its embedding is the ordinary image forward. ``tokens``: (K, T) token ids as the
-    model's tokenizer gives them. The end-of-text token is the query; keys and values span the whole sequence; the
-    last ``layers`` text blocks are decomposed.
+    model's tokenizer gives them (T the tokenizer's length, at most the tower's positions). The end-of-text token
+    is the query; keys and values span the whole sequence; the last ``layers`` text blocks are decomposed.
 
     Returns K float32 tensors (on the model's device), one weight per word token between start and end token,
     each summing to 1, or all zeros when no token has positive relevance.
@@ -154,8 +161,8 @@ def grad_eclip_text(model, pixels: torch.Tensor, tokens: torch.Tensor, *, layers
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[0] != 1:
         raise ValueError(f"pixels must be one preprocessed image (1, 3, S, S), got "
                          f"{tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__}")
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != bb.context_length:
-        raise ValueError(f"tokens must be (K, {bb.context_length}) token ids from the model's tokenizer, got "
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or not 0 < tokens.shape[1] <= bb.context_length:
+        raise ValueError(f"tokens must be (K, T<={bb.context_length}) token ids from the model's tokenizer, got "
                          f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
     tokens = tokens.to(bb.device).long()
     x0 = bb.text_embed(tokens)  # refuses text towers it cannot decompose before any work
