@@ -57,7 +57,8 @@ def main():
     args = parser.parse_args()
 
     from gradeclip.backbones.model import load_clip
-    from gradeclip.batch.runner import find_videos, run_on_ray
+    from gradeclip.batch.engine import run_on_ray, start_ray
+    from gradeclip.batch.runner import find_videos
     from gradeclip.video import explain_video, save_video_maps
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,10 +82,10 @@ def main():
         import ray
 
         start = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        start_ray(num_cpus=2)
         startup = time.perf_counter() - start
         settings = {"prompts": prompts, "method": "grad_eclip", "model": str(checkpoint), "every": None,
-                    "frames": None, "scale": 1.0, "masks_root": None}
+                    "frames": None, "scale": 1.0, "masks_root": None, "masks_template": None}
         jobs = find_videos([root / "videos"])
         start = time.perf_counter()
         run_on_ray(jobs, settings, root / "ray", num_workers=2, progress=False)
