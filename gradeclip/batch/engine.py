@@ -79,37 +79,49 @@ def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional
     """Process ``jobs`` on Ray Data; returns ``[{"id", "status", "reason"}]`` in completion order. Joins the Ray
     instance already initialised in this process, else ``address``, else starts a local one (``start_ray``) and
     shuts down what it started. The progress bar counts videos (failed and partial ones in its postfix)."""
-    import logging
+    import warnings
 
     import ray
-    from tqdm.auto import tqdm
 
     started = not ray.is_initialized()
     if started:
         start_ray(address, num_cpus)
     try:
-        ctx = ray.data.DataContext.get_current()
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines would break our progress bar
-        ctx.enable_progress_bars = False
-        ctx.verbose_progress = False
-        gpus = ray.cluster_resources().get("GPU", 0)
-        rows = [{"id": j["id"], "path": j["path"], "masks": j["masks"] or "",
-                 "looked": json.dumps(j.get("masks_looked") or []), "columns": json.dumps(j["columns"])} for j in jobs]
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-        worker = type("VideoWorker", (VideoWorker,), {"settings": dict(settings), "out": str(out)})
-        ds = ds.map_batches(worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(rows))),
-                            num_cpus=1, num_gpus=1 if gpus >= num_workers else 0)
-        done, frames = [], 0
-        with tqdm(total=len(rows), desc="videos", unit="video", disable=not progress) as bar:
-            for row in ds.iter_rows():
-                done.append({"id": row["id"], "status": row["status"], "reason": row["reason"]})
-                if row["status"] != "complete":
-                    log(f"gradeclip: {row['status']}: {row['id']}: {row['reason']}")
-                frames += int(row["frames"])
-                bar.set_postfix(frames=frames, partial=sum(d["status"] == "partial" for d in done),
-                                failed=sum(d["status"] == "failed" for d in done))
-                bar.update(1)
-        return done
+        with warnings.catch_warnings():  # Ray Data's deprecation notices about its own settings
+            warnings.simplefilter("ignore")
+            return _run(jobs, settings, out, num_workers, progress, log)
     finally:
         if started:
             ray.shutdown()
+
+
+def _run(jobs: List[dict], settings: dict, out: Path, num_workers: int, progress: bool, log) -> List[dict]:
+    """The Ray Data pipeline of ``run_on_ray`` on an initialised Ray."""
+    import logging
+
+    import ray
+    from tqdm.auto import tqdm
+
+    ctx = ray.data.DataContext.get_current()
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines would break our progress bar
+    ctx.enable_progress_bars = False
+    ctx.verbose_progress = False
+    gpus = ray.cluster_resources().get("GPU", 0)
+    rows = [{"id": j["id"], "path": j["path"], "masks": j["masks"] or "",
+             "looked": json.dumps(j.get("masks_looked") or []), "columns": json.dumps(j["columns"])} for j in jobs]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    worker = type("VideoWorker", (VideoWorker,), {"settings": dict(settings), "out": str(out)})
+    ds = ds.map_batches(worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(rows))),
+                        num_cpus=1, num_gpus=1 if gpus >= num_workers else 0,
+                        max_restarts=0)  # a crashed actor stops the run (a rerun resumes) rather than retrying forever
+    done, frames = [], 0
+    with tqdm(total=len(rows), desc="videos", unit="video", disable=not progress) as bar:
+        for row in ds.iter_rows():
+            done.append({"id": row["id"], "status": row["status"], "reason": row["reason"]})
+            if row["status"] != "complete":
+                log(f"gradeclip: {row['status']}: {row['id']}: {row['reason']}")
+            frames += int(row["frames"])
+            bar.set_postfix(frames=frames, partial=sum(d["status"] == "partial" for d in done),
+                            failed=sum(d["status"] == "failed" for d in done))
+            bar.update(1)
+    return done
