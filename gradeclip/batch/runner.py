@@ -173,6 +173,8 @@ def process_video(model, job: dict, settings: dict, out: Path) -> dict:
         record["masks_note"] = "no masks found; looked for " + ", ".join(job.get("masks_looked") or ["-"])
     try:
         info = video_info(job["path"])
+        declared = declared_frames(job["path"], info)
+        record.update(declared_frames=declared, decoded_frames=info.num_frames)  # kept if the video then fails
         result = explain_video(model, job["path"], settings["prompts"], method=settings["method"],
                                every=settings["every"], count=settings["frames"], scale=settings["scale"],
                                model_name=settings["model"], progress=False)
@@ -183,11 +185,9 @@ def process_video(model, job: dict, settings: dict, out: Path) -> dict:
               for i, t, row in zip(result.indices, result.times, result.cosine)], partial / "scores.csv")
         with atomic_path(partial / "mean_map.npy") as temp:
             np.save(temp, mean_map(result))
-        declared = declared_frames(job["path"], info)
         record.update(frame_status(declared, info.num_frames, len(result.failed)))
-        record.update(declared_frames=declared, decoded_frames=info.num_frames, damaged_frames=len(result.failed),
-                      damaged_indices=[int(i) for i, _ in result.failed], frames=len(result.indices),
-                      mean_cos=result.cosine.mean(0).tolist(), max_cos=result.cosine.max(0).tolist(),
+        record.update(damaged_frames=len(result.failed), damaged_indices=[int(i) for i, _ in result.failed],
+                      frames=len(result.indices), mean_cos=result.cosine.mean(0).tolist(), max_cos=result.cosine.max(0).tolist(),
                       constant_maps=constant_maps(result.raw))
         if len(result.indices) > 1:
             from ..eval.stability import temporal_stability
@@ -206,7 +206,9 @@ def process_video(model, job: dict, settings: dict, out: Path) -> dict:
     except Exception as err:  # a failed video is recorded and the run goes on
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        record.update(status="failed", reason=f"{type(err).__name__}: {' '.join(str(err).split())}")
+        counts = frame_status(record.get("declared_frames"), record.get("decoded_frames", 0), 0)["reason"]
+        record.update(status="failed", reason=f"{type(err).__name__}: {' '.join(str(err).split())}" +
+                      (f" ({counts})" if counts else ""))
     write_json(partial / "record.json", record)
     if status_of(out, job["id"]) != "complete":  # a retried or record-less folder is replaced
         shutil.rmtree(final, ignore_errors=True)
