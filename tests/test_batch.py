@@ -3,7 +3,6 @@ suffix, one corrupt), two prompts whose scores differ; values checked against `e
 driver interrupted midway and resumed; group summaries from regexes."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -147,27 +146,6 @@ def test_different_arguments_refused(full_run, dataset, checkpoint, ray_address,
     assert main(args) == 1
     err = capfd.readouterr().err.strip()
     assert "holds a run with other arguments" in err and "--overwrite" in err and len(err.splitlines()) == 1
-
-
-def test_overwrite_removes_every_old_video(full_run, tmp_path):
-    """Other arguments with --overwrite: none of the earlier run's video folders survives (so every video is
-    recomputed with the new arguments); without --overwrite they are refused and kept; the same arguments keep them.
-    Catches --overwrite keeping the old videos' results, and a refusal that deletes them anyway."""
-    from gradeclip.batch.runner import check_run, status_of
-
-    out = tmp_path / "over"
-    shutil.copytree(full_run[0], out)
-    settings = json.loads((out / "run.json").read_text())
-    check_run(out, settings, overwrite=True)  # the same arguments: nothing to redo
-    assert len(_complete(out)) == 7
-    changed = {**settings, "prompts": [PROMPTS[0], "a green square"]}
-    with pytest.raises(ValueError, match="holds a run with other arguments"):
-        check_run(out, changed, overwrite=False)
-    assert len(_complete(out)) == 7
-    check_run(out, changed, overwrite=True)
-    assert not (out / "videos").exists() or not any((out / "videos").iterdir())
-    assert all(status_of(out, _vid(n)) is None for n in NAMES)
-    assert json.loads((out / "run.json").read_text())["prompts"] == changed["prompts"]
 
 
 def test_interrupted_run_resumes(full_run, dataset, checkpoint, ray_address, tmp_path):

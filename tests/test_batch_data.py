@@ -268,3 +268,25 @@ def test_tidy_removes_leftovers_and_record_less_folders(tmp_path):
     (videos / "v3" / "record.json").write_text('{"status": "complete"}')
     assert tidy(tmp_path) == {"partial": 1, "repaired": ["v2"]}
     assert sorted(p.name for p in videos.iterdir()) == ["v3"] and status_of(tmp_path, "v3") == "complete"
+
+
+def test_overwrite_removes_every_old_video(tmp_path):
+    """Other arguments with --overwrite: none of the earlier run's video folders survives (so every video is
+    recomputed); without --overwrite they are refused and kept; the same arguments keep them. Catches --overwrite
+    keeping the old videos' results, and a refusal that deletes them anyway."""
+    from gradeclip.batch.runner import RUN_KEYS, check_run, status_of
+
+    settings = dict.fromkeys(RUN_KEYS, None) | {"prompts": PROMPTS, "method": "grad_eclip", "model": "m.pt"}
+    check_run(tmp_path, settings, overwrite=False)
+    for name in ("v1", "v2"):
+        (tmp_path / "videos" / name).mkdir(parents=True)
+        (tmp_path / "videos" / name / "record.json").write_text('{"status": "complete"}')
+    check_run(tmp_path, settings, overwrite=True)  # the same arguments: nothing to redo
+    assert status_of(tmp_path, "v1") == status_of(tmp_path, "v2") == "complete"
+    changed = {**settings, "prompts": [PROMPTS[0], "a green square"]}
+    with pytest.raises(ValueError, match="holds a run with other arguments"):
+        check_run(tmp_path, changed, overwrite=False)
+    assert status_of(tmp_path, "v1") == status_of(tmp_path, "v2") == "complete"
+    check_run(tmp_path, changed, overwrite=True)
+    assert status_of(tmp_path, "v1") is None and status_of(tmp_path, "v2") is None
+    assert json.loads((tmp_path / "run.json").read_text())["prompts"] == changed["prompts"]
