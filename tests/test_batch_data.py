@@ -137,8 +137,12 @@ def test_damaged_videos_are_partial_and_kept_out_of_groups(damaged, checkpoint, 
     assert json.loads((out / "summary.json").read_text())["excluded"] == [
         {"id": "b-noise", "status": "failed", "reason": records["b-noise"]["reason"]}]
 
+    stamps = {name: (out / "videos" / name / "record.json").stat().st_mtime_ns for name in status}
     assert main(_damaged_args(damaged, out, checkpoint, "--retry-failed")) == 1
     assert sorted(local_engine[-1]) == ["a-half", "a-head", "b-corrupt", "b-half", "b-noise"]
+    again = {name: (out / "videos" / name / "record.json").stat().st_mtime_ns for name in status}
+    assert sorted(name for name in status if again[name] != stamps[name]) == sorted(local_engine[-1])
+    assert not list((out / "videos").glob(".*partial*"))
 
 
 @pytest.fixture(scope="module")
