@@ -294,3 +294,36 @@ def test_overwrite_removes_every_old_video(tmp_path):
     check_run(tmp_path, changed, overwrite=True)
     assert status_of(tmp_path, "v1") is None and status_of(tmp_path, "v2") is None
     assert json.loads((tmp_path / "run.json").read_text())["prompts"] == changed["prompts"]
+
+
+def test_local_ray_start_retried_then_one_line(monkeypatch):
+    """A local Ray that times out under load is tried again (bound to 127.0.0.1, no dashboard); when every try
+    fails, one line that names --address. Catches a single fixed-wait attempt and a multi-line Ray traceback."""
+    ray = pytest.importorskip("ray")
+    from gradeclip.batch import engine
+
+    calls = []
+
+    def flaky(**kwargs):
+        calls.append(kwargs)
+        if len(calls) < 2:
+            raise Exception("The current node timed out during startup.\nThis could happen because ...")
+        return "context"
+
+    monkeypatch.setattr(ray, "init", flaky)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    assert engine.start_ray(num_cpus=2) == "context" and len(calls) == 2
+    assert calls[-1]["_node_ip_address"] == "127.0.0.1" and calls[-1]["include_dashboard"] is False
+    assert calls[-1]["num_cpus"] == 2 and calls[-1]["log_to_driver"] is False
+    calls.clear()
+
+    def failing(**kwargs):
+        calls.append(kwargs)
+        raise Exception("timed out\nmore")
+
+    monkeypatch.setattr(ray, "init", failing)
+    with pytest.raises(RuntimeError) as err:
+        engine.start_ray(num_cpus=2)
+    message = str(err.value)
+    assert "--address" in message and "\n" not in message and "timed out" in message
+    assert len(calls) == engine.START_TRIES > 1
