@@ -2,8 +2,8 @@
 
 The plain loop is what the `video` command does for a folder (one model, the videos one after another), writing
 what `batch` writes (maps .npz + JSON sidecar); torch uses 1 thread there, as each Ray worker does (one CPU each).
-Ray's start-up (``ray.init`` of a local 2-CPU instance) is timed on its own; the Ray time includes starting the
-actors and loading a model replica in each. The model is a random CLIP with ViT-B/32-shaped vision tower
+Ray's start-up (``engine.start_ray``: a local 2-CPU instance on 127.0.0.1, as `batch` starts it) is timed on its
+own; the Ray time includes starting the actors and loading a model replica in each. The model is a random CLIP with ViT-B/32-shaped vision tower
 (patch 32, width 768, 12 blocks) unless ``--small``; no download.
 
     PYTHONPATH=$PWD python benchmarks/batch_throughput.py [--videos 8] [--frames 24] [--small]
@@ -57,7 +57,8 @@ def main():
     args = parser.parse_args()
 
     from gradeclip.backbones.model import load_clip
-    from gradeclip.batch.runner import find_videos, run_on_ray
+    from gradeclip.batch.engine import run_on_ray, start_ray
+    from gradeclip.batch.runner import find_videos
     from gradeclip.video import explain_video, save_video_maps
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,10 +82,10 @@ def main():
         import ray
 
         start = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        start_ray(num_cpus=2)
         startup = time.perf_counter() - start
         settings = {"prompts": prompts, "method": "grad_eclip", "model": str(checkpoint), "every": None,
-                    "frames": None, "scale": 1.0, "masks_root": None}
+                    "frames": None, "scale": 1.0, "masks_root": None, "masks_template": None}
         jobs = find_videos([root / "videos"])
         start = time.perf_counter()
         run_on_ray(jobs, settings, root / "ray", num_workers=2, progress=False)
@@ -96,7 +97,7 @@ def main():
     print(f"{n} videos x {args.frames} frames (224x224), 2 prompts, grad_eclip, {shape} random weights, CPU")
     print(f"plain loop, 1 worker (1 thread):  {loop:7.1f} s  {n / loop:.3f} videos/s")
     print(f"Ray Data, 2 workers (1 CPU each): {on_ray:7.1f} s  {n / on_ray:.3f} videos/s  (actors + models incl.)")
-    print(f"Ray start-up (ray.init, local):   {startup:7.1f} s")
+    print(f"Ray start-up (start_ray, local):  {startup:7.1f} s")
     print(f"ratio Ray / loop (videos/s): {loop / on_ray:.2f}x; with start-up: {loop / (on_ray + startup):.2f}x")
 
 

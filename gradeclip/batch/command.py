@@ -1,7 +1,8 @@
 """The ``batch`` command: a dataset of videos explained on Ray Data, resumable, with a dataset summary.
 
-    python -m gradeclip batch INPUT... --prompt P [...] --out DIR [--masks-root DIR] [--group-by REGEX]
-                              [--address ADDR] [--num-workers N] [--overwrite]
+    python -m gradeclip batch INPUT... --prompt P [...] --out DIR [--masks-root DIR [--masks-template T]]
+                              [--group-by REGEX ...] [--include-partial] [--address ADDR] [--num-workers N]
+                              [--overwrite] [--retry-failed]
 """
 from __future__ import annotations
 
@@ -37,10 +38,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     choose.add_argument("--frames", type=positive_int_arg, metavar="N", help="explain N evenly spaced frames")
     b.add_argument("--scale", type=float, default=1.0, help="resize frames by this factor before the model")
     b.add_argument("--masks-root", metavar="DIR",
-                   help="masks of video a/b.avi (relative to its input folder) in DIR/a/b (a folder or video)")
-    b.add_argument("--group-by", metavar="REGEX",
+                   help="masks of video a/b.avi (relative to its input folder) in DIR/a/b (a folder or video), or "
+                        "in CASIA-B's layout DIR/SUBJECT/COND-SEQ/VIEW for a video SUBJECT-COND-SEQ-VIEW.avi")
+    b.add_argument("--masks-template", metavar="TEMPLATE",
+                   help="instead: masks in DIR/TEMPLATE, fields from --group-by's named groups, manifest columns, "
+                        "{stem} and {rel}, e.g. '{subject}/{condition}-{seq}/{view}'")
+    b.add_argument("--group-by", action="append", metavar="REGEX",
                    help="named groups on the video path form the summary's groups, e.g. "
-                        r"'(?P<subject>\d{3})-(?P<condition>nm|bg|cl)-(?P<seq>\d{2})-(?P<view>\d{3})'")
+                        r"'(?P<subject>\d{3})-(?P<condition>nm|bg|cl)-(?P<seq>\d{2})-(?P<view>\d{3})'; repeat "
+                        "for more groupings (each kept, one block of summary_groups.csv per named group)")
+    b.add_argument("--include-partial", action="store_true",
+                   help="count partial videos (frames missing or damaged) in the group statistics (default: only "
+                        "complete videos)")
     b.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: start a local Ray)")
     b.add_argument("--num-workers", type=positive_int_arg, default=2, metavar="N",
                    help="model replicas (Ray actors, one CPU each; default: 2)")
@@ -49,7 +58,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true",
                    help="recompute everything when the arguments differ from the folder's earlier run")
     b.add_argument("--retry-failed", action="store_true",
-                   help="redo the videos that failed in the folder's earlier run (default: keep their records)")
+                   help="redo the videos of the folder's earlier run that are not complete (failed or partial; "
+                        "default: keep their records)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     return b
 
@@ -63,59 +73,115 @@ def check(args) -> dict:
     get_method(args.method)
     if not args.scale > 0:
         raise ValueError(f"--scale must be > 0, got {args.scale}")
-    if args.group_by:
-        try:
-            pattern = re.compile(args.group_by)
-        except re.error as err:
-            raise ValueError(f"--group-by {args.group_by!r} is not a regular expression: {err}") from None
-        if not pattern.groupindex:
-            raise ValueError("--group-by needs named groups, e.g. (?P<view>\\d{3})")
+    group_names(args.group_by)
     if args.masks_root and not Path(args.masks_root).is_dir():
         raise FileNotFoundError(f"--masks-root not found: {args.masks_root}")
+    if args.masks_template is not None and not args.masks_root:
+        raise ValueError("--masks-template needs --masks-root (the folder the template is relative to)")
     output_folder(args.out)
     model = args.model if not os.path.exists(args.model) else str(Path(args.model).resolve())
     return {"prompts": list(args.prompt), "method": args.method, "model": model, "every": args.every,
             "frames": args.frames, "scale": args.scale, "truncate": args.truncate,
-            "masks_root": str(Path(args.masks_root).resolve()) if args.masks_root else None}
+            "masks_root": str(Path(args.masks_root).resolve()) if args.masks_root else None,
+            "masks_template": args.masks_template}
+
+
+def group_names(patterns) -> list:
+    """The named groups of every ``--group-by`` regex, in order; ValueError (one line) for a pattern that is not a
+    regex, has no named group, or reuses another pattern's group name."""
+    names = []
+    for text in patterns or []:
+        try:
+            pattern = re.compile(text)
+        except re.error as err:
+            raise ValueError(f"--group-by {text!r} is not a regular expression: {err}") from None
+        if not pattern.groupindex:
+            raise ValueError(f"--group-by {text!r} needs named groups, e.g. (?P<view>\\d{{3}})")
+        again = [n for n in pattern.groupindex if n in names]
+        if again:
+            raise ValueError(f"--group-by {text!r} reuses the group name {again[0]!r} of an earlier --group-by; "
+                             "give each grouping its own names")
+        names += list(pattern.groupindex)
+    return names
 
 
 def run(args) -> int:
-    """Run ``batch`` for parsed ``args``; returns the exit status (1 when some video failed)."""
-    from ..eval.annotations import write_csv
-    from .runner import check_run, find_videos, run_on_ray, status_of
-    from .summary import format_summary, group_mean_maps, group_rows, plot_group_maps, summary_rows
+    """Run ``batch`` for parsed ``args``; returns the exit status (1 when some video is not complete). Ctrl-C:
+    temporary folders removed, then ``Interrupted`` with what is complete and how to resume."""
+    from ..files import Interrupted
+    from .masks import check_template
+    from .runner import check_run, find_videos, settle, status_of, tidy
+    from .summary import groups_of
 
     settings = check(args)
-    jobs = find_videos(args.inputs, args.masks_root)
+    fields_of = (lambda path: groups_of(path, args.group_by)) if args.group_by else None
+    jobs = find_videos(args.inputs, args.masks_root, fields_of, args.masks_template)
+    if args.masks_template is not None:
+        check_template(args.masks_template, group_names(args.group_by) + [k for j in jobs for k in j["columns"]])
+    if args.masks_root and not any(j["masks"] for j in jobs):
+        looked = jobs[0]["masks_looked"] if jobs else []
+        raise ValueError(f"--masks-root {args.masks_root}: no masks found for any of the {len(jobs)} videos "
+                         f"(for {Path(jobs[0]['path']).name} looked for {' and '.join(looked)}); "
+                         "see --masks-template")
     out = Path(args.out).resolve()
     check_run(out, settings, args.overwrite)
-    redo = (None, "failed") if args.retry_failed else (None,)
-    todo = [j for j in jobs if status_of(out, j["id"]) in redo]
-    print(f"{len(jobs)} videos; {len(jobs) - len(todo)} already done in {out}; {len(todo)} to do")
-    if todo:
-        run_on_ray(todo, settings, out, address=args.address, num_workers=args.num_workers, num_cpus=args.num_cpus,
-                   progress=not args.quiet, log=lambda line: print(line, file=sys.stderr))
-    rows = summary_rows(out, jobs, settings["prompts"], args.group_by)
-    paths = [write_csv(rows, out / "summary.csv")]
-    columns = list(dict.fromkeys(k for j in jobs for k in j["columns"]))
-    if args.group_by:
-        columns += [k for k in re.compile(args.group_by).groupindex if k not in columns]
-    groups = group_rows(rows, columns)
+    try:
+        tidied = tidy(out)
+        if tidied["repaired"]:
+            print(f"{len(tidied['repaired'])} video folders had no record.json (an interrupted run): recomputing "
+                  f"{', '.join(tidied['repaired'])}", file=sys.stderr)
+        redo = (None, "failed", "partial") if args.retry_failed else (None,)
+        todo = [j for j in jobs if status_of(out, j["id"]) in redo]
+        print(f"{len(jobs)} videos; {len(jobs) - len(todo)} already done in {out}; {len(todo)} to do")
+        if todo:
+            from .engine import run_on_ray
+
+            run_on_ray(todo, settings, out, address=args.address, num_workers=args.num_workers,
+                       num_cpus=args.num_cpus, progress=not args.quiet, log=lambda line: print(line, file=sys.stderr))
+        return write_summaries(args, settings, jobs, out)
+    except KeyboardInterrupt:
+        settle(out)
+        complete = sum(status_of(out, j["id"]) == "complete" for j in jobs)
+        raise Interrupted(f"{complete} of {len(jobs)} videos complete in {out / 'videos'}; temporary folders "
+                          "removed; rerun the same command to resume") from None
+
+
+def write_summaries(args, settings: dict, jobs: list, out: Path) -> int:
+    """Write summary.csv, summary_groups.csv, summary.json and the mean map figures; print the summary; returns
+    the exit status (1 when some video is not complete)."""
+    from ..files import atomic_path, write_json
+    from ..eval.annotations import write_csv
+    from .summary import format_summary, group_mean_maps, group_rows, plot_group_maps, run_counts, summary_rows
+
+    prompts, masks_asked = settings["prompts"], bool(args.masks_root)
+    rows = summary_rows(out, jobs, prompts, args.group_by, masks_asked)
+    paths = [out / "summary.csv"]
+    with atomic_path(paths[0]) as temp:
+        write_csv(rows, temp)
+    columns = list(dict.fromkeys([*(k for j in jobs for k in j["columns"]), *group_names(args.group_by)]))
+    groups = group_rows(rows, columns, args.include_partial)
     if groups:
-        paths.append(write_csv(groups, out / "summary_groups.csv"))
+        paths.append(out / "summary_groups.csv")
+        with atomic_path(paths[-1]) as temp:
+            write_csv(groups, temp)
         import matplotlib.pyplot as plt
 
         from ..viz.figures import save_figure
 
         for column in columns:
-            means = group_mean_maps(out, rows, column, settings["prompts"])
+            means = group_mean_maps(out, rows, column, prompts, args.include_partial)
             if means:
-                fig = plot_group_maps(means, settings["prompts"], column)
+                fig = plot_group_maps(means, prompts, column)
                 paths += save_figure(fig, f"mean_maps_{column}", out, formats=("png",))
                 plt.close(fig)
-    failed = sorted({r["id"] for r in rows if r["status"] != "complete"})
+    counts = run_counts(rows, prompts, args.include_partial, masks_asked)
+    paths.append(write_json(out / "summary.json", counts))
     print(format_summary(groups or rows))
-    print(f"{len(jobs) - len(failed)} of {len(jobs)} videos complete" +
-          (f"; failed: {', '.join(failed)}" if failed else ""))
+    excluded = counts["excluded"]
+    print(f"{counts['complete']} of {counts['videos']} videos complete, {counts['partial']} partial, "
+          f"{counts['failed'] + counts['missing']} failed" +
+          (f"; not in the group statistics: {', '.join(e['id'] + ' (' + e['status'] + ')' for e in excluded)}"
+           if excluded and groups else "") +
+          (f"; masks found for {counts['with_masks']} of {counts['videos']} videos" if masks_asked else ""))
     print("wrote " + ", ".join(str(p) for p in paths))
-    return 1 if failed else 0
+    return 1 if counts["complete"] < counts["videos"] else 0

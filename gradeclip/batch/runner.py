@@ -1,31 +1,33 @@
-"""Explain a whole dataset of videos on Ray Data, with nothing lost when a run stops and nothing done twice.
+"""Explain a whole dataset of videos, with nothing lost when a run stops and nothing done twice.
 
 Layout of ``out``: ``run.json`` (the arguments of the run), ``videos/<id>/`` per video (``maps.npz`` +
 ``maps.json`` as ``video`` writes them, ``scores.csv``, ``mean_map.npy`` (K, 64, 64) in normalised frame coordinates,
 with masks ``frames.csv`` and ``annotations.csv``, and ``record.json`` last), then ``summary.csv``,
-``summary_groups.csv`` and ``mean_maps_<group>.png``. Each video is written into ``videos/.<id>.partial-<random>``
-and renamed to ``videos/<id>`` when complete, so a folder ``videos/<id>`` is always whole. A video that fails is
-recorded in its ``record.json`` with ``status: failed`` and the reason, and the run goes on.
-
-Ray: one model replica per actor (``map_batches`` with a callable class, ``num_workers`` actors, one CPU each, one
-GPU each when the cluster has enough); a local Ray with ``num_cpus`` CPUs is started unless ``address`` is given.
+``summary_groups.csv``, ``summary.json`` and ``mean_maps_<group>.png``. Each video is written into
+``videos/.<id>.partial-<random>`` and renamed to ``videos/<id>`` when complete, so a folder ``videos/<id>`` with a
+``record.json`` is always whole; ``tidy`` removes what a killed run left (temporary folders, folders without a
+record). A video that fails is recorded with ``status: failed`` and the reason, and the run goes on. The Ray side
+is in ``engine``.
 """
 from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
+import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..files import PARTIAL_MARK, atomic_path, write_json
 from ..io.frames import VIDEO_SUFFIXES
+from .masks import locate_masks
 
 MEAN_MAP_SIZE = 64  # side of the mean relevance map in normalised frame coordinates
-RUN_KEYS = ("prompts", "method", "model", "every", "frames", "scale", "masks_root")
+RUN_KEYS = ("prompts", "method", "model", "every", "frames", "scale", "masks_root", "masks_template")
 
 
 def video_id(path: Path, root: Optional[Path]) -> str:
@@ -34,21 +36,27 @@ def video_id(path: Path, root: Optional[Path]) -> str:
     return "__".join(rel.with_suffix("").parts)
 
 
-def find_videos(inputs: Sequence, masks_root=None) -> List[dict]:
-    """Jobs from ``inputs``: folders (searched recursively for videos), video files, or CSV manifests with a
-    ``path`` column and optional ``masks`` and group columns. Returns dicts ``id``, ``path``, ``masks``,
-    ``columns`` (the manifest's other columns), sorted by id; paths are absolute. With ``masks_root``, a video ``a/b.avi`` found under a
-    folder takes the masks folder ``masks_root/a/b`` when it exists."""
+def find_videos(inputs: Sequence, masks_root=None, fields_of=None, masks_template: Optional[str] = None
+                ) -> List[dict]:
+    """Jobs from ``inputs``: folders (searched recursively for videos, any case of suffix), video files, or CSV
+    manifests with a ``path`` column and optional ``masks`` and group columns. Returns dicts ``id``, ``path``,
+    ``masks`` (a path or None), ``masks_looked`` (where masks were looked for and not found), ``columns`` (the
+    manifest's other columns), sorted by id; paths are absolute. With ``masks_root``, masks are located by
+    ``masks.locate_masks`` (mirror, CASIA-B or ``masks_template``); ``fields_of(path) -> dict`` gives the values
+    a template may name (the ``--group-by`` groups)."""
     jobs: Dict[str, dict] = {}
 
     def add(path: Path, root: Optional[Path], masks=None, columns=None):
         vid = video_id(path, root)
         if vid in jobs:
             raise ValueError(f"two inputs give the same video id {vid!r}: {jobs[vid]['path']} and {path}")
-        if masks is None and masks_root is not None and root is not None:
-            candidate = Path(masks_root).resolve() / path.relative_to(root).with_suffix("")
-            masks = str(candidate) if candidate.exists() else None
-        jobs[vid] = {"id": vid, "path": str(path), "masks": masks, "columns": dict(columns or {})}
+        looked = []
+        if masks is None and masks_root is not None:
+            rel = path.relative_to(root) if root is not None else Path(path.name)
+            fields = {**(fields_of(str(path)) if fields_of else {}), **dict(columns or {})}
+            masks, looked = locate_masks(rel, masks_root, fields, masks_template)
+        jobs[vid] = {"id": vid, "path": str(path), "masks": masks, "masks_looked": looked,
+                     "columns": dict(columns or {})}
 
     for item in inputs:
         item = Path(item).resolve()  # absolute: Ray workers may run elsewhere than the driver's folder
@@ -78,7 +86,7 @@ def find_videos(inputs: Sequence, masks_root=None) -> List[dict]:
 
 
 def check_run(out: Path, settings: dict, overwrite: bool) -> None:
-    """Refuse arguments that differ from ``out``'s earlier run (unless ``overwrite``: then its videos are
+    """Refuse arguments that differ from ``out``'s earlier run (unless ``overwrite``: then its earlier videos are
     removed); write ``run.json``."""
     record = out / "run.json"
     if record.is_file():
@@ -90,58 +98,123 @@ def check_run(out: Path, settings: dict, overwrite: bool) -> None:
         if changed:
             shutil.rmtree(out / "videos", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({k: settings.get(k) for k in RUN_KEYS}, indent=2) + os.linesep)
+    write_json(record, {k: settings.get(k) for k in RUN_KEYS})
+
+
+def tidy(out: Path) -> dict:
+    """Remove what a killed or interrupted run left in ``out/videos``: temporary ``.partial-`` folders, and video
+    folders without a ``record.json`` (they are recomputed). Returns ``{"partial": n, "repaired": [ids]}``."""
+    videos = Path(out) / "videos"
+    counts = {"partial": 0, "repaired": []}
+    if not videos.is_dir():
+        return counts
+    for folder in sorted(videos.iterdir()):
+        if not folder.is_dir():
+            continue
+        if folder.name.startswith(".") and PARTIAL_MARK in folder.name:
+            shutil.rmtree(folder, ignore_errors=True)
+            counts["partial"] += 1
+        elif not (folder / "record.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            counts["repaired"].append(folder.name)
+    return counts
+
+
+def settle(out: Path, quiet_s: float = 1.0, limit_s: float = 15.0) -> int:
+    """After an interrupt: remove ``.partial-`` folders until none has appeared for ``quiet_s`` seconds (workers
+    still stopping may make one), at most ``limit_s``. Returns how many were removed."""
+    removed, quiet_since, end = 0, time.monotonic(), time.monotonic() + limit_s
+    while time.monotonic() < end:
+        found = tidy_partials(out)
+        removed += found
+        now = time.monotonic()
+        if found:
+            quiet_since = now
+        elif now - quiet_since >= quiet_s:
+            break
+        time.sleep(0.2)
+    return removed
+
+
+def tidy_partials(out: Path) -> int:
+    """Remove the temporary ``.partial-`` folders in ``out/videos``; returns how many."""
+    videos = Path(out) / "videos"
+    found = [f for f in videos.glob(f".*{PARTIAL_MARK}*") if f.is_dir()] if videos.is_dir() else []
+    for folder in found:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(found)
 
 
 def status_of(out: Path, vid: str) -> Optional[str]:
-    """``"complete"`` or ``"failed"`` for a video whose folder is whole, else None (not done, or interrupted)."""
+    """``complete``, ``partial`` or ``failed`` for a video whose folder is whole, else None (not done)."""
     record = Path(out) / "videos" / vid / "record.json"
     return json.loads(record.read_text())["status"] if record.is_file() else None
 
 
+def _csv(rows, path) -> None:
+    from ..eval.annotations import write_csv
+
+    with atomic_path(path) as temp:
+        write_csv(rows, temp)
+
+
 def process_video(model, job: dict, settings: dict, out: Path) -> dict:
     """Explain one video and write its folder (temporary name, renamed when complete). Returns its record."""
-    from ..eval.annotations import open_masks, score_frames, summarize, write_csv
+    from ..eval.annotations import open_masks, score_frames, summarize
+    from ..io.frames import video_info
     from ..video import explain_video, save_video_maps
+    from .record import constant_maps, declared_frames, frame_status, mask_record
 
     final = out / "videos" / job["id"]
-    partial = out / "videos" / f".{job['id']}.partial-{uuid.uuid4().hex[:8]}"
+    partial = out / "videos" / f".{job['id']}{PARTIAL_MARK}{uuid.uuid4().hex[:8]}"
     partial.mkdir(parents=True)
     record = {"id": job["id"], "path": job["path"], "masks": job["masks"], "columns": job["columns"]}
+    if settings.get("masks_root") and not job["masks"]:
+        record["masks_note"] = "no masks found; looked for " + ", ".join(job.get("masks_looked") or ["-"])
     try:
+        info = video_info(job["path"])
+        declared = declared_frames(job["path"], info)
+        record.update(declared_frames=declared, decoded_frames=info.num_frames)  # kept if the video then fails
         result = explain_video(model, job["path"], settings["prompts"], method=settings["method"],
                                every=settings["every"], count=settings["frames"], scale=settings["scale"],
                                model_name=settings["model"], progress=False)
         if len(result.indices) < settings.get("min_frames", 1):
             raise ValueError(f"too short: {len(result.indices)} frames explained")
         save_video_maps(result, partial)
-        write_csv([{"frame": int(i), "time_s": float(t), **{f"cos[{p}]": float(c) for p, c in zip(result.prompts, row)}}
-                   for i, t, row in zip(result.indices, result.times, result.cosine)], partial / "scores.csv")
-        np.save(partial / "mean_map.npy", mean_map(result))
-        record.update(status="complete", frames=len(result.indices), failed_frames=len(result.failed),
-                      mean_cos=result.cosine.mean(0).tolist(), max_cos=result.cosine.max(0).tolist())
+        _csv([{"frame": int(i), "time_s": float(t), **{f"cos[{p}]": float(c) for p, c in zip(result.prompts, row)}}
+              for i, t, row in zip(result.indices, result.times, result.cosine)], partial / "scores.csv")
+        with atomic_path(partial / "mean_map.npy") as temp:
+            np.save(temp, mean_map(result))
+        record.update(frame_status(declared, info.num_frames, len(result.failed)))
+        record.update(damaged_frames=len(result.failed), damaged_indices=[int(i) for i, _ in result.failed],
+                      frames=len(result.indices), mean_cos=result.cosine.mean(0).tolist(), max_cos=result.cosine.max(0).tolist(),
+                      constant_maps=constant_maps(result.raw))
         if len(result.indices) > 1:
             from ..eval.stability import temporal_stability
 
             record["stability"] = [None if not np.isfinite(v) else float(v) for v in temporal_stability(result).mean()]
         if job["masks"]:
-            scored = score_frames(result, open_masks(job["masks"], frame_size=result.frame_size))
-            record["annotated_frames"] = len(result.indices) - len(scored["missing"])
+            with warnings.catch_warnings():  # the resize is recorded in masks_resized
+                warnings.simplefilter("ignore")
+                scored = score_frames(result, open_masks(job["masks"], frame_size=result.frame_size))
+            record.update(mask_record(scored, len(result.indices)))
             if scored["rows"]:
-                write_csv(scored["rows"], partial / "frames.csv")
+                _csv(scored["rows"], partial / "frames.csv")
                 table = summarize(scored["rows"])
-                write_csv(table, partial / "annotations.csv")
+                _csv(table, partial / "annotations.csv")
                 record["metrics"] = {r["prompt"]: {k: r[k] for k in ("pointing", "energy", "rank_corr")} for r in table}
     except Exception as err:  # a failed video is recorded and the run goes on
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        record.update(status="failed", reason=f"{type(err).__name__}: {' '.join(str(err).split())}")
-    (partial / "record.json").write_text(json.dumps(record, indent=2) + os.linesep)
-    if status_of(out, job["id"]) == "failed":  # a retried failure replaces its old record
+        counts = frame_status(record.get("declared_frames"), record.get("decoded_frames", 0), 0)["reason"]
+        record.update(status="failed", reason=f"{type(err).__name__}: {' '.join(str(err).split())}" +
+                      (f" ({counts})" if counts else ""))
+    write_json(partial / "record.json", record)
+    if status_of(out, job["id"]) != "complete":  # a retried or record-less folder is replaced
         shutil.rmtree(final, ignore_errors=True)
     try:
         partial.rename(final)
-    except OSError:  # another (interrupted) attempt finished it meanwhile: keep that one
+    except OSError:  # another (interrupted) attempt completed it meanwhile: keep that one
         shutil.rmtree(partial, ignore_errors=True)
     return record
 
@@ -156,81 +229,3 @@ def mean_map(result) -> np.ndarray:
 
     maps = normalize_maps(torch.from_numpy(result.raw).float()).mean(0, keepdim=True)  # (1, K, h, w)
     return F.interpolate(maps, size=(MEAN_MAP_SIZE,) * 2, mode="bilinear", align_corners=False)[0].numpy()
-
-
-class VideoWorker:
-    """A Ray Data callable class: one model replica per actor; each batch row is one video job. The run's settings
-    and output folder are class attributes of a subclass made per run (in ``run_on_ray``), so that the actors need
-    no constructor arguments in the object store."""
-
-    settings: dict = {}
-    out: str = ""
-
-    def __init__(self):
-        import torch
-
-        from ..backbones.model import load_clip
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU when Ray gave this actor one
-        self.model, _ = load_clip(self.settings["model"], device=device)
-        if self.settings.get("truncate"):
-            from ..backbones.base import with_truncation
-            self.model = with_truncation(self.model)
-        self.out = Path(self.out)
-
-    def __call__(self, batch: dict) -> dict:
-        statuses, reasons, frames = [], [], []
-        for i in range(len(batch["id"])):
-            job = {"id": str(batch["id"][i]), "path": str(batch["path"][i]),
-                   "masks": str(batch["masks"][i]) or None, "columns": json.loads(str(batch["columns"][i]))}
-            record = process_video(self.model, job, self.settings, self.out)
-            statuses.append(record["status"])
-            reasons.append(record.get("reason", ""))
-            frames.append(record.get("frames", 0))
-        return {"id": batch["id"], "status": np.array(statuses), "reason": np.array(reasons),
-                "frames": np.array(frames, dtype=np.int64)}
-
-
-def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional[str] = None, num_workers: int = 2,
-               num_cpus: int = 2, progress: bool = True, log=print) -> List[dict]:
-    """Process ``jobs`` on Ray Data; returns ``[{"id", "status", "reason"}]`` in completion order. Joins the Ray
-    instance already initialised in this process, else ``address``, else starts a local one with ``num_cpus``
-    CPUs (and shuts down what it started)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-    from tqdm.auto import tqdm
-
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        started = True
-    try:
-        import logging
-
-        ctx = ray.data.DataContext.get_current()
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines would break our progress bar
-        ctx.enable_progress_bars = False
-        ctx.verbose_progress = False
-        gpus = ray.cluster_resources().get("GPU", 0)
-        rows = [{"id": j["id"], "path": j["path"], "masks": j["masks"] or "", "columns": json.dumps(j["columns"])}
-                for j in jobs]
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-        worker = type("VideoWorker", (VideoWorker,), {"settings": dict(settings), "out": str(out)})
-        ds = ds.map_batches(worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(rows))),
-                            num_cpus=1, num_gpus=1 if gpus >= num_workers else 0)
-        done, frames = [], 0
-        with tqdm(total=len(rows), desc="videos", unit="video", disable=not progress) as bar:
-            for row in ds.iter_rows():
-                done.append({"id": row["id"], "status": row["status"], "reason": row["reason"]})
-                if row["status"] == "failed":
-                    log(f"gradeclip: failed: {row['id']}: {row['reason']}")
-                frames += int(row["frames"])
-                bar.set_postfix(frames=frames, failed=sum(d["status"] == "failed" for d in done))
-                bar.update(1)
-        return done
-    finally:
-        if started:
-            ray.shutdown()
