@@ -25,7 +25,7 @@ import numpy as np
 from ..io.frames import VIDEO_SUFFIXES
 
 MEAN_MAP_SIZE = 64  # side of the mean relevance map in normalised frame coordinates
-RUN_KEYS = ("prompts", "method", "model", "every", "frames", "scale", "masks_root")
+RUN_KEYS = ("prompts", "method", "model", "every", "frames", "input", "scale", "masks_root")
 
 
 def video_id(path: Path, root: Optional[Path]) -> str:
@@ -111,6 +111,7 @@ def process_video(model, job: dict, settings: dict, out: Path) -> dict:
     try:
         result = explain_video(model, job["path"], settings["prompts"], method=settings["method"],
                                every=settings["every"], count=settings["frames"], scale=settings["scale"],
+                               input=settings.get("input"),
                                model_name=settings["model"], progress=False)
         if len(result.indices) < settings.get("min_frames", 1):
             raise ValueError(f"too short: {len(result.indices)} frames explained")
@@ -118,6 +119,7 @@ def process_video(model, job: dict, settings: dict, out: Path) -> dict:
         write_csv([{"frame": int(i), "time_s": float(t), **{f"cos[{p}]": float(c) for p, c in zip(result.prompts, row)}}
                    for i, t, row in zip(result.indices, result.times, result.cosine)], partial / "scores.csv")
         np.save(partial / "mean_map.npy", mean_map(result))
+        record["input"] = result.view.as_json()  # the mode and the size in pixels fed to the model
         record.update(status="complete", frames=len(result.indices), failed_frames=len(result.failed),
                       mean_cos=result.cosine.mean(0).tolist(), max_cos=result.cosine.max(0).tolist())
         if len(result.indices) > 1:
