@@ -39,7 +39,7 @@ def resolve_input(backbone, input: Optional[str], scale: float = 1.0) -> str:
     if mode not in INPUT_MODES:
         raise ValueError(f"unknown input {mode!r}; allowed: {', '.join(INPUT_MODES)}")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"scale must be a number > 0, got {scale!r}")
+        raise ValueError(f"scale must be positive (a number > 0), got {scale!r}")
     if mode == "library" and scale != 1:
         raise ValueError(f"scale {scale} cannot apply to input 'library' (the library's transform fixes the size); "
                          f"use input 'native' or 'model' to scale")

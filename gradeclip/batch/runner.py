@@ -157,6 +157,9 @@ def mean_map(result) -> np.ndarray:
     from ..explain import normalize_maps
 
     maps = normalize_maps(torch.from_numpy(result.raw).float()).mean(0, keepdim=True)  # (1, K, h, w)
+    if result.view is not None and result.view.mode == "library":  # the maps cover the crop only: place them
+        grid = result.view.at((MEAN_MAP_SIZE, MEAN_MAP_SIZE))
+        return grid.place(grid.fit(maps))[0].numpy()
     return F.interpolate(maps, size=(MEAN_MAP_SIZE,) * 2, mode="bilinear", align_corners=False)[0].numpy()
 
 

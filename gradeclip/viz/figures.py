@@ -82,14 +82,17 @@ def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", 
     axes = axes[0]
     axes[0].imshow(frame)
     axes[0].set_title("frame", fontsize=10)
-    if result.library:  # which model explained it, for a figure that travels without its JSON
-        axes[0].set_title(f"{Path(result.model).name or 'model'} · {result.library}", fontsize=7, loc="left",
-                          y=-0.02, va="top", color="0.35")
+    caption = _input_caption(result)
+    if result.library or caption:  # which model explained it, at which input, for a figure without its JSON
+        axes[0].set_title("\n".join(filter(None, [result.library and f"{Path(result.model).name or 'model'} · "
+                                                   f"{result.library}", caption])),
+                          fontsize=7, loc="left", y=-0.02, va="top", color="0.35")
     for j, ax in enumerate(axes[1:]):
         if _is_zero(result, index, j):
             _mark_zero(ax, frame)
         else:
             ax.imshow(overlay(frame, result.maps[index, j], cmap=cmap, alpha=alpha))
+        _mark_unseen(ax, getattr(result, "seen", None))
         ax.set_title(f"{_title(result.prompts[j])}\ncos {result.cosine[index, j]:.3f} · "
                      f"p {result.probs[index, j]:.2f}", fontsize=10)
     for ax in axes:
@@ -99,6 +102,25 @@ def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", 
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _input_caption(result) -> str:
+    """``input library 224×224 px; hatched: not seen by the model`` (empty without a recorded input)."""
+    view = getattr(result, "view", None)
+    if view is None:
+        return ""
+    seen = getattr(result, "seen", None)
+    return view.label().split(", sees")[0] + ("; hatched: not seen by the model" if seen is not None
+                                              and not seen.all() else "")
+
+
+def _mark_unseen(ax, seen) -> None:
+    """Grey and hatch the part of the frame the model did not see (``seen`` (H, W) bool; nothing when all seen)."""
+    if seen is None or seen.all():
+        return
+    unseen = ~seen
+    ax.imshow(np.where(unseen[..., None], [0.5, 0.5, 0.5, 0.75], [0, 0, 0, 0]))
+    ax.contourf(unseen.astype(float), levels=[0.5, 1.5], colors="none", hatches=["///"])
 
 
 def _is_zero(result: Explanation, index: int, prompt: int) -> bool:
