@@ -252,3 +252,15 @@ def test_batch_record_names_the_input(model, tmp_path):
     mean = np.load(tmp_path / "videos" / "wide" / "mean_map.npy")
     assert mean.shape == (2, 64, 64) and not mean[:, :, :16].any() and not mean[:, :, 48:].any()
     assert mean[:, :, 16:48].max() > 0.5
+
+
+def test_large_input_warns_in_one_line(video, checkpoint, tmp_path):
+    """``explain --scale 3`` on the 40 x 56 video feeds 120 x 168 px, a 15 x 21 token grid (315 tokens) to a
+    model trained on 4 x 4 (16): one warning line on stderr; ``--scale 1`` (5 x 7 = 35 tokens) gives none. Bugs
+    caught: the warning lost in the CLI, printed with a source excerpt, or repeated."""
+    proc = run("explain", video, "-p", "x", "--model", checkpoint, "--out", tmp_path, "--dpi", 40, "--scale", 3)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "trained behaviour" in line]
+    assert len(lines) == 1 and lines[0].startswith("gradeclip: warning: input native 120×168 px"), proc.stderr
+    quiet = run("explain", video, "-p", "x", "--model", checkpoint, "--out", tmp_path, "--dpi", 40)
+    assert "trained behaviour" not in quiet.stderr

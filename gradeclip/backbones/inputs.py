@@ -151,7 +151,7 @@ def warn_token_count(backbone, view: InputView) -> None:
     trained = (backbone.resolution // patch) ** 2
     if grid[0] * grid[1] > TOKEN_FACTOR * trained:
         side = backbone.resolution // patch
-        warnings.warn(f"input {view.size[1]}x{view.size[0]} px is a {grid[1]}x{grid[0]} token grid, "
-                      f"{grid[0] * grid[1] / trained:.1f} times the {side}x{side} the model was trained at: scores at "
-                      f"this size differ from the model's trained behaviour (input 'model' or 'library' stays close "
-                      f"to it)", stacklevel=3)
+        warnings.warn(f"input {view.mode} {view.size[0]}×{view.size[1]} px (height × width) is a "
+                      f"{grid[0]}×{grid[1]} token grid, {grid[0] * grid[1] / trained:.1f} times the {side}×{side} the "
+                      f"model was trained at: scores at this size differ from the model's trained behaviour (input "
+                      f"'model' or 'library' stays close to it)", stacklevel=3)
