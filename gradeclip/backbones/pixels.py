@@ -52,9 +52,10 @@ def native_size(height: int, width: int, patch: int, scale: float = 1.0) -> Tupl
             max(patch, int(width * scale / patch + 0.5) * patch))
 
 
-def to_pixels(model, frames: FramesLike, *, scale: float = 1.0, input: Optional[str] = "native") -> torch.Tensor:
-    """Preprocess frames for a CLIP-family ViT as ``input`` says (see ``backbones/inputs.py``; default
-    ``"native"``: the frame's aspect, no crop; None: the model's default).
+def to_pixels(model, frames: FramesLike, *, input: Optional[str] = None, scale: float = 1.0) -> torch.Tensor:
+    """Preprocess frames for a CLIP-family ViT as ``input`` says (see ``backbones/inputs.py``), as ``explain``
+    does: None (default) is the model's default input (``"native"``: the frame's aspect, no crop, unless the model
+    says otherwise, as the shipped shapes CLIP does with ``"model"``).
 
     ``model``: any model ``explain`` accepts. ``native``/``model``: each side is resized (bicubic) to the nearest
     multiple of the patch size of ``scale`` times its length (times the model's resolution over the frame's longer
