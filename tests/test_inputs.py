@@ -69,7 +69,10 @@ def open_clip_folders(model, tmp_path_factory):
     config = json.loads((root / "squash" / "open_clip_config.json").read_text())
     config["preprocess_cfg"] = {"resize_mode": "squash", "interpolation": "bilinear"}
     (root / "squash" / "open_clip_config.json").write_text(json.dumps(config))
-    return {"crop": crop, "squash": squash}
+    longest = save_open_clip(model, root / "longest")
+    config["preprocess_cfg"] = {"resize_mode": "longest", "fill_color": 0}
+    (root / "longest" / "open_clip_config.json").write_text(json.dumps(config))
+    return {"crop": crop, "squash": squash, "longest": longest}
 
 
 # a frame whose crop offset is x.5 (torchvision rounds half to even, transformers floors): 40 x 74
@@ -88,10 +91,12 @@ def test_library_cosine_is_openai_clips_own(model):
     assert np.abs(native - expected).max() > 1e-3  # the frame really is one where the modes differ
 
 
-@pytest.mark.parametrize("kind", ["crop", "squash"])
+@pytest.mark.parametrize("kind", ["crop", "squash", "longest"])
 def test_library_cosine_is_open_clips_own(open_clip_folders, kind):
     """Bug caught: squash and crop swapped, or open_clip's preprocess_cfg (resize_mode, interpolation) ignored:
-    the transform open_clip's own factory returns for the folder gives another cosine."""
+    the transform open_clip's own factory returns for the folder gives another cosine. With ``longest`` (resize
+    the longer side, pad) the whole frame is seen and the map is cut from the padded input's rows 7..24 (40 x 74
+    -> 17 x 32, padded by 7 above): a map taken from the whole padded square would be shifted."""
     import open_clip
 
     folder = open_clip_folders[kind]
@@ -101,8 +106,15 @@ def test_library_cosine_is_open_clips_own(open_clip_folders, kind):
     backbone = gradeclip.backbones.base.backbone_of(backbone, clip_tokenizer(77))
     cosine, _ = gradeclip.similarity(backbone, FRAME, PROMPTS, input="library")
     np.testing.assert_allclose(cosine, _open_clip_reference(oc_model, preprocess, FRAME), atol=1e-5)
-    seen = gradeclip.explain(backbone, FRAME, PROMPTS, input="library", progress=False).seen
-    assert seen.all() == (kind == "squash")  # squash sees the whole frame, crop only its centre
+    result = gradeclip.explain(backbone, FRAME, PROMPTS, input="library", progress=False)
+    assert result.seen.all() == (kind != "crop")  # squash and pad see the whole frame, crop only its centre
+    if kind == "longest":
+        assert result.view.window == (7.0, 0.0, 24.0, 32.0)
+        padded = F.interpolate(torch.from_numpy(result.raw[0]).float()[:, None], size=(32, 32), mode="bilinear",
+                               align_corners=False)[:, 0, 7:24]
+        inner = F.interpolate(padded[:, None], size=(40, 74), mode="bilinear", align_corners=False)[:, 0].numpy()
+        low, high = inner.min(axis=(1, 2), keepdims=True), inner.max(axis=(1, 2), keepdims=True)
+        np.testing.assert_allclose(result.maps[0], (inner - low) / (high - low), atol=1e-5)
 
 
 def test_library_cosine_is_transformers_clips_own(model):

@@ -295,3 +295,29 @@ def test_video_cli_input_option(checkpoint, avi, tmp_path, capsys):
     assert record["input"] == {"mode": "model", "size_hw": [16, 16], "frame_size_hw": [48, 64], "scale": 0.5,
                                "resize": record["input"]["resize"]}
     assert record["input_size_hw"] == [16, 16]
+
+
+def test_library_mode_metrics_count_only_the_seen_part(model, avi, tmp_path):
+    """Annotation metrics with ``input="library"`` on the 48 x 64 video (seen: columns 8..56): a mask of exactly
+    the seen part has chance level (mask share) 1 and holds all of every non-constant map's energy; a mask of the two unseen margins
+    is empty once cut to the seen part (share 0, no hit, no energy). Bug caught: metrics computed over the whole
+    frame (share 0.75 for the first mask, the margins counted against the map)."""
+    from gradeclip.eval.annotations import open_masks, score_frames
+
+    result = explain_video(model, avi, ["a person", "a tree"], count=3, input="library", progress=False)
+    for name, columns in [("seen", slice(8, 56)), ("margins", np.r_[0:8, 56:64])]:
+        folder = tmp_path / name
+        folder.mkdir()
+        for index in result.indices:
+            mask = np.zeros((48, 64), np.uint8)
+            mask[:, columns] = 255
+            Image.fromarray(mask).save(folder / f"mask_{int(index):03d}.png")
+        rows = score_frames(result, open_masks(folder, first=0))["rows"]
+        assert len(rows) == 6
+        if name == "seen":
+            assert all(r["mask_share"] == 1.0 for r in rows), rows
+            # a non-constant map has all its energy in it (a constant map scores 0 by the metrics' rule)
+            assert all(r["energy"] == pytest.approx(1.0) or r["energy"] == 0 for r in rows) and \
+                sum(r["energy"] == pytest.approx(1.0) for r in rows) >= 2, rows
+        else:
+            assert all(r["mask_share"] == 0.0 and r["pointing"] == 0 and r["energy"] == 0 for r in rows), rows
