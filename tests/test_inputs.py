@@ -265,3 +265,29 @@ def test_scores_sidecar_names_the_input(model, tmp_path):
     record = json.loads(save_explanation(result, "x", tmp_path)[1].read_text())
     assert record["input"]["mode"] == "library" and record["input"]["size_hw"] == [32, 32]
     assert record["input"]["seen_box_tlbr"] == [0, 18, 40, 58]
+
+
+def test_figure_names_the_input_and_hatches_the_unseen_part(model):
+    """``plot_explanation`` of a library-mode result says under the frame which input the model was fed and that
+    the hatched part was not seen, and greys that part in each overlay; a native result names its size and hatches
+    nothing. Bug caught: a figure that travels without its JSON and hides that the map covers only the crop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gradeclip.viz.figures import plot_explanation
+
+    def captions(fig):
+        return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+    fig = plot_explanation(gradeclip.explain(model, FRAME, PROMPTS[:2], input="library", progress=False))
+    assert "input library 32×32 px; hatched: not seen by the model" in captions(fig)
+    overlays = [ax for ax in fig.axes if len(ax.get_images()) == 2]  # overlay + the grey unseen layer
+    assert len(overlays) == 2
+    grey = overlays[0].get_images()[1].get_array()
+    assert grey[:, :18, 3].min() > 0 and grey[:, 18:58, 3].max() == 0 and grey[:, 58:, 3].min() > 0
+    fig = plot_explanation(gradeclip.explain(model, FRAME, PROMPTS[:2], input="native", progress=False))
+    assert "input native 40×72 px" in captions(fig)
+    assert not [ax for ax in fig.axes if len(ax.get_images()) == 2]
+    plt.close("all")

@@ -82,11 +82,13 @@ def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", 
     axes = axes[0]
     axes[0].imshow(frame)
     axes[0].set_title("frame", fontsize=10)
+    if result.library:  # which model explained it, for a figure that travels without its JSON
+        axes[0].set_title(f"{Path(result.model).name or 'model'} · {result.library}", fontsize=7, loc="left",
+                          y=-0.02, va="top", color="0.35")
     caption = _input_caption(result)
-    if result.library or caption:  # which model explained it, at which input, for a figure without its JSON
-        axes[0].set_title("\n".join(filter(None, [result.library and f"{Path(result.model).name or 'model'} · "
-                                                   f"{result.library}", caption])),
-                          fontsize=7, loc="left", y=-0.02, va="top", color="0.35")
+    if caption:  # and which input it was fed, on the line below
+        axes[0].annotate(caption, xy=(0, -0.02), xycoords="axes fraction", xytext=(0, -9), textcoords="offset points",
+                         fontsize=7, va="top", color="0.35")
     for j, ax in enumerate(axes[1:]):
         if _is_zero(result, index, j):
             _mark_zero(ax, frame)
