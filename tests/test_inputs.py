@@ -291,3 +291,20 @@ def test_figure_names_the_input_and_hatches_the_unseen_part(model):
     assert "input native 40×72 px" in captions(fig)
     assert not [ax for ax in fig.axes if len(ax.get_images()) == 2]
     plt.close("all")
+
+
+def test_compare_methods_perturbs_the_input_the_maps_were_made_on(model):
+    """``compare_methods(..., input="library")``: the maps are the library crop's and the deletion curve starts at
+    the library's own score (the unperturbed 32 x 32 crop, clip._transform + encode_image), not the native
+    frame's. Bug caught: the maps made on one input and the deletion/insertion curves run on another."""
+    from gradeclip.eval.compare import compare_methods
+    from gradeclip.eval.metrics import clip_scorer, deletion_insertion
+
+    rows, explanations = compare_methods(model, FRAME, PROMPTS[:2], methods=["grad_eclip"], steps=4, input="library")
+    result = explanations["grad_eclip"]
+    assert result.view.mode == "library" and result.raw.shape[-2:] == (4, 4)
+    pixels = clip.clip._transform(32)(Image.fromarray(FRAME))[None]
+    text = gradeclip.backbones.base.backbone_of(model).encode_prompts(PROMPTS[:2])
+    curves = deletion_insertion(clip_scorer(model, text), pixels, torch.from_numpy(result.raw), steps=4)
+    np.testing.assert_allclose(curves["deletion_curve"][0, :, 0], _openai_reference(model, FRAME)[0, :2], atol=1e-5)
+    assert rows[0]["deletion_auc"] == pytest.approx(float(np.mean(curves["deletion_auc"])), abs=1e-5)
