@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from .checks import positive_int_arg
 from .files import INTERRUPT_STATUS, Interrupted
+from .input_args import add_input_options, check_input_options
 from .viz.export import export_frame, export_video, export_words
 
 DEFAULT_MODEL = "ViT-B/32"
@@ -58,6 +59,7 @@ def _common(p) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay, 0..1 (default: 0.5)")
     p.add_argument("--cmap", default="jet", metavar="NAME",
                    help="matplotlib colour map of the heatmap, e.g. jet, turbo, viridis, inferno (default: jet)")
+    add_input_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "overlays of the middle frame, then every frame as MP4, GIF and timeline.")
     demo.add_argument("--out", "-o", default="outputs/demo", metavar="DIR", help="output folder (default: outputs/demo)")
     demo.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    add_input_options(demo)
     from .eval import command as evaluate_command
 
     evaluate_command.add_parser(sub)
@@ -107,7 +110,7 @@ DEMO_PROMPTS = ["a red circle", "a blue square", "a yellow triangle", "a green c
 
 def _demo(args) -> int:
     _check_out(args.out)
-    from .backbones.base import backbone_of
+    check_input_options(args)
     from .eval.evaluate import shapes_model, shapes_video
     from .explain import explain
     from .viz.figures import format_scores
@@ -118,14 +121,15 @@ def _demo(args) -> int:
     model, _ = load_clip(shapes_model(), device=args.device)
     video = shapes_video()
     info = video_info(video)
-    scale = backbone_of(model).resolution / max(info.width, info.height)  # the size the model was trained at
-    index = info.num_frames // 2
-    result = explain(model, read_frames(video, [index]), DEMO_PROMPTS, scale=scale)
+    index = info.num_frames // 2  # input: the model's own default (its size: "model"), unless --input says
+    result = explain(model, read_frames(video, [index]), DEMO_PROMPTS, input=args.input, scale=args.scale)
     print(f"{Path(video).name}, frame {index} of {info.num_frames}; model {Path(shapes_model()).name} (offline)")
+    print(f"{result.view.label()}")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
     paths = export_frame(result, "demo_frame", args.out, title=f"shapes CLIP · frame {index}",
-                         meta={"model": shapes_model(), "video": video, "frame_index": index})
-    whole = explain_video(model, video, DEMO_PROMPTS, scale=scale, model_name=shapes_model())
+                         meta={"model": shapes_model(), "video": video, "frame_index": index,
+                               "input": result.view.as_json()})
+    whole = explain_video(model, video, DEMO_PROMPTS, input=args.input, scale=args.scale, model_name=shapes_model())
     paths += export_video(whole, "demo_video", args.out, timeline="demo_timeline")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
@@ -173,6 +177,7 @@ def _check_common(args) -> None:
         raise _UserError("empty --prompt: every prompt needs some text")
     _check_cmap(args.cmap)
     get_method(args.method)
+    check_input_options(args)
     _check_out(args.out)
 
 
@@ -216,7 +221,8 @@ def _video(args) -> int:
         try:
             start = time.perf_counter()
             result = explain_video(model, str(path), args.prompt, method=args.method, every=args.every,
-                                   count=args.frames, batch_size=args.batch_size, model_name=args.model)
+                                   count=args.frames, batch_size=args.batch_size, model_name=args.model,
+                                   input=args.input, scale=args.scale)
             seconds = time.perf_counter() - start
         except (ValueError, IndexError, OSError) as err:
             failed.append(path.name)
@@ -227,7 +233,8 @@ def _video(args) -> int:
         paths = export_video(result, f"{path.stem}_{args.method}", args.out, scale=args.colour_scale,
                              cmap=args.cmap, alpha=args.alpha, gif=not args.no_gif, dpi=args.dpi)
         print(f"{path.name}: {len(result.indices)} frames explained in {seconds:.1f} s "
-              f"({len(result.indices) / seconds:.1f} frames/s); model {args.model}; method {args.method}")
+              f"({len(result.indices) / seconds:.1f} frames/s); model {args.model}; method {args.method}; "
+              f"{result.view.label()}")
         for index, reason in result.failed:
             print(f"  frame {index} could not be decoded and was skipped: {reason}")
         width = max(6, *(len(p) for p in result.prompts))
@@ -252,17 +259,18 @@ def _explain(args) -> int:
     index = int(resolve_indices(args.frame, info.num_frames)[0])
     frames = read_frames(args.video, [index], max_side=MAX_SIDE)  # a 4K frame explained at 1920 px
     model, _ = _load_model(args.model, args.device, args.truncate)
-    result = explain(model, frames, args.prompt, method=args.method)
+    result = explain(model, frames, args.prompt, method=args.method, input=args.input, scale=args.scale)
     name = f"{Path(args.video).stem}_frame{index}_{args.method}"
     paths = export_frame(result, name, args.out, dpi=args.dpi, cmap=args.cmap, alpha=args.alpha,
                          title=f"{Path(args.video).name} · frame {index} ({info.times[index]:.2f} s)",
                          meta={"library": result.library, "model": args.model, "video": str(args.video),
                                "frame_index": index,
-                               "time_s": info.times[index]})  # the frame's presentation time
+                               "time_s": info.times[index],  # the frame's presentation time
+                               "input": result.view.as_json()})
     if args.words:
         paths += export_words(model, frames[0], result.prompts, name, args.out, dpi=args.dpi)
     print(f"{Path(args.video).name}, frame {index} of {info.num_frames}; model {args.model} ({result.library}); "
-          f"method {args.method}")
+          f"method {args.method}; {result.view.label()}")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from .backbones.base import backbone_of
 from .eval.shapes import warn_unknown_words
-from .backbones.pixels import FramesLike, as_frames, to_pixels
+from .backbones.inputs import InputView, input_view, model_pixels, warn_token_count
+from .backbones.pixels import FramesLike, as_frames
 from .checks import positive_int
 from .methods.baselines import run_method  # importing methods registers every method in METHODS
 from .methods.grad_eclip import grad_eclip_text
@@ -35,7 +36,10 @@ class Explanation:
     ``probs``: (N, K) the library's own probabilities: for CLIP the softmax over the prompts of
     logit_scale * cosine; for SigLIP sigmoid(exp(logit_scale) * cosine + logit_bias), each prompt on its own.
     ``frames``: the (N, H, W, 3) uint8 RGB frames; ``prompts``, ``method``: what was asked; ``library`` and
-    ``model``: which library's model explained them, and its name where known.
+    ``model``: which library's model explained them, and its name where known. ``view``: how the frames reached
+    the model (``view.mode`` native, model or library; ``view.size`` the input (H', W') in pixels); ``seen``:
+    (H, W) bool, True where the frame reached the model (all True unless ``input="library"`` cropped it; ``maps``
+    are 0 where it is False).
     """
 
     maps: np.ndarray
@@ -47,6 +51,8 @@ class Explanation:
     method: str
     library: str = ""
     model: str = ""
+    view: Optional[InputView] = None
+    seen: Optional[np.ndarray] = None
 
 
 def normalize_maps(raw: torch.Tensor) -> torch.Tensor:
@@ -79,7 +85,7 @@ def scores(model, image_features: torch.Tensor, text_features: torch.Tensor):
 
 
 def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
-            tokenizer=None, scale: float = 1.0, truncate: bool = False, batch_size: int = 16, progress: bool = True,
+            tokenizer=None, input: Optional[str] = None, scale: float = 1.0, truncate: bool = False, batch_size: int = 16, progress: bool = True,
             **options) -> Explanation:
     """Explain a CLIP-family model's match of each frame with each prompt.
 
@@ -89,8 +95,12 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
     list of strings to a (K, T) tensor of token ids, or a transformers tokenizer or processor.
     ``frames``: uint8 RGB array (N, H, W, 3) or (H, W, 3), a PIL image or a list of them. ``prompts``: a string
     or a list of strings. ``method``: a name in ``METHODS`` (see ``method_names()``); ``options`` go to it
-    (for Grad-ECLIP: ``layers``, ``single_head``, ``spatial_weight``). ``scale`` resizes frames before they are
-    rounded to the patch grid (1.0 = native size). ``truncate`` cuts over-long prompts instead of raising.
+    (for Grad-ECLIP: ``layers``, ``single_head``, ``spatial_weight``). ``input``: ``"native"`` (the frame's size
+    and aspect, rounded to the patch grid), ``"model"`` (its longer side at the model's trained resolution, aspect
+    kept) or ``"library"`` (the library's own resize and crop: the library's own score; the map covers the crop
+    and ``seen`` marks it); None: the model's default (``"model"`` for the shipped shapes CLIP, else
+    ``"native"``). ``scale`` multiplies the native or model size (refused with library). A token grid above 4
+    times the trained one warns. ``truncate`` cuts over-long prompts instead of raising.
     Frames go through the model ``batch_size`` at a time, with a progress bar when there is more than one batch
     (``progress=False`` hides it).
 
@@ -101,17 +111,17 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     warn_unknown_words(model, prompts)
     text_features = model.encode_prompts(prompts, truncate=truncate)
-    return explain_encoded(model, frames, prompts, text_features, method=method, scale=scale, batch_size=batch_size,
-                           progress=progress, **options)
+    return explain_encoded(model, frames, prompts, text_features, method=method, input=input, scale=scale,
+                           batch_size=batch_size, progress=progress, **options)
 
 
 def explain_encoded(model, frames: FramesLike, prompts: Sequence[str], text_features: torch.Tensor, *,
-                    method: str = "grad_eclip", scale: float = 1.0, batch_size: int = 16, progress: bool = True,
-                    **options) -> Explanation:
+                    method: str = "grad_eclip", input: Optional[str] = None, scale: float = 1.0,
+                    batch_size: int = 16, progress: bool = True, **options) -> Explanation:
     """``explain`` with the prompts already encoded: ``text_features`` (K, D) are the library's own (as
     ``encode_prompts`` returns them, not normalised) for ``prompts`` (K strings, used as labels). For callers that
     explain many frames against one prompt set (the explorer) and encode it once. ``model``: as for ``explain``
-    (a ``Backbone`` carries its tokenizer). Returns an ``Explanation``."""
+    (a ``Backbone`` carries its tokenizer); ``input`` and ``scale`` as for ``explain``. Returns an ``Explanation``."""
     model = backbone_of(model)
     check_options(method, options)
     positive_int(batch_size, "batch_size")
@@ -120,10 +130,12 @@ def explain_encoded(model, frames: FramesLike, prompts: Sequence[str], text_feat
     if text_features.ndim != 2 or text_features.shape[0] != len(prompts):
         raise ValueError(f"text_features must be (K, D) with K = {len(prompts)} prompts; got "
                          f"{tuple(text_features.shape)}")
+    view = input_view(model, frames.shape[1], frames.shape[2], input, scale)
+    warn_token_count(model, view)
     starts = range(0, len(frames), batch_size)
     raws, features = [], []
     for start in tqdm(starts, desc=f"explaining ({method})", unit="batch", disable=not progress or len(starts) < 2):
-        pixels = to_pixels(model, frames[start:start + batch_size], scale=scale)
+        pixels = model_pixels(model, frames[start:start + batch_size], view)
         raw, feats = run_method(method, model, pixels, text_features, **options)
         raws.append(raw)
         features.append(feats)
@@ -132,15 +144,17 @@ def explain_encoded(model, frames: FramesLike, prompts: Sequence[str], text_feat
     if not torch.isfinite(raw).all():
         warnings.warn(f"method {method!r} returned non-finite values; they are shown as 0")
         raw = torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
-    # normalise after upsampling, so that each map at frame size spans exactly [0, 1]
-    maps = normalize_maps(upsample(raw, frames.shape[1:3]))
+    # normalise after upsampling, so that each map on the seen part of the frame spans exactly [0, 1]
+    maps = view.place(normalize_maps(view.fit(raw)))
     return Explanation(maps=maps.cpu().numpy(), raw=raw.cpu().numpy(), cosine=cosine, probs=probs,
-                       frames=frames, prompts=prompts, method=method, **model.describe())
+                       frames=frames, prompts=prompts, method=method, **model.describe(), view=view,
+                       seen=view.seen())
 
 
-def similarity(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, scale: float = 1.0,
-               truncate: bool = False, tokenizer=None):
-    """The model's scores of frames against prompts, with frames at native aspect as ``explain`` sees them.
+def similarity(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, input: Optional[str] = None,
+               scale: float = 1.0, truncate: bool = False, tokenizer=None):
+    """The model's scores of frames against prompts, with frames as ``explain`` sees them under ``input`` and
+    ``scale`` (see ``explain``; ``input="library"`` gives exactly the library's own scores).
 
     Returns ``(cosine, probs)``, each (N, K) float32 numpy: cosine similarity, and the library's own probabilities
     (CLIP: softmax over the prompts of ``logit_scale * cosine``; SigLIP: per-prompt sigmoid).
@@ -148,7 +162,9 @@ def similarity(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *,
     model = backbone_of(model, tokenizer)
     frames = as_frames(frames)
     text_features = model.encode_prompts(prompts, truncate=truncate)
-    return scores(model, model.encode_pixels(to_pixels(model, frames, scale=scale)), text_features)
+    view = input_view(model, frames.shape[1], frames.shape[2], input, scale)
+    warn_token_count(model, view)
+    return scores(model, model.encode_pixels(model_pixels(model, frames, view)), text_features)
 
 
 def word_importance(model, frame: FramesLike, prompt: str, *, layers: int = 8, single_head: bool = False,

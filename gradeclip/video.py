@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones.base import backbone_of
-from .backbones.pixels import native_size, to_pixels
-from .explain import scores
+from .backbones.inputs import InputView, input_view, model_pixels, warn_token_count
+from .explain import normalize_maps, scores
 from .io.frames import MAX_SIDE, video_info
 from .io.index import shape_after
 from .methods.baselines import run_method
@@ -35,7 +35,9 @@ class VideoExplanation:
     ``raw``: (F, K, h, w) float32 token-grid maps. ``cosine``, ``probs``: (F, K). ``indices``: (F,) frame indices;
     ``times``: (F,) seconds. ``failed``: frames that could not be decoded, as ``(index, reason)``.
     ``frame_similarity``: (F - 1,) cosine of the image embeddings of consecutive explained frames (how much the
-    frame itself changed; beside the maps' rank correlation in ``eval.stability``).
+    frame itself changed; beside the maps' rank correlation in ``eval.stability``). ``input_size``: the model
+    input (H', W') in pixels; ``view``: how frames reached the model (``view.mode``: native, model or library;
+    with library, ``view.box`` the part of the decoded frame the model saw).
     """
 
     video: str
@@ -54,6 +56,7 @@ class VideoExplanation:
     failed: List[Tuple[int, str]] = field(default_factory=list)
     library: str = ""
     frame_similarity: Optional[np.ndarray] = None
+    view: Optional[InputView] = None
 
     def normalized(self, scale: str = "shared") -> np.ndarray:
         """Maps (F, K, h, w) in [0, 1]. ``"shared"``: one scale per prompt over the whole video, so that a change of
@@ -64,12 +67,35 @@ class VideoExplanation:
         low = self.raw.min(axis=axes, keepdims=True)
         span = self.raw.max(axis=axes, keepdims=True) - low
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(span > 0, (self.raw - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
+            maps = np.where(span > 0, (self.raw - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
+        if self.view is None or self.view.mode != "library":
+            return maps
+        # the model saw part of the frame: the maps go onto a frame-shaped canvas (long side 256), 0 elsewhere
+        canvas = self.view.at(_canvas(self.view.frame_size))
+        return canvas.place(canvas.fit(torch.from_numpy(maps))).numpy()
+
+    def frame_maps(self, n: int, size: Tuple[int, int]):
+        """Explained frame ``n``'s maps for scoring against annotations at frame ``size`` (H, W): ``(maps, box)``,
+        maps (K, bh, bw) float32 in [0, 1] (each min-max normalised) on the part of the frame the model saw,
+        box (top, left, bottom, right) that part in frame pixels (the whole frame unless ``input="library"``
+        cropped it). Metrics are computed on the box only: the rest was not seen."""
+        view = self.view.at(size) if self.view is not None else None
+        raw = torch.from_numpy(self.raw[n:n + 1]).float()
+        if view is None:
+            from .explain import upsample
+            return normalize_maps(upsample(raw, size))[0].numpy(), (0, 0, *size)
+        return normalize_maps(view.fit(raw))[0].numpy(), view.box
+
+
+def _canvas(frame_size) -> Tuple[int, int]:
+    h, w = frame_size
+    f = 256 / max(h, w)
+    return max(1, round(h * f)), max(1, round(w * f))
 
 
 def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
                   every: Optional[int] = None, count: Optional[int] = None, batch_size: int = 16,
-                  scale: float = 1.0, model_name: str = "", progress=True, tokenizer=None,
+                  input: Optional[str] = None, scale: float = 1.0, model_name: str = "", progress=True, tokenizer=None,
                   max_side: Optional[int] = MAX_SIDE, **options) -> VideoExplanation:
     """Explain the selected frames of ``video`` (all, every ``every``-th, or ``count`` evenly spaced) for
     ``prompts`` with ``method``, at most ``batch_size`` frames per forward (fewer for large frames, so that
@@ -77,7 +103,8 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     Frames that fail to decode are skipped and listed in ``failed``; the others are kept. ``times`` are the frames'
     presentation times from the container. ``max_side``: frames with a longer side above this many pixels are
     reduced while they are decoded (default ``MAX_SIDE`` = 1920: a 4K clip costs what a 1080p one does); None
-    keeps full size. ``model`` and ``tokenizer`` as for ``explain``; ``model_name`` is recorded (default: the name
+    keeps full size. ``input`` and ``scale``: the model input as for ``explain`` (None: the model's default;
+    ``"library"``: the maps cover the library's crop, see ``view``). ``model`` and ``tokenizer`` as for ``explain``; ``model_name`` is recorded (default: the name
     the model was loaded as). ``progress``: True for a bar of its own, False for none, or a caller's bar (anything
     with ``update(n)``, e.g. a tqdm) to advance by the frames explained.
     """
@@ -88,8 +115,9 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     info = video_info(video)
     total = len(select_indices(info.num_frames, every=every, count=count))
     width, height = shape_after(info.width, info.height, max_side)
-    patch = model.patch_size
-    input_size = native_size(height, width, patch, scale)
+    view = input_view(model, height, width, input, scale)
+    warn_token_count(model, view)
+    input_size = view.size
     batch_size = max(1, min(batch_size, _PIXEL_BUDGET // (input_size[0] * input_size[1])))
     errors = StreamErrors()
     raws, feats, indices, times = [], [], [], []
@@ -99,7 +127,7 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     try:
         for batch in stream_frames(video, every=every, count=count, batch_size=batch_size, errors=errors,
                                    max_side=max_side):
-            raw, features = run_method(method, model, to_pixels(model, batch.frames, scale=scale), text_features,
+            raw, features = run_method(method, model, model_pixels(model, batch.frames, view), text_features,
                                        **options)
             raws.append(raw.cpu())
             feats.append(features)
@@ -120,7 +148,7 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
         library=described["library"], raw=torch.cat(raws).numpy(),
         cosine=cosine, probs=probs, indices=np.concatenate(indices), times=np.concatenate(times), fps=info.fps,
         frame_size=(info.height, info.width), input_size=input_size,
-        options=dict(options), failed=list(errors.failed), frame_similarity=consecutive)
+        options=dict(options), failed=list(errors.failed), frame_similarity=consecutive, view=view)
 
 
 def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = None) -> List[Path]:
@@ -138,9 +166,12 @@ def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = Non
         "maps": {"file": npz.name, "key": "maps", "dtype": "float16", "shape": list(result.raw.shape),
                  "axes": "frame, prompt, grid row, grid column", "values": "raw, not normalised"},
         "preprocessing": {"frame_size_hw": list(result.frame_size), "input_size_hw": list(result.input_size),
-                          "resize": "bicubic to the nearest multiple of the patch size, no crop (frames above "
-                                    "the decoding bound reduced by area interpolation first)",
-                          "normalisation": "the model's own mean and std"},
+                          "input_mode": result.view.mode if result.view is not None else "native",
+                          "resize": (result.view.rule if result.view is not None else
+                                     "bicubic to the nearest multiple of the patch size, no crop")
+                          + " (frames above the decoding bound reduced by area interpolation first)",
+                          "normalisation": "the model's own mean and std",
+                          **({"input": result.view.as_json()} if result.view is not None else {})},
         "display_normalisation": "min-max per prompt over the video ('shared') unless the figure says 'per frame'",
         "fps": result.fps, "fps_note": "average rate; timestamps_s are the frames' presentation times",
         "frame_indices": result.indices.tolist(),

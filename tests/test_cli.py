@@ -185,3 +185,82 @@ def test_explain_words_writes_figure_and_json(video, checkpoint, tmp_path):
     words = record["prompts"][0]["words"]
     assert [w for w, _ in words] == ["a", "red", "car"]
     assert sum(weight for _, weight in words) == pytest.approx(1, abs=1e-4)
+
+
+def test_explain_input_option_reaches_the_scores(video, checkpoint, tmp_path):
+    """``explain --input library``: the 40 x 56 frame goes in as the library's 32 x 32 crop; the scores JSON and
+    the printed line name the mode, the size and the seen part: the short side resized to 32 gives 32 x 44, cropped
+    at column 6 of 44, i.e. frame columns 8..48. Bug caught: --input parsed and dropped (the JSON would say native
+    40 x 56)."""
+    out = tmp_path / "out"
+    proc = run("explain", video, "-p", "a person walking", "--model", checkpoint, "--out", out, "--dpi", 40,
+               "--input", "library")
+    assert proc.returncode == 0, proc.stderr
+    assert "input library 32×32 px" in proc.stdout.splitlines()[0]
+    record = json.loads(next(out.glob("*_scores.json")).read_text())
+    assert record["input"]["mode"] == "library" and record["input"]["size_hw"] == [32, 32]
+    assert record["input"]["seen_box_tlbr"] == [0, 8, 40, 48]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["explain", "{video}", "-p", "x", "--input", "library", "--scale", "2"], "--scale 2 cannot apply to --input"),
+    (["video", "{video}", "-p", "x", "--input", "library", "--scale", "0.5"], "--scale 0.5 cannot apply to --input"),
+    (["demo", "--input", "library", "--scale", "3"], "--scale 3 cannot apply to --input library"),
+    (["explain", "{video}", "-p", "x", "--input", "square"], "argument --input: invalid choice: 'square'"),
+    (["explain", "{video}", "-p", "x", "--scale", "0"], "invalid scale '0': give a number > 0"),
+    (["evaluate", "--shapes", "--input", "model"], "--input only work with --video"),
+    (["batch", "{video}", "-p", "x", "--out", "{out}", "--input", "library", "--scale", "2"],
+     "--scale 2 cannot apply to --input library"),
+])
+def test_input_option_errors(argv, message, video, tmp_path, capfd):
+    """Each command refuses a bad --input/--scale in one line with status 1, before any model loads. Bug caught:
+    --scale silently ignored with --input library, or a misspelt mode run as native."""
+    assert main([a.format(video=video, out=tmp_path / "o") for a in argv]) == 1
+    err = capfd.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_batch_settings_carry_the_input(video, tmp_path):
+    """``batch --input model --scale 0.5``: the run's settings (written into the run record and compared on
+    resume) carry both. Bug caught: batch parsing --input but running every video at the model's default."""
+    from gradeclip.batch.command import check
+    from gradeclip.cli import build_parser
+
+    args = build_parser().parse_args(["batch", video, "-p", "x", "--out", str(tmp_path / "o"), "--input", "model",
+                                      "--scale", "0.5"])
+    settings = check(args)
+    assert settings["input"] == "model" and settings["scale"] == 0.5
+    from gradeclip.batch.runner import RUN_KEYS
+
+    assert "input" in RUN_KEYS and "scale" in RUN_KEYS
+
+
+def test_batch_record_names_the_input(model, tmp_path):
+    """A batch video explained with ``input="library"``: its record names the mode, the 32 x 32 input and the seen
+    box, and its mean map (64 x 64 over the frame) is 0 outside the crop. Bugs caught: the worker ignoring the
+    run's input setting; a crop's mean map stretched over the whole frame."""
+    import numpy as np
+
+    from gradeclip.batch.runner import process_video
+
+    path = write_video(tmp_path / "wide.avi", numbered_frames(4, 32, 64))
+    settings = {"prompts": ["a", "b"], "method": "grad_eclip", "model": "tiny", "every": None, "frames": 2,
+                "input": "library", "scale": 1.0}
+    record = process_video(model, {"id": "wide", "path": path, "masks": None, "columns": {}}, settings, tmp_path)
+    assert record["status"] == "complete", record
+    assert record["input"]["mode"] == "library" and record["input"]["seen_box_tlbr"] == [0, 16, 32, 48]
+    mean = np.load(tmp_path / "videos" / "wide" / "mean_map.npy")
+    assert mean.shape == (2, 64, 64) and not mean[:, :, :16].any() and not mean[:, :, 48:].any()
+    assert mean[:, :, 16:48].max() > 0.5
+
+
+def test_large_input_warns_in_one_line(video, checkpoint, tmp_path):
+    """``explain --scale 3`` on the 40 x 56 video feeds 120 x 168 px, a 15 x 21 token grid (315 tokens) to a
+    model trained on 4 x 4 (16): one warning line on stderr; ``--scale 1`` (5 x 7 = 35 tokens) gives none. Bugs
+    caught: the warning lost in the CLI, printed with a source excerpt, or repeated."""
+    proc = run("explain", video, "-p", "x", "--model", checkpoint, "--out", tmp_path, "--dpi", 40, "--scale", 3)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "trained behaviour" in line]
+    assert len(lines) == 1 and lines[0].startswith("gradeclip: warning: input native 120×168 px"), proc.stderr
+    quiet = run("explain", video, "-p", "x", "--model", checkpoint, "--out", tmp_path, "--dpi", 40)
+    assert "trained behaviour" not in quiet.stderr

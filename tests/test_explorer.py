@@ -342,12 +342,12 @@ def test_input_size_menu_changes_what_explain_sees(model, avi, tmp_path):
     """Catches the input-size menu not reaching ``explain`` (scores of the native size shown) or missing from the
     cache key (the native entry returned for the half-size request)."""
     explorer = make(model, avi, tmp_path, words=False, scale="model")
-    model_scale = 32 / 64  # the tiny model's input is 32 px; the frames are 48x64
-    assert explorer.size.value == model_scale and explorer.current.raw.shape[-2:] == (3, 4)
-    explorer.size.value = 1.0
+    # the tiny model's input is 32 px; the frames are 48x64: model mode is 24x32 px
+    assert explorer.size.value == ("model", 1.0) and explorer.current.raw.shape[-2:] == (3, 4)
+    explorer.size.value = ("native", 1.0)
     frame = gradeclip.read_frames(avi, [0])
     np.testing.assert_allclose(explorer.current.cosine, gradeclip.explain(model, frame, PROMPTS).cosine, atol=1e-6)
-    explorer.size.value = 2.0
+    explorer.size.value = ("native", 2.0)
     expected = gradeclip.explain(model, frame, PROMPTS, scale=2.0)
     np.testing.assert_allclose(shown_scores(explorer)[0], expected.cosine[0], atol=6e-5)
     assert explorer.current.raw.shape[-2:] == (12, 16) and explorer.forwards == 3
@@ -371,3 +371,21 @@ def test_time_stamps_are_the_container_times_on_a_variable_rate_video(model, tmp
     scores = next(Path(p) for p in explorer.export() if str(p).endswith("_scores.json"))
     record = json.loads(scores.read_text())
     assert abs(record["time_s"] - times[30]) < 1e-3
+
+
+def test_input_menu_names_each_mode_and_its_size(model, avi, tmp_path):
+    """The menu offers native, model and library with the size in pixels each feeds the model (48 x 64 frames,
+    a 32-px model), and choosing library gives the library's own score with the map over the crop. Bugs caught:
+    a menu that cannot reach library mode, labels with width and height swapped, the library map stretched over
+    the whole frame in the widget."""
+    explorer = make(model, avi, tmp_path, words=False, input="native")
+    labels = dict((value, label) for label, value in explorer.size.options)
+    assert labels[("native", 1.0)] == "native · 48×64 px" and labels[("model", 1.0)] == "model · 24×32 px"
+    assert labels[("library", 1.0)] == "library · 32×32 px crop" and labels[("native", 2.0)].endswith("96×128 px")
+    explorer.size.value = ("library", 1.0)
+    frame = gradeclip.read_frames(avi, [0])
+    expected = gradeclip.explain(model, frame, PROMPTS, input="library")
+    np.testing.assert_allclose(explorer.current.cosine, expected.cosine, atol=1e-6)
+    explorer.scale.value = "per frame"
+    shown = explorer.displayed_maps()
+    assert shown.shape[-2:] == (48, 64) and not shown[..., :8].any() and not shown[..., 56:].any()

@@ -112,3 +112,16 @@ def test_injected_values_win(notebook_checkpoint, tmp_path, monkeypatch):
     run_notebook(NOTEBOOKS[0], {"STRIP_FRAMES": 3, "OUT_DIR": str(tmp_path / "elsewhere")}, tmp_path)
     assert (tmp_path / "elsewhere" / "frame_strip.png").is_file()
     assert not (tmp_path / "outputs").exists()
+
+
+def test_input_parameter_reaches_the_explanation(notebook_checkpoint, tmp_path, monkeypatch):
+    """Notebook 03 with ``INPUT = "library"`` injected: the saved scores name the library's 64 x 64 crop of the
+    320 x 240 sample: the short side resized to 64 gives 64 x 85, cropped at column round(10.5) = 10, i.e. frame
+    columns 38..279 seen. Bug caught: a parameters cell whose INPUT is never passed on."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    path = next(p for p in NOTEBOOKS if p.stem == "03_grad_eclip_heatmap")
+    run_notebook(path, {"MODEL": str(notebook_checkpoint), "INPUT": "library", "OUT_DIR": str(tmp_path / "o")},
+                 tmp_path, timeout=300)
+    record = json.loads((tmp_path / "o" / "grad_eclip_scores.json").read_text())
+    assert record["input"]["mode"] == "library" and record["input"]["size_hw"] == [64, 64]
+    assert record["input"]["seen_box_tlbr"] == [0, 38, 240, 279]

@@ -1,5 +1,6 @@
 """Whole videos: streaming, explain_video, exports read back, colour scaling, memory, corrupt frames, the CLI."""
 import json
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -251,3 +252,72 @@ def test_sidecar_sizes_are_height_then_width_and_follow_scale(model, avi, tmp_pa
     _, sidecar = save_video_maps(result, tmp_path)
     record = json.loads(sidecar.read_text())["preprocessing"]
     assert record["frame_size_hw"] == [48, 64] and record["input_size_hw"] == [24, 32]
+
+
+def test_library_mode_video_maps_and_sidecar(model, avi, tmp_path):
+    """``input="library"`` on the 48 x 64 video (model at 32 px): the video's maps and scores are ``explain``'s in
+    the same mode, the sidecar names the mode, the 32 x 32 input and the seen box (columns 8..56: the short side
+    resized to 32 gives 32 x 42, cropped at column 5), ``frame_maps`` gives the maps on that box only (what the
+    metrics score), and the display maps are 0 outside it. Bugs caught: the video path ignoring ``input``, a
+    sidecar still saying native, metrics fed the unseen margins, the display map stretched over the whole frame."""
+    from gradeclip.explain import normalize_maps
+
+    import torch
+    import torch.nn.functional as F
+
+    result = explain_video(model, avi, ["a person", "a tree"], count=3, input="library", progress=False)
+    single = explain(model, read_frames(avi, result.indices.tolist()), ["a person", "a tree"], input="library")
+    np.testing.assert_allclose(result.cosine, single.cosine, atol=1e-6)
+    np.testing.assert_allclose(result.raw, single.raw, rtol=1e-4, atol=1e-7)
+    record = json.loads(save_video_maps(result, tmp_path)[1].read_text())["preprocessing"]
+    assert record["input_mode"] == "library" and record["input_size_hw"] == [32, 32]
+    assert record["input"]["seen_box_tlbr"] == [0, 8, 48, 56]
+    maps, box = result.frame_maps(1, (48, 64))
+    assert box == (0, 8, 48, 56) and maps.shape == (2, 48, 48)
+    expected = normalize_maps(F.interpolate(torch.from_numpy(result.raw[1]).float()[:, None], size=(48, 48),
+                                            mode="bilinear", align_corners=False)[:, 0])
+    np.testing.assert_allclose(maps, expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(maps, single.maps[1][:, :, 8:56], atol=1e-5)
+    shown = result.normalized("per_frame")  # on a 192 x 256 canvas: the box is columns 32..224
+    assert shown.shape[-2:] == (192, 256) and not shown[..., :32].any() and not shown[..., 224:].any()
+    assert shown[..., 32:224].max() > 0.9  # bilinear resizing of the [0, 1] grid maps onto the box
+
+
+def test_video_cli_input_option(checkpoint, avi, tmp_path, capsys):
+    """``video --input model --scale 0.5`` reaches explain_video: the 48 x 64 video's longer side goes to 32 x 0.5
+    = 16 px (16 x 16 after rounding to the patch grid), and the sidecar and the printed line say so. Bug caught:
+    the option parsed but not passed on."""
+    out = tmp_path / "out"
+    assert main(["video", avi, "-p", "a person", "--frames", "2", "--model", str(checkpoint), "--out", str(out),
+                 "--dpi", "40", "--no-gif", "--input", "model", "--scale", "0.5"]) == 0
+    assert "input model 16×16 px" in capsys.readouterr().out
+    record = json.loads((out / f"{Path(avi).stem}_grad_eclip_maps.json").read_text())["preprocessing"]
+    assert record["input"] == {"mode": "model", "size_hw": [16, 16], "frame_size_hw": [48, 64], "scale": 0.5,
+                               "resize": record["input"]["resize"]}
+    assert record["input_size_hw"] == [16, 16]
+
+
+def test_library_mode_metrics_count_only_the_seen_part(model, avi, tmp_path):
+    """Annotation metrics with ``input="library"`` on the 48 x 64 video (seen: columns 8..56): a mask of exactly
+    the seen part has chance level (mask share) 1 and holds all of every non-constant map's energy; a mask of the two unseen margins
+    is empty once cut to the seen part (share 0, no hit, no energy). Bug caught: metrics computed over the whole
+    frame (share 0.75 for the first mask, the margins counted against the map)."""
+    from gradeclip.eval.annotations import open_masks, score_frames
+
+    result = explain_video(model, avi, ["a person", "a tree"], count=3, input="library", progress=False)
+    for name, columns in [("seen", slice(8, 56)), ("margins", np.r_[0:8, 56:64])]:
+        folder = tmp_path / name
+        folder.mkdir()
+        for index in result.indices:
+            mask = np.zeros((48, 64), np.uint8)
+            mask[:, columns] = 255
+            Image.fromarray(mask).save(folder / f"mask_{int(index):03d}.png")
+        rows = score_frames(result, open_masks(folder, first=0))["rows"]
+        assert len(rows) == 6
+        if name == "seen":
+            assert all(r["mask_share"] == 1.0 for r in rows), rows
+            # a non-constant map has all its energy in it (a constant map scores 0 by the metrics' rule)
+            assert all(r["energy"] == pytest.approx(1.0) or r["energy"] == 0 for r in rows) and \
+                sum(r["energy"] == pytest.approx(1.0) for r in rows) >= 2, rows
+        else:
+            assert all(r["mask_share"] == 0.0 and r["pointing"] == 0 and r["energy"] == 0 for r in rows), rows

@@ -88,6 +88,27 @@ def _load_openai(name_or_path: str, download_root: Optional[str]):
     return model
 
 
+def default_input_of(path: str) -> Optional[str]:
+    """The input mode a local model asks for (``"native"``, ``"model"`` or ``"library"``), from the field
+    ``default_input`` of its JSON sidecar: ``NAME.json`` beside a checkpoint file ``NAME.pt``, or ``gradeclip.json``
+    in a model folder. None where there is no such field (then ``"native"`` applies)."""
+    import json
+
+    sidecar = os.path.join(path, "gradeclip.json") if os.path.isdir(path) else os.path.splitext(path)[0] + ".json"
+    if not os.path.isfile(sidecar):
+        return None
+    try:
+        with open(sidecar) as f:
+            mode = json.load(f).get("default_input")
+    except (OSError, ValueError, AttributeError):
+        return None
+    from .inputs import INPUT_MODES
+
+    if mode is not None and mode not in INPUT_MODES:
+        raise ValueError(f"{sidecar}: default_input {mode!r} is not one of {', '.join(INPUT_MODES)}")
+    return mode
+
+
 def _download_failed(what: str, err: Exception) -> RuntimeError:
     return RuntimeError(f"could not load {what}: {type(err).__name__}: {' '.join(str(err).split())[:300]}. "
                         f"Without the network, pass a local folder or file of the model instead")
@@ -135,6 +156,7 @@ def _load_hf(spec: str, device):
     try:  # the checkpoint's own normalisation, where it ships an image processor configuration
         processor = transformers.AutoImageProcessor.from_pretrained(spec)
         backbone.mean, backbone.std = tuple(processor.image_mean), tuple(processor.image_std)
+        backbone.image_processor = processor  # input="library" feeds the model what this processor makes
     except (OSError, ValueError, AttributeError, TypeError):
         pass
     return backbone, backbone.preprocess()
@@ -149,7 +171,9 @@ def load_clip(name_or_path: str = "ViT-B/32", device=None, *, download_root: Opt
     archive or state dict); ``"open_clip:ARCH/PRETRAINED"`` (``PRETRAINED`` a tag of ``open_clip.list_pretrained()``
     or a checkpoint file) or ``"open_clip:FOLDER"`` (``open_clip_config.json`` and weights); ``"hf:REPO_OR_FOLDER"``
     (a transformers ``CLIPModel`` or ``SiglipModel`` with its tokenizer); or a local folder of either library.
-    ``device``: where the model goes (default: CUDA when available, else CPU).
+    ``device``: where the model goes (default: CUDA when available, else CPU). A local model whose JSON sidecar
+    (``NAME.json`` beside ``NAME.pt``, ``gradeclip.json`` in a folder) has ``"default_input"`` carries that input
+    mode as its default (``model.default_input``; the shipped shapes CLIP: ``"model"``).
 
     Returns ``(model, preprocess)``: for OpenAI names and checkpoints a ``clip.model.CLIP``; for open_clip and
     transformers a ``gradeclip.backbones.Backbone`` holding the library's model (``.model``), its tokenizer and
@@ -158,6 +182,14 @@ def load_clip(name_or_path: str = "ViT-B/32", device=None, *, download_root: Opt
     """
     device = _device(device)
     name_or_path = os.fspath(name_or_path)
+    model, preprocess = _load(name_or_path, device, download_root)
+    mode = default_input_of(name_or_path) if os.path.exists(name_or_path) else None
+    if mode is not None:  # on the library's object, so that every Backbone made of it sees it
+        getattr(model, "model", model).default_input = mode
+    return model, preprocess
+
+
+def _load(name_or_path: str, device, download_root):
     if name_or_path.startswith("open_clip:"):
         return _load_open_clip(name_or_path[len("open_clip:"):], device)
     if name_or_path.startswith("hf:"):

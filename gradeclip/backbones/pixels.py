@@ -1,8 +1,8 @@
-"""Frames to model input: uint8 RGB frames -> normalised float pixels (the model's own mean and std) at the frame's
-native aspect ratio."""
+"""Frames to model input: uint8 RGB frames -> normalised float pixels (the model's own mean and std), at the frame's
+native aspect ratio or as the chosen input mode says (``inputs.py``)."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -52,18 +52,28 @@ def native_size(height: int, width: int, patch: int, scale: float = 1.0) -> Tupl
             max(patch, int(width * scale / patch + 0.5) * patch))
 
 
-def to_pixels(model, frames: FramesLike, *, scale: float = 1.0) -> torch.Tensor:
-    """Preprocess frames for a CLIP-family ViT at their native aspect ratio (no crop).
+def to_pixels(model, frames: FramesLike, *, input: Optional[str] = None, scale: float = 1.0) -> torch.Tensor:
+    """Preprocess frames for a CLIP-family ViT as ``input`` says (see ``backbones/inputs.py``), as ``explain``
+    does: None (default) is the model's default input (``"native"``: the frame's aspect, no crop, unless the model
+    says otherwise, as the shipped shapes CLIP does with ``"model"``).
 
-    ``model``: any model ``explain`` accepts. Each side is resized (bicubic) to the nearest multiple of the patch
-    size of ``scale`` times its length, then normalised with the model's own mean and std (CLIP's, or SigLIP's
-    0.5). Returns float32 (N, 3, H', W') on the model's device.
+    ``model``: any model ``explain`` accepts. ``native``/``model``: each side is resized (bicubic) to the nearest
+    multiple of the patch size of ``scale`` times its length (times the model's resolution over the frame's longer
+    side for ``model``), then normalised with the model's own mean and std (CLIP's, or SigLIP's 0.5);
+    ``library``: the library's own transform. Returns float32 (N, 3, H', W') on the model's device.
     """
     from .base import backbone_of
+    from .inputs import input_view, model_pixels
 
     backbone = backbone_of(model)
     frames = as_frames(frames)
-    h, w = native_size(frames.shape[1], frames.shape[2], backbone.patch_size, scale)
+    return model_pixels(backbone, frames, input_view(backbone, frames.shape[1], frames.shape[2], input, scale))
+
+
+def resize_normalise(backbone, frames: np.ndarray, size: Tuple[int, int]) -> torch.Tensor:
+    """uint8 RGB frames (N, H, W, 3) resized (PIL bicubic) to ``size`` (H', W') and normalised with the backbone's
+    mean and std: float32 (N, 3, H', W') on its device."""
+    h, w = size
     resized = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in frames])
     x = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div_(255)
     mean = torch.tensor(backbone.mean, dtype=torch.float32).view(1, 3, 1, 1)

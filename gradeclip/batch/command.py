@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+from ..input_args import add_input_options, check_input_options
 from ..checks import output_folder, positive_int_arg
 
 
@@ -36,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     choose = b.add_mutually_exclusive_group()
     choose.add_argument("--every", type=positive_int_arg, metavar="K", help="explain every K-th frame (default: all)")
     choose.add_argument("--frames", type=positive_int_arg, metavar="N", help="explain N evenly spaced frames")
-    b.add_argument("--scale", type=float, default=1.0, help="resize frames by this factor before the model")
+    add_input_options(b)
     b.add_argument("--masks-root", metavar="DIR",
                    help="masks of video a/b.avi (relative to its input folder) in DIR/a/b (a folder or video), or "
                         "in CASIA-B's layout DIR/SUBJECT/COND-SEQ/VIEW for a video SUBJECT-COND-SEQ-VIEW.avi")
@@ -71,8 +72,7 @@ def check(args) -> dict:
     if any(not p.strip() for p in args.prompt):
         raise ValueError("empty --prompt: every prompt needs some text")
     get_method(args.method)
-    if not args.scale > 0:
-        raise ValueError(f"--scale must be > 0, got {args.scale}")
+    check_input_options(args)
     group_names(args.group_by)
     if args.masks_root and not Path(args.masks_root).is_dir():
         raise FileNotFoundError(f"--masks-root not found: {args.masks_root}")
@@ -81,7 +81,7 @@ def check(args) -> dict:
     output_folder(args.out)
     model = args.model if not os.path.exists(args.model) else str(Path(args.model).resolve())
     return {"prompts": list(args.prompt), "method": args.method, "model": model, "every": args.every,
-            "frames": args.frames, "scale": args.scale, "truncate": args.truncate,
+            "frames": args.frames, "input": args.input, "scale": args.scale, "truncate": args.truncate,
             "masks_root": str(Path(args.masks_root).resolve()) if args.masks_root else None,
             "masks_template": args.masks_template}
 

@@ -27,7 +27,7 @@ from ..io.frames import VIDEO_SUFFIXES
 from .masks import locate_masks
 
 MEAN_MAP_SIZE = 64  # side of the mean relevance map in normalised frame coordinates
-RUN_KEYS = ("prompts", "method", "model", "every", "frames", "scale", "masks_root", "masks_template")
+RUN_KEYS = ("prompts", "method", "model", "every", "frames", "input", "scale", "masks_root", "masks_template")
 
 
 def video_id(path: Path, root: Optional[Path]) -> str:
@@ -177,6 +177,7 @@ def process_video(model, job: dict, settings: dict, out: Path) -> dict:
         record.update(declared_frames=declared, decoded_frames=info.num_frames)  # kept if the video then fails
         result = explain_video(model, job["path"], settings["prompts"], method=settings["method"],
                                every=settings["every"], count=settings["frames"], scale=settings["scale"],
+                               input=settings.get("input"),
                                model_name=settings["model"], progress=False)
         if len(result.indices) < settings.get("min_frames", 1):
             raise ValueError(f"too short: {len(result.indices)} frames explained")
@@ -185,6 +186,7 @@ def process_video(model, job: dict, settings: dict, out: Path) -> dict:
               for i, t, row in zip(result.indices, result.times, result.cosine)], partial / "scores.csv")
         with atomic_path(partial / "mean_map.npy") as temp:
             np.save(temp, mean_map(result))
+        record["input"] = result.view.as_json()  # the mode and the size in pixels fed to the model
         record.update(frame_status(declared, info.num_frames, len(result.failed)))
         record.update(damaged_frames=len(result.failed), damaged_indices=[int(i) for i, _ in result.failed],
                       frames=len(result.indices), mean_cos=result.cosine.mean(0).tolist(), max_cos=result.cosine.max(0).tolist(),
@@ -228,4 +230,7 @@ def mean_map(result) -> np.ndarray:
     from ..explain import normalize_maps
 
     maps = normalize_maps(torch.from_numpy(result.raw).float()).mean(0, keepdim=True)  # (1, K, h, w)
+    if result.view is not None and result.view.mode == "library":  # the maps cover the crop only: place them
+        grid = result.view.at((MEAN_MAP_SIZE, MEAN_MAP_SIZE))
+        return grid.place(grid.fit(maps))[0].numpy()
     return F.interpolate(maps, size=(MEAN_MAP_SIZE,) * 2, mode="bilinear", align_corners=False)[0].numpy()

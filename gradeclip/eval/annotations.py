@@ -163,12 +163,9 @@ def score_frames(result, source: MaskSource) -> dict:
     Returns ``{"rows": [...], "missing": [frame indices without annotation], "resized": source.resized}``; one row
     per annotated explained frame and prompt: ``frame``, ``time_s``, ``prompt``, ``method``, ``pointing`` (0/1),
     ``energy`` in [0, 1], ``rank_corr`` in [-1, 1] (NaN for a constant map or an empty/full mask), ``mask_share``
-    (the share of the frame the mask covers: the chance level of the pointing game).
+    (the share of the frame the mask covers: the chance level of the pointing game). With ``input="library"``
+    map and mask are both cut to the part of the frame the model saw, and the share is of that part.
     """
-    import torch
-
-    from ..explain import normalize_maps, upsample
-
     have = set(source.indices)
     rows, missing = [], []
     size = tuple(result.frame_size)
@@ -176,8 +173,8 @@ def score_frames(result, source: MaskSource) -> dict:
         if index not in have:
             missing.append(index)
             continue
-        mask = source.mask(index, size)
-        maps = upsample(normalize_maps(torch.from_numpy(result.raw[n:n + 1]).float()), size)[0].numpy()  # (K, H, W)
+        maps, (top, left, bottom, right) = result.frame_maps(n, size)  # (K, h, w) on the part the model saw
+        mask = source.mask(index, size)[top:bottom, left:right]  # metrics count only what the model saw
         masks = np.broadcast_to(mask, maps.shape)
         hits, energy = pointing_game(maps, masks), energy_pointing_game(maps, masks)
         corr = rank_correlation(maps, masks.astype(np.float64))

@@ -15,18 +15,9 @@ import sys
 from pathlib import Path
 
 from ..checks import output_folder, positive_int_arg
+from ..input_args import add_input_options, check_input_options
 
 DEFAULT_OUT = "outputs/evaluate"
-
-
-def _scale(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"invalid scale {text!r}: give a number > 0")
-    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -53,8 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     choose = ev.add_mutually_exclusive_group()
     choose.add_argument("--every", type=positive_int_arg, metavar="K", help="with --video: every K-th frame (default: all)")
     choose.add_argument("--frames", type=positive_int_arg, metavar="N", help="with --video: N evenly spaced frames")
-    ev.add_argument("--scale", type=_scale, default=1.0,
-                    help="with --video: resize frames by this factor before the model (default: 1)")
+    add_input_options(ev)  # --input, --scale: with --video
     ev.add_argument("--n", type=positive_int_arg, default=None, metavar="N", help="with --shapes: scenes (default: 50)")
     ev.add_argument("--methods", nargs="+", metavar="NAME",
                     help="methods to evaluate (default: all registered with --shapes, grad_eclip with --video)")
@@ -77,8 +67,9 @@ def check(args) -> None:
                   "--frames": args.frames, "--first": args.first, "--truncate": args.truncate or None}
     if args.shapes:
         given = [flag for flag, value in video_only.items() if value is not None]
-        if given or args.scale != 1.0:
-            raise ValueError(f"{', '.join(given or ['--scale'])} only work with --video, not with --shapes")
+        given += ["--input"] * (args.input is not None) + ["--scale"] * (args.scale != 1.0)
+        if given:
+            raise ValueError(f"{', '.join(given)} only work with --video, not with --shapes")
     else:
         if args.n is not None:
             raise ValueError("--n only works with --shapes (number of scenes)")
@@ -92,6 +83,7 @@ def check(args) -> None:
 
     for name in args.methods or []:
         get_method(name)
+    check_input_options(args)
     output_folder(args.out)
 
 
@@ -178,14 +170,17 @@ def _video(args) -> int:
         for method in methods:
             bar.set_postfix_str(method)
             result = explain_video(model, args.video, args.prompt, method=method, every=args.every,
-                                   count=args.frames, scale=args.scale, model_name=model_name, progress=bar)
+                                   count=args.frames, input=args.input, scale=args.scale, model_name=model_name,
+                                   progress=bar)
             bar.update(total - len(result.indices))  # frames that failed to decode, so the bar ends full
             scored = score_frames(result, source)
+            for row in scored["rows"]:  # which input the numbers belong to
+                row["input"] = f"{result.view.mode} {result.view.size[0]}x{result.view.size[1]}"
             rows += scored["rows"]
             missing, resized = scored["missing"], scored["resized"] or resized
             explained = len(result.indices)
     print(f"{Path(args.video).name}: {explained} frames explained, {explained - len(missing)} annotated "
-          f"({source.description}); model {Path(model_name).name}")
+          f"({source.description}); model {Path(model_name).name}; {result.view.label()}")
     if missing:
         print(f"  {len(missing)} explained frames have no annotation and were skipped: "
               f"{_ranges(missing)}")

@@ -21,13 +21,14 @@ SLOW_METHODS = ("scorecam",)
 def compare_methods(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *,
                     methods: Optional[Sequence[str]] = None, steps: int = 20, replacement: str = "blur",
                     score: str = "cosine", options: Optional[Dict[str, dict]] = None, progress: bool = False,
-                    tokenizer=None):
+                    tokenizer=None, input: Optional[str] = None, scale: float = 1.0):
     """Explain ``frames`` x ``prompts`` with each method and measure deletion/insertion AUC and time per map.
 
     ``methods``: names (default: every registered method except ``SLOW_METHODS``). ``options``: per-method keyword
     options, e.g. ``{"rise": {"n_masks": 500}}``. ``progress`` shows a bar over the methods. Returns ``(rows, explanations)``: one dict per method with
     ``method``, ``deletion_auc`` and ``insertion_auc`` (means over frames and prompts) and ``seconds_per_map``,
-    and the ``Explanation`` of each method by name. ``model`` and ``tokenizer`` as for ``explain``.
+    and the ``Explanation`` of each method by name. ``model``, ``tokenizer``, ``input`` and ``scale`` as for
+    ``explain`` (the deletion and insertion curves perturb the same model input the maps were made on).
     """
     names = list(methods) if methods is not None else [m for m in method_names() if m not in SLOW_METHODS]
     for name in names:
@@ -36,13 +37,14 @@ def compare_methods(model, frames: FramesLike, prompts: Union[str, Sequence[str]
     model = backbone_of(model, tokenizer)
     frames = as_frames(frames)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    pixels = to_pixels(model, frames)
+    pixels = to_pixels(model, frames, input=input, scale=scale)
     scorer = clip_scorer(model, model.encode_prompts(prompts), score=score)
     rows: List[dict] = []
     explanations: Dict[str, Explanation] = {}
     for name in tqdm(names, desc="methods", unit="method", disable=not progress):
         start = time.perf_counter()
-        result = explain(model, frames, prompts, method=name, progress=False, **options.get(name, {}))
+        result = explain(model, frames, prompts, method=name, input=input, scale=scale, progress=False,
+                         **options.get(name, {}))
         seconds = (time.perf_counter() - start) / (len(frames) * len(prompts))
         curves = deletion_insertion(scorer, pixels, torch.from_numpy(result.raw), steps=steps,
                                     replacement=replacement)

@@ -12,7 +12,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import ipywidgets as widgets
 import numpy as np
@@ -45,8 +45,8 @@ class Explorer(widgets.VBox):
     ``forwards`` counts explanations computed (cache misses)."""
 
     def __init__(self, model, video, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
-                 tokenizer=None, out_dir=DEFAULT_OUT, frame: int = 0, scale: Union[float, str] = 1.0,
-                 cache_size: int = 32, panel_width: int = 320, words: bool = True):
+                 tokenizer=None, out_dir=DEFAULT_OUT, frame: int = 0, input: Optional[str] = None,
+                 scale: Union[float, str] = 1.0, cache_size: int = 32, panel_width: int = 320, words: bool = True):
         self.model, self.tokenizer, self.out_dir, self.panel_width = model, tokenizer, Path(out_dir), panel_width
         self.source = FrameSource(video)
         get_method(method)
@@ -89,9 +89,9 @@ class Explorer(widgets.VBox):
                                       description="scale", layout=widgets.Layout(width="420px"))
         self.selected = widgets.Dropdown(options=[(p, j) for j, p in enumerate(prompts)],
                                          value=0 if prompts else None, description="selected")
-        sizes, scale = input_sizes(model, self.source.height, self.source.width, scale)
-        self.size = widgets.Dropdown(options=sizes, value=scale, description="input",
-                                     layout=widgets.Layout(width="300px"))
+        sizes, chosen = input_sizes(self.backbone, self.source.height, self.source.width, input, scale)
+        self.size = widgets.Dropdown(options=sizes, value=chosen, description="input",
+                                     layout=widgets.Layout(width="300px"))  # values: (mode, scale)
         self.show_words = widgets.Checkbox(value=words, description="word importance", indent=False)
         self.export_button = widgets.Button(description="Export", icon="download", button_style="primary")
         self.image = widgets.Image(format="jpeg")
@@ -174,8 +174,8 @@ class Explorer(widgets.VBox):
             if text is None:  # a prompt set is encoded once, not again for every frame
                 text = self.backbone.encode_prompts(list(key[1]))
                 self.text_cache.put(key[1], text)
-            result = explain_encoded(self.backbone, frame, list(key[1]), text, method=key[2], scale=key[4],
-                                     progress=False, **self.options)
+            result = explain_encoded(self.backbone, frame, list(key[1]), text, method=key[2], input=key[4][0],
+                                     scale=key[4][1], progress=False, **self.options)
             self.forwards += 1
             self.cache.put(key, result)
             low, high = result.raw[0].reshape(len(key[1]), -1).min(1), result.raw[0].reshape(len(key[1]), -1).max(1)
@@ -207,8 +207,15 @@ class Explorer(widgets.VBox):
                                            f"{time.perf_counter() - start:.2f} s ({len(self.cache)} cached){note}"))
 
     def displayed_maps(self) -> np.ndarray:
-        """The shown frame's maps (K, h, w) in [0, 1] on the chosen colour scale."""
-        return scaled_maps(self.current, self.scale.value, self.ranges.get(self._key(0)[1:]))
+        """The shown frame's maps (K, h, w) in [0, 1] on the chosen colour scale (with input library, placed over
+        the part of the frame the model saw, 0 elsewhere)."""
+        maps = scaled_maps(self.current, self.scale.value, self.ranges.get(self._key(0)[1:]))
+        view = self.current.view
+        if view is None or view.mode != "library" or maps.shape[-2:] == tuple(view.frame_size):
+            return maps
+        import torch
+
+        return view.place(view.fit(torch.from_numpy(maps)[None]))[0].numpy()
 
     def redraw(self, then=None):
         """Draw the view from the cached explanation: no model call. ``then`` runs once the image and the scores
@@ -257,7 +264,8 @@ class Explorer(widgets.VBox):
         try:
             shown = replace(result, maps=self._frame_size_maps()[None])  # the colour scale shown
             meta = {"video": self.source.path, "frame": index, "time_s": self.source.seconds(index),
-                    "options": self.options, "scale": self.size.value, "colour_scale": self.scale.value}
+                    "options": self.options, "input_mode": self.size.value[0], "scale": self.size.value[1],
+                    "colour_scale": self.scale.value}
             paths = export_frame(shown, name, self.out_dir, cmap=self.cmap.value, alpha=self.opacity.value, meta=meta,
                                  title=f"{self.source.name} · frame {index} · {self.source.time(index)}")
         except Exception as err:
@@ -284,17 +292,17 @@ class Explorer(widgets.VBox):
 
 def explore(model, video, prompts: Union[str, Sequence[str]] = ("a person walking", "a tree"), *,
             method: str = "grad_eclip", tokenizer=None, out_dir=DEFAULT_OUT, frame: int = 0,
-            scale: Union[float, str] = 1.0, **kwargs) -> Explorer:
+            input: Optional[str] = None, scale: Union[float, str] = 1.0, **kwargs) -> Explorer:
     """An interactive explorer of ``model``'s explanations over ``video``, as an ipywidgets widget.
 
     ``video``: a path (frames decoded on demand, one at a time) or uint8 RGB frames (N, H, W, 3). ``prompts``: a
     string or a list (editable in the widget, one per line). ``method``: a name in ``method_names()``;
     ``tokenizer`` goes to ``explain`` when given. ``frame``: the first frame shown (negative counts from the end).
-    ``scale``: ``explain``'s input scale (1.0: native frame size), or ``"model"``: the frame's long side at the
-    model's input size (e.g. 48 px for the shipped shapes CLIP); also a menu in the widget. Export writes to
-    ``out_dir``. Display the returned widget (last
+    ``input`` and ``scale``: the model input as for ``explain`` (None: the model's default; native, model or
+    library; ``scale="model"`` is read as ``input="model"``); also a menu in the widget, each entry naming the
+    size in pixels fed to the model. Export writes to ``out_dir``. Display the returned widget (last
     expression of a cell); ``kwargs``: ``cache_size`` (explanations kept, default 32), ``panel_width`` (pixels per
     panel, default 320), ``words`` (show word importance, default True).
     """
     return Explorer(model, video, prompts, method=method, tokenizer=tokenizer, out_dir=out_dir, frame=frame,
-                    scale=scale, **kwargs)
+                    input=input, scale=scale, **kwargs)

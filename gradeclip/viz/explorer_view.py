@@ -71,25 +71,33 @@ class FrameSource:
         return "" if seconds is None else f"{seconds:.3f} s"
 
 
-def input_sizes(model, height: int, width: int, scale) -> Tuple[list, float]:
-    """The input-size menu of the explorer, ``([(label, scale), ...], chosen scale)``: the frame size (1.0), the
-    model's input size (the long side at the resolution the model was trained at), half and double, and ``scale``
-    itself if it is another number. ``scale``: a number in (0, 8] or ``"model"``. ``model``: any model ``explain``
-    accepts."""
+def input_sizes(model, height: int, width: int, input: Optional[str] = None, scale=1.0) -> Tuple[list, tuple]:
+    """The input menu of the explorer, ``([(label, (mode, scale)), ...], chosen (mode, scale))``: each input mode
+    (native, model, library; see ``backbones/inputs.py``) at scale 1, native at half and double size, and the
+    chosen ``(input, scale)`` itself; each label names the mode and the size in pixels fed to the model (height ×
+    width). ``input``: a mode or None (the model's default); ``scale``: a number in (0, 8] (``"model"`` is read as
+    ``input="model"``). ``model``: any model ``explain`` accepts."""
     from ..backbones.base import backbone_of
+    from ..backbones.inputs import INPUT_MODES, input_view, resolve_input
 
-    model_scale = backbone_of(model).resolution / max(height, width)
+    backbone = backbone_of(model)
     if scale == "model":
-        scale = model_scale
+        input, scale = "model", 1.0
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 8:
         raise ValueError(f"scale must be a number in (0, 8] or 'model', got {scale!r}")
-    sizes = [("frame size (×1)", 1.0)]
-    if abs(model_scale - 1) > 1e-6:
-        sizes.append((f"model's input size (×{model_scale:.3g})", model_scale))
-    for label, value in [("half size (×0.5)", 0.5), ("double size (×2)", 2.0), (f"×{scale:.3g}", float(scale))]:
-        if all(abs(value - known) > 1e-9 for _, known in sizes):
-            sizes.append((label, value))
-    return sizes, next(value for _, value in sizes if abs(scale - value) <= 1e-9)
+    chosen = (resolve_input(backbone, input, scale), float(scale))
+    entries = [(mode, 1.0) for mode in INPUT_MODES] + [("native", 0.5), ("native", 2.0)]
+    entries += [] if chosen in entries else [chosen]
+    sizes = []
+    for mode, factor in entries:
+        try:
+            view = input_view(backbone, height, width, mode, factor)
+        except ValueError:  # a library transform gradeclip cannot reproduce: not offered
+            continue
+        times = "" if factor == 1 else f" ×{factor:g}"
+        crop = " crop" if mode == "library" and not view.seen().all() else ""
+        sizes.append((f"{mode}{times} · {view.size[0]}×{view.size[1]} px{crop}", (mode, factor)))
+    return sizes, chosen
 
 
 class LRUCache:

@@ -85,11 +85,16 @@ def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", 
     if result.library:  # which model explained it, for a figure that travels without its JSON
         axes[0].set_title(f"{Path(result.model).name or 'model'} · {result.library}", fontsize=7, loc="left",
                           y=-0.02, va="top", color="0.35")
+    caption = _input_caption(result)
+    if caption:  # and which input it was fed, on the line below
+        axes[0].annotate(caption, xy=(0, -0.02), xycoords="axes fraction", xytext=(0, -9), textcoords="offset points",
+                         fontsize=7, va="top", color="0.35")
     for j, ax in enumerate(axes[1:]):
         if _is_zero(result, index, j):
             _mark_zero(ax, frame)
         else:
             ax.imshow(overlay(frame, result.maps[index, j], cmap=cmap, alpha=alpha))
+        _mark_unseen(ax, getattr(result, "seen", None))
         ax.set_title(f"{_title(result.prompts[j])}\ncos {result.cosine[index, j]:.3f} · "
                      f"p {result.probs[index, j]:.2f}", fontsize=10)
     for ax in axes:
@@ -99,6 +104,25 @@ def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", 
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _input_caption(result) -> str:
+    """``input library 224×224 px; hatched: not seen by the model`` (empty without a recorded input)."""
+    view = getattr(result, "view", None)
+    if view is None:
+        return ""
+    seen = getattr(result, "seen", None)
+    return view.label().split(", sees")[0] + ("; hatched: not seen by the model" if seen is not None
+                                              and not seen.all() else "")
+
+
+def _mark_unseen(ax, seen) -> None:
+    """Grey and hatch the part of the frame the model did not see (``seen`` (H, W) bool; nothing when all seen)."""
+    if seen is None or seen.all():
+        return
+    unseen = ~seen
+    ax.imshow(np.where(unseen[..., None], [0.5, 0.5, 0.5, 0.75], [0, 0, 0, 0]))
+    ax.contourf(unseen.astype(float), levels=[0.5, 1.5], colors="none", hatches=["///"])
 
 
 def _is_zero(result: Explanation, index: int, prompt: int) -> bool:
@@ -251,6 +275,7 @@ def save_explanation(result: Explanation, name: str, out_dir=DEFAULT_OUT, *, met
                      "axes": "frame, prompt, grid row, grid column"},
         "frame_size": list(result.frames.shape[1:3]),
         "library": result.library, "model": result.model,  # what explained it; meta may name the model better
+        **({"input": result.view.as_json()} if getattr(result, "view", None) is not None else {}),
         **(meta or {}),
     }
     scores_path.write_text(json.dumps(record, indent=2) + os.linesep)
