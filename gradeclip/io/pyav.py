@@ -9,6 +9,7 @@ decode from the start.
 """
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
@@ -22,15 +23,35 @@ _RETRIES = 3  # earlier keyframes tried (then the start) when a seek lands late 
 
 def to_rgb(frame, rotation: int = 0, max_side: Optional[int] = None) -> np.ndarray:
     """A PyAV VideoFrame as (H, W, 3) uint8 RGB, as FFmpeg displays it (rotation applied), reduced so that its
-    longer side is at most ``max_side`` (area interpolation, in the same pass as the colour conversion)."""
+    longer side is at most ``max_side`` (area interpolation, in the same pass as the colour conversion). An
+    interlaced frame is converted by FFmpeg's scale filter, which upsamples its chroma field by field as the
+    ``ffmpeg`` command does (a plain conversion mixes the two fields' colours: up to 185 levels off)."""
     width, height = shape_after(frame.width, frame.height, max_side)
-    if (width, height) != (frame.width, frame.height):
+    if frame.interlaced_frame:
+        rgb = _filtered_rgb(frame, width, height)
+    elif (width, height) != (frame.width, frame.height):
         rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
     else:
         rgb = frame.to_ndarray(format="rgb24")
     if rotation:
         rgb = np.ascontiguousarray(np.rot90(rgb, rotation // 90))  # FFmpeg's angle is counter-clockwise
     return rgb
+
+
+def _filtered_rgb(frame, width: int, height: int) -> np.ndarray:
+    """(height, width, 3) uint8 RGB of ``frame`` through a buffer -> scale -> rgb24 filter graph."""
+    import av
+
+    graph = av.filter.Graph()
+    source = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                              time_base=frame.time_base or Fraction(1, 1000))
+    size = f"{width}:{height}" + (":flags=area" if (width, height) != (frame.width, frame.height) else "")
+    chain = [source, graph.add("scale", size), graph.add("format", "rgb24"), graph.add("buffersink")]
+    for a, b in zip(chain, chain[1:]):
+        a.link_to(b)
+    graph.configure()
+    graph.push(frame)
+    return graph.pull().to_ndarray()
 
 
 class PyAVVideo:
@@ -43,6 +64,7 @@ class PyAVVideo:
         self.index, self.path, self.max_side = index, index.path, max_side
         self.num_frames, self.fps, self.times = index.num_frames, index.avg_fps, index.times
         self.width, self.height = index.width, index.height
+        self.declared_frames = index.declared
 
     def scan(self, wanted: np.ndarray) -> Iterator[Tuple[int, Union[np.ndarray, ValueError]]]:
         """``(index, frame)`` for each of the sorted unique ``wanted`` indices, in order, or ``(index,
