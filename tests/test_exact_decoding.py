@@ -3,6 +3,8 @@
 Truth is the FFmpeg binary's sequential decode to raw RGB (``ffmpeg_truth.truth``). Files are tiny (64x48, under
 2 s) and made once per test session.
 """
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -23,10 +25,24 @@ FILES = {  # name: output options
     "h264_vfr.mkv": ["-vf", VFR, "-fps_mode", "vfr", "-c:v", "libx264", *BFRAMES],
     "h264_vfr.mp4": ["-vf", VFR, "-fps_mode", "vfr", "-c:v", "libx264", *BFRAMES],
     "rotated.mkv": ["-c:v", "libx264", "-metadata:s:v:0", "rotate=90"],
+    "rotated_180.mkv": ["-c:v", "libx264"],
+    "rotated_270.mkv": ["-c:v", "libx264"],
     "av1.mkv": ["-c:v", "libsvtav1", "-preset", "12"],
     "clip.gif": ["-r", "10"],
+    # issue 15's kinds: an MP4 cut by stream copy (an edit list hides the frames before the cut), TS files whose
+    # head was cut off mid-GOP (their first packets are frames without references), open GOPs with a B-pyramid,
+    # x265 (open GOP by default), an animated PNG, interlaced MPEG-2
+    "h264_cut.mp4": ["-c:v", "libx264", *BFRAMES],
+    "h264_headcut.ts": ["-c:v", "libx264", *BFRAMES],
+    "mpeg2_headcut.ts": ["-c:v", "mpeg2video", *BFRAMES],
+    "h264_opengop.mkv": ["-c:v", "libx264", "-bf", "3", "-x264-params",
+                         "open-gop=1:b-pyramid=normal:keyint=12:min-keyint=12:scenecut=0"],
+    "x265.mkv": ["-c:v", "libx265", "-x265-params", "log-level=error:keyint=12:min-keyint=12"],
+    "clip.apng": ["-f", "apng", "-plays", "0"],
+    "interlaced.ts": ["-vf", "setfield=tff", "-c:v", "mpeg2video", "-flags", "+ilme+ildct", *BFRAMES],
 }
-NEEDS = {"xvid_bframes.avi": "libxvid", "av1.mkv": "libsvtav1", "h264_bframes.avi": "libx264"}
+NEEDS = {"xvid_bframes.avi": "libxvid", "av1.mkv": "libsvtav1", "h264_bframes.avi": "libx264",
+         "x265.mkv": "libx265"}
 
 
 @pytest.fixture(scope="session")
@@ -38,33 +54,55 @@ def made(tmp_path_factory):
         if name not in out:
             if NEEDS.get(name, "mpeg4") not in have:
                 pytest.skip(f"this FFmpeg build has no {NEEDS[name]} encoder")
-            path = make(folder / name, SRC, *FILES[name])
-            if name == "rotated.mkv":  # the display matrix, as phones write it
-                path = _rotate(path, folder / "rotated_90.mkv")
-            out[name] = (path, *truth(path))
+            path = make(folder / f"source_{name}", SRC, *FILES[name])
+            out[name] = (_derive(name, path, folder / name), *truth(folder / name))
         return out[name]
 
     return get
 
 
-def _rotate(path, target):
-    import subprocess
+def _derive(name, source, target):
+    """The test file ``name`` made from its encoded ``source``: rotated by a display matrix (as phones write it),
+    cut by stream copy, or its head cut off at a TS packet boundary mid-GOP; else the source itself."""
+    import os
+    import shutil
 
     from ffmpeg_truth import FFMPEG
-    subprocess.run([FFMPEG, "-loglevel", "error", "-y", "-display_rotation", "90", "-i", path, "-c", "copy",
-                    str(target)], check=True)
+
+    def remux(*options):
+        subprocess.run([FFMPEG, "-loglevel", "error", "-y", *options, "-c", "copy", str(target)], check=True)
+
+    if name.startswith("rotated"):
+        remux("-display_rotation", name.split("_")[1].split(".")[0] if "_" in name else "90", "-i", source)
+    elif name == "h264_cut.mp4":
+        remux("-ss", "0.7", "-i", source)  # keyframes at 0, 0.48, 0.96 s: the cut is mid-GOP
+    elif "headcut" in name:
+        data = open(source, "rb").read()
+        start = (len(data) * 2 // 5) // 188 * 188
+        open(target, "wb").write(data[start:])
+    else:
+        shutil.copyfile(source, target)
+    os.remove(source)
     return str(target)
 
 
 @pytest.mark.parametrize("backend", ["pyav", "decord", "opencv"])
 @pytest.mark.parametrize("name", list(FILES))
 def test_every_frame_is_ffmpegs(made, name, backend):
-    """Single random reads, a shuffled batch and the stream all equal FFmpeg's decode pixel for pixel. Catches
-    decord's seek returning frame 27 for 37 in a B-frame AVI, a count off by one, an ignored rotation flag."""
+    """Single random reads, a shuffled batch and the stream all equal FFmpeg's decode pixel for pixel, and the
+    times equal FFmpeg's (showinfo's, relative to the first frame) within 1 ms. Catches decord's seek returning
+    frame 27 for 37 in a B-frame AVI, a count off by one, an ignored rotation flag, width and height swapped for
+    180 degrees (only 90 and 270 swap), times counted from the earliest packet on a cut MP4 or TS (-0.28 s,
+    +0.48 s), an interlaced frame converted without field-aware chroma (up to 185 levels off)."""
     path, frames, times = made(name)
     if name == "av1.mkv" and backend == "opencv":  # OpenCV's FFmpeg has no software AV1 decoder: said so
         with pytest.raises(ValueError, match="AV1 is not supported by OpenCV's decoders here; backend 'pyav'"):
             video_info(path, backend=backend)
+        return
+    if name == "interlaced.ts" and backend == "opencv":  # OpenCV returns blank pictures for interlaced video
+        with pytest.raises(ValueError, match=r"interlaced video \(MPEG2VIDEO\).*use backend 'pyav'") as err:
+            read_frames(path, [0], backend=backend)
+        assert "\n" not in str(err.value)
         return
     info = video_info(path, backend=backend)
     assert info.num_frames == len(frames)
@@ -83,6 +121,7 @@ def test_every_frame_is_ffmpegs(made, name, backend):
     for got, i in zip(np.concatenate([b.frames for b in streamed]), indices):
         _same(got, frames[i], backend, f"{name} streamed frame {i}")
     if not name.endswith(".avi"):  # AVI stores no presentation times; elsewhere they are the container's
+        assert times[0] == 0 and len(info.times) == len(times)
         np.testing.assert_allclose(info.times, times, atol=1e-3)
         np.testing.assert_allclose(np.concatenate([b.times for b in streamed]), times[indices], atol=1e-3)
 
@@ -234,3 +273,103 @@ def test_video_export_shows_the_frames_it_labels(made, name, model, tmp_path, mo
     for frame, time_s, index in shown:
         assert np.array_equal(frame, frames[index]), f"exported frame {index} is not FFmpeg's"
         assert time_s == result.times[result.indices.tolist().index(index)]
+
+
+@pytest.mark.parametrize("name, uses_decord", [("h264_opengop.mkv", False), ("x265.mkv", False),
+                                               ("h264_vfr.mkv", True), ("h264_vfr.mp4", True),
+                                               ("rotated.mkv", False), ("h264_cut.mp4", False)])
+def test_decord_only_where_its_seek_is_exact(made, name, uses_decord):
+    """backend="decord" reads with decord only where the file's structure is one its seek was measured exact on
+    (closed GOPs, no rotation flag), and then its count, times and every frame read on its own are FFmpeg's. On
+    open GOPs (x264 open-gop with a B-pyramid, x265's default) decord returned other frames for 5-7 % of single
+    reads; catches the open-GOP guard removed, and decord's own count or times one frame off where it is used."""
+    from gradeclip.io.decode import open_video
+
+    path, frames, times = made(name)
+    video = open_video(path, "decord")
+    try:
+        assert video.backend == ("decord" if uses_decord else "pyav")
+        assert video.num_frames == len(frames)
+        np.testing.assert_allclose(video.times, times, atol=1e-3)
+        for i in range(len(frames)):
+            _same(video.read(np.array([i]))[0], frames[i], video.backend, f"{name} frame {i}")
+    finally:
+        video.close()
+
+
+def test_open_gop_seen_in_the_packets(made):
+    """The index sees an open GOP from the packets alone (a keyframe followed in decode order by a frame shown
+    before it), and only there: catches a detector that also flags closed GOPs with B-frames (decord never used)
+    or that misses x265's CRA keyframes (decord's wrong frames). FFmpeg's MPEG-4 part 2 encoder makes open GOPs
+    (B-frames before an I-frame reference the previous group) unless told +cgop."""
+    from gradeclip.io.index import build_index
+
+    flags = {name: build_index(made(name)[0]).open_gop
+             for name in ("h264_opengop.mkv", "x265.mkv", "mpeg4_bframes.mp4", "h264_vfr.mkv", "h264_vfr.mp4")}
+    assert flags == {"h264_opengop.mkv": True, "x265.mkv": True, "mpeg4_bframes.mp4": True,
+                     "h264_vfr.mkv": False, "h264_vfr.mp4": False}
+
+
+def test_apng_is_read_forward(made, monkeypatch):
+    """APNG's keyframe flags cannot be trusted (a seek there returned frames with a black band): its index is
+    built from a forward decode and every read decodes forward from the start, never seeking. Catches APNG left
+    on the seek path."""
+    import av.container
+
+    from gradeclip.io.index import build_index
+
+    path, frames, _ = made("clip.apng")
+    index = build_index(path)
+    assert index.mode == "sequential" and not len(index.key_frames)
+    seeks = []
+    original = av.container.InputContainer.seek
+    monkeypatch.setattr(av.container.InputContainer, "seek", lambda self, *a, **k: seeks.append(a) or
+                        original(self, *a, **k))
+    _same(read_frames(path, [37], backend="pyav")[0], frames[37], "pyav", "apng frame 37")
+    assert seeks == []
+
+
+@pytest.mark.parametrize("name", ["h264_cut.mp4", "h264_headcut.ts", "mpeg2_headcut.ts", "interlaced.ts"])
+def test_cut_files_start_at_zero_on_the_fallback_path(made, name, monkeypatch):
+    """Times of a file cut mid-GOP are FFmpeg's, counted from the first frame shown, also when the index is built
+    from one full decode (forced here for the MP4, which the index can otherwise read by seeking): gradeclip used
+    to count slots from the earliest packet (-0.28 s on this MP4, whose first packets an edit list hides; TS heads
+    whose first packets never decode). Catches the fallback's times taken from the demuxed packets."""
+    from gradeclip.io import index as index_module
+
+    path, frames, times = made(name)
+    index_module._cache.clear()
+    monkeypatch.setattr(index_module, "_HEAD_MAX", 0)  # the head check sees nothing: it cannot verify the pts
+    index = index_module._build(path)
+    assert index.mode == "sequential" and index.num_frames == len(frames)
+    assert times[0] == 0 and index.times.min() >= 0
+    np.testing.assert_allclose(index.times, times, atol=1e-3)
+
+
+def test_declared_frames_against_decoded(made, tmp_path):
+    """``declared_frames`` is what the container declares, so a damaged file shows as fewer decoded frames than
+    declared: an AVI cut at 60 % (header 40, 24 decode) and an MP4 with its index first cut at 60 %; a TS whose
+    head was cut mid-GOP declares more than decode (its first frames lack references). Every intact file declares
+    exactly what decodes, with every backend (no false "partial"), the MP4 cut by stream copy included (its edit
+    list hides 5 frames it still stores). Catches declared_frames left None, taken from the decoded count, or
+    counting the frames an edit list hides."""
+    for name in ("mpeg4_bframes.avi", "mpeg4_bframes.mp4", "h264_vfr.mkv", "h264_cut.mp4", "x265.mkv",
+                 "interlaced.ts", "rotated_270.mkv"):
+        path, frames, _ = made(name)
+        for backend in ("pyav", "decord", "opencv"):
+            if name == "interlaced.ts" and backend == "opencv":
+                continue
+            assert video_info(path, backend=backend).declared_frames == len(frames), (name, backend)
+    path, frames, _ = made("h264_headcut.ts")
+    assert video_info(path).declared_frames > len(frames)
+    avi, *_ = made("mpeg4_bframes.avi")
+    mp4 = make(tmp_path / "faststart.mp4", SRC, "-c:v", "libx264", *BFRAMES, "-movflags", "+faststart")
+    for source in (avi, mp4):
+        data = open(source, "rb").read()
+        cut = tmp_path / f"cut_{source.rsplit('/', 1)[-1]}"
+        cut.write_bytes(data[: int(len(data) * 0.6)])
+        decoded, _ = truth(cut)
+        for backend in ("pyav", "decord", "opencv"):
+            info = video_info(cut, backend=backend)
+            assert (info.declared_frames, info.num_frames) == (40, len(decoded)), (source, backend)
+            assert len(decoded) < 40

@@ -169,7 +169,7 @@ def _build(path: str) -> FrameIndex:
         keys = np.array(sorted(p for p, k, _, _ in demuxed if k and p is not None), dtype=np.int64)
         if not packets:
             raise ValueError(f"{path} contains no decodable frames (no video data)")
-        declared = declared_count(stream, container, len(demuxed) - len(packets))
+        declared = declared_count(stream, container, packets, len(demuxed) - len(packets))
         open_gop = has_open_gop(demuxed)
         container.close()
         container, stream = open_container(path)  # back to the start without a seek (not every file seeks)
@@ -219,20 +219,28 @@ def _build(path: str) -> FrameIndex:
         container.close()
 
 
-def declared_count(stream, container, discarded: int = 0) -> Optional[int]:
-    """The frame count the container declares: its header's count (less the packets an edit list hides), else
-    its duration (the stream's, else the file's) times the average rate, rounded; None where it declares
-    neither."""
+def declared_count(stream, container, packets, discarded: int = 0) -> Optional[int]:
+    """The frame count the container declares: its header's count (less the ``discarded`` packets an edit list
+    hides); where it has none (MKV, TS, APNG), the frames it holds (``packets``: (pts, ...) of the packets shown)
+    plus those its declared duration (the stream's, else the file's) runs past the last of them, at the average
+    rate. None where it declares neither. Duration times rate alone would count a variable-rate file's gaps as
+    frames (61 for a 40-frame MKV)."""
     if stream.frames:
         return max(int(stream.frames) - discarded, 0)
-    rate = float(stream.average_rate or 0)
-    if stream.duration and stream.time_base:
-        seconds = float(stream.duration * stream.time_base)
+    tb, rate = float(stream.time_base or 0), float(stream.average_rate or stream.guessed_rate or 0)
+    if stream.duration and tb:
+        end = (stream.duration + (stream.start_time or 0)) * tb
     elif container.duration:
-        seconds = container.duration / 1_000_000  # AV_TIME_BASE
+        end = (container.duration + (container.start_time or 0)) / 1_000_000  # AV_TIME_BASE
     else:
-        return None
-    return int(round(seconds * rate)) if rate > 0 and seconds > 0 else None
+        end = None
+    shown = [p for p, *_ in packets if p is not None]
+    if not shown:
+        return int(round((end or 0) * rate)) or None if rate > 0 else None
+    if end is None or not tb or rate <= 0:
+        return len(shown)
+    missing = end - (max(shown) * tb + 1 / rate)  # seconds declared after the last frame held
+    return len(shown) + (int(round(missing * rate)) if missing > 0.5 / rate else 0)
 
 
 def has_open_gop(demuxed) -> bool:
