@@ -165,7 +165,12 @@ def test_corrupt_stretch_gives_ffmpegs_frames(made, tmp_path):
     """Garbage over 400 bytes mid-file (it lands on a keyframe): FFmpeg conceals the damage with earlier pictures
     and keeps decoding; every frame, the default middle one included, is FFmpeg's picture at that time, because a
     read that would start at a damaged keyframe starts one keyframe earlier (it used to fail with decord's internal
-    "Check failed: avcodec_send_packet" message). Catches a concealed keyframe decoded without its history."""
+    "Check failed: avcodec_send_packet" message). The stream reports the frames FFmpeg flags as concealed (PyAV's
+    own sequential decode says which) as failed and skips them, so damage is never counted as data: the file
+    declares and decodes 40 frames, and used to be counted complete. Catches a concealed keyframe decoded without
+    its history, and concealed frames passed on as data."""
+    import av
+
     name = "h264_vfr.mp4"
     path, *_ = made(name)
     data = bytearray(open(path, "rb").read())
@@ -174,12 +179,19 @@ def test_corrupt_stretch_gives_ffmpegs_frames(made, tmp_path):
     bad = tmp_path / f"corrupt_{name}"
     bad.write_bytes(bytes(data))
     frames, times = truth(bad)
+    with av.open(str(bad)) as container:
+        flagged = [i for i, frame in enumerate(container.decode(video=0)) if frame.is_corrupt]
+    assert flagged  # the damage is there, and FFmpeg says where
     info = video_info(bad)
-    assert info.num_frames == len(frames)
+    assert info.num_frames == info.declared_frames == len(frames)
     assert np.array_equal(read_frames(bad)[0], frames[len(frames) // 2])
     errors = StreamErrors()
-    got = np.concatenate([b.frames for b in stream_frames(bad, errors=errors)])
-    assert not errors.failed and np.array_equal(got, frames)
+    with pytest.warns(UserWarning, match=f"frame {flagged[0]} could not be decoded \\(damaged data"):
+        batches = list(stream_frames(bad, errors=errors))
+    got = np.concatenate([b.frames for b in batches])
+    kept = [i for i in range(len(frames)) if i not in flagged]
+    assert [i for i, _ in errors.failed] == flagged
+    assert np.concatenate([b.indices for b in batches]).tolist() == kept and np.array_equal(got, frames[kept])
 
 
 def test_undecodable_frame_keeps_its_place_and_plain_words(tmp_path):
@@ -373,3 +385,14 @@ def test_declared_frames_against_decoded(made, tmp_path):
             info = video_info(cut, backend=backend)
             assert (info.declared_frames, info.num_frames) == (40, len(decoded)), (source, backend)
             assert len(decoded) < 40
+
+
+@pytest.mark.parametrize("name", ["mpeg4_bframes.avi", "h264_bframes.avi", "xvid_bframes.avi"])
+def test_avi_times_are_frame_slots(made, name):
+    """AVI stores decode-order timestamps; with B-frames they are out of presentation order. Times are the sorted
+    slots, i / 25 s from the first frame, and the rate is constant. Catches the demuxed times left unsorted (the
+    rate then flagged variable, times running backwards) and slots counted from the second packet."""
+    path, frames, _ = made(name)
+    info = video_info(path)
+    np.testing.assert_allclose(info.times, np.arange(len(frames)) / 25, atol=1e-6)
+    assert not info.variable_rate and info.fps == pytest.approx(25)

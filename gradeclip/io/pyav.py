@@ -56,7 +56,9 @@ def _filtered_rgb(frame, width: int, height: int) -> np.ndarray:
 
 class PyAVVideo:
     """Reader over one file's ``FrameIndex``: ``num_frames``, ``fps`` (average), ``times`` (N,) seconds,
-    ``width``/``height`` (as displayed), ``scan`` and ``read``."""
+    ``width``/``height`` (as displayed), ``declared_frames``, ``scan`` and ``read``. ``concealed``: indices of the
+    frames scanned so far that FFmpeg decoded only by concealing damage (flagged corrupt): their pictures are
+    FFmpeg's, but not the file's data."""
 
     backend = "pyav"
 
@@ -65,6 +67,7 @@ class PyAVVideo:
         self.num_frames, self.fps, self.times = index.num_frames, index.avg_fps, index.times
         self.width, self.height = index.width, index.height
         self.declared_frames = index.declared
+        self.concealed = set()  # indices of frames read so far that FFmpeg decoded with errors concealed
 
     def scan(self, wanted: np.ndarray) -> Iterator[Tuple[int, Union[np.ndarray, ValueError]]]:
         """``(index, frame)`` for each of the sorted unique ``wanted`` indices, in order, or ``(index,
@@ -102,6 +105,8 @@ class PyAVVideo:
                 break
             pos = pos - 1 if key_pos - pos < _RETRIES else -1
         for index, pts in zip(indices.tolist(), targets.tolist()):
+            if pts in found.get("concealed", ()):
+                self.concealed.add(index)
             yield index, found[pts] if pts in found else self._failure(index, found.get("error"))
 
     def _decode_to(self, container, stream, targets, strict: bool):
@@ -140,6 +145,8 @@ class PyAVVideo:
                 while pending and pending[0] < frame.pts:  # passed without coming out: it did not decode
                     pending.pop(0)
                 if pending and pending[0] == frame.pts:
+                    if frame.is_corrupt:
+                        found.setdefault("concealed", set()).add(frame.pts)
                     found[pending.pop(0)] = to_rgb(frame, self.index.rotation, self.max_side)
                 if not pending:
                     return "ok", found
@@ -189,6 +196,8 @@ class PyAVVideo:
                     started = True
                 if n in wanted:
                     out[n] = to_rgb(frame, self.index.rotation, self.max_side)
+                    if frame.is_corrupt:
+                        self.concealed.add(n)
                 n += 1
                 if n > last:
                     return [(i, out[i]) for i in indices.tolist()]
@@ -212,6 +221,8 @@ class PyAVVideo:
                 continue
             for frame in frames:
                 if n in wanted_set:
+                    if frame.is_corrupt:
+                        self.concealed.add(n)
                     yield n, to_rgb(frame, self.index.rotation, self.max_side)
                     wanted_set.discard(n)
                 n += 1
