@@ -224,7 +224,8 @@ def declared_count(stream, container, packets, discarded: int = 0) -> Optional[i
     hides); where it has none (MKV, TS, APNG), the frames it holds (``packets``: (pts, ...) of the packets shown)
     plus those its declared duration (the stream's, else the file's) runs past the last of them, at the average
     rate. None where it declares neither. Duration times rate alone would count a variable-rate file's gaps as
-    frames (61 for a 40-frame MKV)."""
+    frames (61 for a 40-frame MKV); without a count, frames lost between those held (B-frames stored after the
+    last frame held) are not seen, so a truncated MKV declares at least its decoded count plus its lost tail."""
     if stream.frames:
         return max(int(stream.frames) - discarded, 0)
     tb, rate = float(stream.time_base or 0), float(stream.average_rate or stream.guessed_rate or 0)
