@@ -261,12 +261,14 @@ def has_open_gop(demuxed) -> bool:
 
 def _check_tail(container, stream, order: np.ndarray, keys: np.ndarray) -> Optional[np.ndarray]:
     """Decode the last keyframe group: the frames that come out must be the index's last ones, in order. Frames
-    missing at the very end (a truncated file) are dropped from the index; anything else is distrusted (None)."""
+    missing at the very end (a truncated file) are dropped from the index; anything else is distrusted (None). A
+    seek that lands on an earlier keyframe is trusted (reads then decode one group more): FFmpeg's MP4 demuxer does
+    that on files cut by stream copy, whose edit list shifts its seek by one group."""
     last_key = keys[-1]
     tail = order[order >= last_key][-_TAIL:]  # the last frames are checked; the others are decoded as needed
     labels, _, floor = _decode_labels(container, stream, start=last_key, keep_from=int(tail[0]))
     stream.codec_context.skip_frame = "DEFAULT"
-    if floor != last_key or labels != tail[:len(labels)].tolist():
+    if floor is None or floor > last_key or labels != tail[:len(labels)].tolist():
         return None
     return order[: len(order) - (len(tail) - len(labels))]
 
