@@ -26,7 +26,8 @@ _HEAD_MAX = 16  # at most this many frames for that check: scrambled AVI timesta
 _PLACEHOLDER = 16  # bytes: a "keyframe" packet this small is a packed-B-frame placeholder, not a picture
 _TAIL = 16  # frames at the end whose decoding is checked (a truncated file loses its last ones)
 _CACHE = 8  # indices kept per process, keyed by path, inode, size and modification/change times
-_FORWARD = {"apng", "gif"}  # keyframe flags not to be trusted: a seek there returns a picture blended on nothing
+_FORWARD = {"apng", "gif"}
+_TAIL_SLACK = 1.5  # frames: a declared duration this far past the last frame held is rounding, not lost frames  # keyframe flags not to be trusted: a seek there returns a picture blended on nothing
 _cache: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
 
 
@@ -93,6 +94,16 @@ def open_container(path: str):
     return container, stream
 
 
+def packets_to_decode(container, stream):
+    """The stream's packets as FFmpeg's own decode feeds them to the decoder: an empty packet that carries a
+    timestamp (Theora's "same picture as before", a dropped frame) is left out, as the ``ffmpeg`` command does;
+    sent to the decoder it would read as end of stream and fail the packets after it. The final empty packet
+    without a timestamp, which drains the decoder, is kept."""
+    for packet in container.demux(stream):
+        if packet.size or packet.pts is None:
+            yield packet
+
+
 def _rotation(frame) -> int:
     try:
         angle = float(frame.rotation or 0)
@@ -113,7 +124,7 @@ def _decode_labels(container, stream, limit: Optional[int] = None, start: Option
         container.seek(int(start), stream=stream, backward=True, any_frame=False)
     labels, rotation, floor = [], None, None
     skip = keep_from is not None and stream.codec_context.name in SKIPS_NONREF
-    for packet in container.demux(stream):
+    for packet in packets_to_decode(container, stream):
         if packet.size and floor is None and packet.is_keyframe:
             floor = packet.pts
         early = keep_from is not None and packet.pts is not None and packet.pts < keep_from
@@ -221,27 +232,28 @@ def _build(path: str) -> FrameIndex:
 
 def declared_count(stream, container, packets, discarded: int = 0) -> Optional[int]:
     """The frame count the container declares: its header's count (less the ``discarded`` packets an edit list
-    hides); where it has none (MKV, TS, APNG), the frames it holds (``packets``: (pts, ...) of the packets shown)
-    plus those its declared duration (the stream's, else the file's) runs past the last of them, at the average
-    rate. None where it declares neither. Duration times rate alone would count a variable-rate file's gaps as
-    frames (61 for a 40-frame MKV); without a count, frames lost between those held (B-frames stored after the
-    last frame held) are not seen, so a truncated MKV declares at least its decoded count plus its lost tail."""
+    hides); where it has none (MKV, WebM, TS, FLV, APNG), the frames it holds (``packets``: (pts, ...) of the
+    packets shown) plus those its declared duration runs past the last of them at the average rate, when that is
+    more than ``_TAIL_SLACK`` frames (declared durations are rounded, and demuxers differ on whether the file's
+    duration counts from 0 or from its start: the earlier end is taken). None where it declares neither. Duration
+    times rate alone would count a variable-rate file's gaps as frames (61 for a 40-frame MKV); frames lost between
+    those held (B-frames stored after the last frame held) are not seen, so a truncated MKV declares at least its
+    decoded count plus its lost tail."""
     if stream.frames:
         return max(int(stream.frames) - discarded, 0)
     tb, rate = float(stream.time_base or 0), float(stream.average_rate or stream.guessed_rate or 0)
-    if stream.duration and tb:
+    shown = [p * tb for p, *_ in packets if p is not None]
+    if not shown or not tb or rate <= 0:
+        return None
+    if stream.duration:
         end = (stream.duration + (stream.start_time or 0)) * tb
     elif container.duration:
-        end = (container.duration + (container.start_time or 0)) / 1_000_000  # AV_TIME_BASE
+        span, start = container.duration / 1_000_000, (container.start_time or 0) / 1_000_000  # AV_TIME_BASE
+        end = min(span, start + span) if span > min(shown) else start + span
     else:
-        end = None
-    shown = [p for p, *_ in packets if p is not None]
-    if not shown:
-        return int(round((end or 0) * rate)) or None if rate > 0 else None
-    if end is None or not tb or rate <= 0:
         return len(shown)
-    missing = end - (max(shown) * tb + 1 / rate)  # seconds declared after the last frame held
-    return len(shown) + (int(round(missing * rate)) if missing > 0.5 / rate else 0)
+    missing = (end - (max(shown) + 1 / rate)) * rate  # frames declared after the last frame held
+    return len(shown) + (int(round(missing)) if missing > _TAIL_SLACK else 0)
 
 
 def has_open_gop(demuxed) -> bool:

@@ -14,7 +14,7 @@ from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
-from .index import FrameIndex, open_container, shape_after
+from .index import FrameIndex, open_container, packets_to_decode, shape_after
 
 # decoders measured to return the same frames with non-reference frames skipped (AV_DISCARD_NONREF)
 SKIPS_NONREF = {"h264", "hevc", "mpeg4"}
@@ -118,7 +118,7 @@ class PyAVVideo:
         skip = self.index.codec in SKIPS_NONREF
         if not strict:  # from the very start: every frame FFmpeg outputs counts, as in its sequential decode
             floor, started = float("-inf"), True
-        for packet in container.demux(stream):
+        for packet in packets_to_decode(container, stream):
             if skip:  # a frame that is neither wanted nor a reference for others need not be decoded at all
                 context.skip_frame = "DEFAULT" if packet.pts in wanted or packet.pts is None else "NONREF"
             if floor is None:
@@ -180,7 +180,7 @@ class PyAVVideo:
         container.seek(key_pts, stream=stream, backward=True, any_frame=False)
         wanted, last, out, started = set(indices.tolist()), int(indices[-1]), {}, False
         first = True
-        for packet in container.demux(stream):
+        for packet in packets_to_decode(container, stream):
             if first and packet.size:
                 if not packet.is_keyframe or packet.pts != key_pts:
                     return None
@@ -207,7 +207,7 @@ class PyAVVideo:
         """Decode from the start, numbering frames as the index did (a packet that fails takes one slot)."""
         wanted_set, last, n = set(wanted.tolist()), int(wanted[-1]), 0
         error = None
-        for packet in container.demux(stream):
+        for packet in packets_to_decode(container, stream):
             try:
                 frames = packet.decode()
             except Exception as err:
