@@ -21,13 +21,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .structure import declared_count, has_open_gop
+
 _HEAD_GROUPS = 2  # keyframe groups decoded at the start to check the timestamps
 _HEAD_MAX = 16  # at most this many frames for that check: scrambled AVI timestamps show within a few frames
 _PLACEHOLDER = 16  # bytes: a "keyframe" packet this small is a packed-B-frame placeholder, not a picture
 _TAIL = 16  # frames at the end whose decoding is checked (a truncated file loses its last ones)
 _CACHE = 8  # indices kept per process, keyed by path, inode, size and modification/change times
-_FORWARD = {"apng", "gif"}
-_TAIL_SLACK = 1.5  # frames: a declared duration this far past the last frame held is rounding, not lost frames  # keyframe flags not to be trusted: a seek there returns a picture blended on nothing
+_FORWARD = {"apng", "gif"}  # keyframe flags not to be trusted: a seek there returns a picture blended on nothing
 _cache: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
 
 
@@ -228,47 +229,6 @@ def _build(path: str) -> FrameIndex:
                           interlaced)
     finally:
         container.close()
-
-
-def declared_count(stream, container, packets, discarded: int = 0) -> Optional[int]:
-    """The frame count the container declares: its header's count (less the ``discarded`` packets an edit list
-    hides); where it has none (MKV, WebM, TS, FLV, APNG), the frames it holds (``packets``: (pts, ...) of the
-    packets shown) plus those its declared duration runs past the last of them at the average rate, when that is
-    more than ``_TAIL_SLACK`` frames (declared durations are rounded, and demuxers differ on whether the file's
-    duration counts from 0 or from its start: the earlier end is taken). None where it declares neither. Duration
-    times rate alone would count a variable-rate file's gaps as frames (61 for a 40-frame MKV); frames lost between
-    those held (B-frames stored after the last frame held) are not seen, so a truncated MKV declares at least its
-    decoded count plus its lost tail."""
-    if stream.frames:
-        return max(int(stream.frames) - discarded, 0)
-    tb, rate = float(stream.time_base or 0), float(stream.average_rate or stream.guessed_rate or 0)
-    shown = [p * tb for p, *_ in packets if p is not None]
-    if not shown or not tb or rate <= 0:
-        return None
-    if stream.duration:
-        end = (stream.duration + (stream.start_time or 0)) * tb
-    elif container.duration:
-        span, start = container.duration / 1_000_000, (container.start_time or 0) / 1_000_000  # AV_TIME_BASE
-        end = min(span, start + span) if span > min(shown) else start + span
-    else:
-        return len(shown)
-    missing = (end - (max(shown) + 1 / rate)) * rate  # frames declared after the last frame held
-    return len(shown) + (int(round(missing)) if missing > _TAIL_SLACK else 0)
-
-
-def has_open_gop(demuxed) -> bool:
-    """True when a keyframe is followed, in decode order, by a frame presented before it (before the next
-    keyframe): an open GOP's leading pictures, which reference the previous group. ``demuxed``: (pts, keyframe,
-    ...) tuples in decode order."""
-    key_pts = None
-    for pts, is_key, *_ in demuxed:
-        if pts is None:
-            continue
-        if is_key:
-            key_pts = pts
-        elif key_pts is not None and pts < key_pts:
-            return True
-    return False
 
 
 def _check_tail(container, stream, order: np.ndarray, keys: np.ndarray) -> Optional[np.ndarray]:
