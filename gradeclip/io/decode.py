@@ -260,8 +260,8 @@ def open_video(path, backend: str = "auto", *, max_side=None):
         video = PyAVVideo(index, max_side=max_side)
     else:
         video = _DecordVideo(path, index) if backend == "decord" else _OpenCVVideo(path, index)
-    if video.backend == "opencv" and index is not None and 0 < video.num_frames < index.num_frames:
-        video.close()  # e.g. Theora's dropped frames (empty packets), which end OpenCV's reading
+    if video.backend == "opencv" and index is not None and index.dropped and video.num_frames < index.num_frames:
+        video.close()  # dropped frames (Theora's empty packets) end OpenCV's reading; damage ends it too (reported)
         raise ValueError(f"{path}: OpenCV's decoder stops after {video.num_frames} of the {index.num_frames} frames "
                          f"FFmpeg decodes ({index.codec.upper()}); use backend 'pyav' (or 'auto')")
     if video.num_frames == 0:

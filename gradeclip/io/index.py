@@ -42,8 +42,9 @@ class FrameIndex:
     that did not decode (reported as failed frames, so that later frames keep their places); ``key_frames``: in
     sequential mode, the frame index of each keyframe packet's picture (``keys`` then holds those packets' pts in
     decode order), so that a read can seek to a keyframe and count frames from it; empty where that does not hold
-    (reads then decode forward from the start); ``interlaced``: the first frame is interlaced; ``declared``: the frame count the container declares (see
-    ``declared_count``), None where it declares none; ``open_gop``: some keyframe is followed in decode order by a
+    (reads then decode forward from the start); ``interlaced``: the first frame is interlaced; ``dropped``: empty
+    packets with a timestamp (frames dropped by the encoder, which FFmpeg does not output); ``declared``: the frame
+    count the container declares (see ``declared_count``), None where it declares none; ``open_gop``: some keyframe is followed in decode order by a
     frame shown before it (leading pictures that reference the previous group: decord's seek is not exact there).
     """
 
@@ -64,6 +65,7 @@ class FrameIndex:
     declared: Optional[int] = None
     open_gop: bool = False
     interlaced: bool = False
+    dropped: int = 0
 
     @property
     def num_frames(self) -> int:
@@ -171,7 +173,11 @@ def _build(path: str) -> FrameIndex:
         codec = stream.codec_context.name
         # (pts, keyframe, size) in decode order; packets an edit list marks as discarded are decoded (they may be
         # references) but never shown, so they are not frames
-        demuxed = [(p.pts, p.is_keyframe, p.size, p.is_discard) for p in container.demux(stream) if p.size]
+        demuxed, dropped = [], 0
+        for p in container.demux(stream):
+            if p.size:
+                demuxed.append((p.pts, p.is_keyframe, p.size, p.is_discard))
+            dropped += not p.size and p.pts is not None  # an empty packet: a dropped frame (Theora)
         packets = [(p, k, n) for p, k, n, discard in demuxed if not discard]
         tb = float(stream.time_base) if stream.time_base else 0.0
         pts = [p for p, _, _ in packets]
@@ -226,7 +232,7 @@ def _build(path: str) -> FrameIndex:
             avg = (len(times) - 1) / (times[-1] - times[0])
         return FrameIndex(path, order, times, keys, tb, "seek" if trusted else "sequential", rotation, width,
                           height, codec, container.format.name, avg, failed, key_frames, declared, open_gop,
-                          interlaced)
+                          interlaced, dropped)
     finally:
         container.close()
 
