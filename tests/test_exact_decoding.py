@@ -37,6 +37,7 @@ FILES = {  # name: output options
     "h264_cut.mp4": ["-c:v", "libx264", *BFRAMES],
     "h264_headcut.ts": ["-c:v", "libx264", *BFRAMES],
     "mpeg2.ts": ["-c:v", "mpeg2video", *BFRAMES],
+    "h264.ts": ["-c:v", "libx264", *BFRAMES],
     "mpeg2_headcut.ts": ["-c:v", "mpeg2video", *BFRAMES],
     "h264_opengop.mkv": ["-c:v", "libx264", "-bf", "3", "-x264-params",
                          "open-gop=1:b-pyramid=normal:keyint=12:min-keyint=12:scenecut=0"],
@@ -179,8 +180,9 @@ def test_corrupt_stretch_gives_ffmpegs_frames(made, tmp_path, name):
     and keeps decoding; every frame, the default middle one included, is FFmpeg's picture at that time, because a
     read that would start at a damaged keyframe starts one keyframe earlier (it used to fail with decord's internal
     "Check failed: avcodec_send_packet" message). The stream reports the frames FFmpeg flags as concealed (PyAV's
-    own sequential decode says which) as failed and skips them, so damage is never counted as data: the file
-    declares and decodes 40 frames, and used to be counted complete. The MP4 is read by seeking, the MPEG-2 TS on the
+    own sequential decode says which) as failed and skips them, so damage is never counted as data: the MP4
+    declares and decodes 40 frames, and used to be counted complete (the TS also loses two frames whole, which its
+    declared count shows). The MP4 is read by seeking, the MPEG-2 TS on the
     fallback path (here by one forward decode). Catches a concealed keyframe decoded without its history,
     and concealed frames passed on as data, on either path."""
     import av
@@ -196,7 +198,7 @@ def test_corrupt_stretch_gives_ffmpegs_frames(made, tmp_path, name):
         flagged = [i for i, frame in enumerate(container.decode(video=0)) if frame.is_corrupt]
     assert flagged  # the damage is there, and FFmpeg says where
     info = video_info(bad)
-    assert info.num_frames == info.declared_frames == len(frames)
+    assert (info.num_frames, info.declared_frames) == (len(frames), 40)  # the TS also loses 2 whole frames
     assert np.array_equal(read_frames(bad)[0], frames[len(frames) // 2])
     errors = StreamErrors()
     with pytest.warns(UserWarning, match=f"frame {flagged[0]} could not be decoded \\(damaged data"):
@@ -450,3 +452,26 @@ def test_mp4_cut_by_stream_copy_is_read_by_seeking(made):
     index = build_index(path)
     assert index.mode == "seek" and index.num_frames == len(frames) and index.keys[0] < index.pts[0]
     assert np.array_equal(read_frames(path, [len(frames) - 1, 0])[::-1], frames[[0, -1]])
+
+
+def test_frames_lost_in_a_ts_are_declared(made, tmp_path):
+    """A corrupt stretch in an H.264 TS destroys whole packets: FFmpeg decodes 37 of the 40 frames and nothing
+    fails, so only the gaps in the timestamps show the loss. In MPEG-TS/PS, whose streams run at the fixed rate
+    their headers state, ``declared_frames`` counts the frames missing in those gaps (the intact file and the
+    interlaced and head-cut ones declare no gap). Catches a corrupt TS counted complete (declared 37)."""
+    path, *_ = made("h264.ts")
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2 // 188 * 188 + 4  # after a TS packet's header
+    data[middle:middle + 400] = np.random.default_rng(1).integers(0, 256, 400, dtype=np.uint8).tobytes()
+    bad = tmp_path / "corrupt.ts"
+    bad.write_bytes(bytes(data))
+    frames, times = truth(bad)
+    slots = np.round(times * 25).astype(int)
+    lost = 40 - len(frames)
+    assert lost > 0 and slots[-1] == 39 and len(set(range(40)) - set(slots.tolist())) == lost
+    for backend in ("pyav", "decord", "opencv"):
+        info = video_info(bad, backend=backend)
+        assert (info.num_frames, info.declared_frames) == (len(frames), 40), backend
+    for name in ("h264.ts", "mpeg2.ts", "interlaced.ts"):
+        path, frames, _ = made(name)
+        assert video_info(path).declared_frames == len(frames), name
