@@ -1,9 +1,9 @@
 """Video decoding backends: PyAV (FFmpeg, frame-exact, the default), decord (where it is exact) and OpenCV.
 
 ``open_video(path, backend)`` returns an object with ``num_frames`` (frames that really decode), ``fps`` (average),
-``times`` (N,) presentation times in seconds from the first frame, ``width``, ``height`` (as displayed), ``read(indices) -> (N, H, W, 3)
-uint8 RGB`` and ``close()``. Every backend returns FFmpeg's i-th decoded frame for index i, rotated as FFmpeg
-displays it: the PyAV index (``index.py``) says where each frame is; decord is used only on files where its seek
+``times`` (N,) presentation times in seconds from the first frame, ``width``, ``height`` (as displayed),
+``read(indices) -> (N, H, W, 3) uint8 RGB`` and ``close()``. Every backend returns FFmpeg's i-th decoded frame for
+index i, rotated as FFmpeg displays it: the PyAV index (``index.py``) says where each frame is; decord is used only on files where its seek
 was measured exact (H.264/HEVC/VP9/MJPEG in MP4/MOV/MKV/WebM) and its frame count and timestamps agree with the
 index and the file has no open GOP (decord's seek returns other frames there), PyAV elsewhere; OpenCV decodes
 forward from the start and refuses interlaced video (its conversion returns blank pictures for it). Every reader

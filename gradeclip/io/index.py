@@ -44,8 +44,9 @@ class FrameIndex:
     decode order), so that a read can seek to a keyframe and count frames from it; empty where that does not hold
     (reads then decode forward from the start); ``interlaced``: the first frame is interlaced; ``dropped``: empty
     packets with a timestamp (frames dropped by the encoder, which FFmpeg does not output); ``declared``: the frame
-    count the container declares (see ``declared_count``), None where it declares none; ``open_gop``: some keyframe is followed in decode order by a
-    frame shown before it (leading pictures that reference the previous group: decord's seek is not exact there).
+    count the container declares (see ``declared_count``), None where it declares none; ``open_gop``: some
+    keyframe is followed in decode order by a frame shown before it (leading pictures that reference the previous
+    group: decord's seek is not exact there).
     """
 
     path: str
@@ -118,14 +119,14 @@ def _rotation(frame) -> int:
 def _decode_labels(container, stream, limit: Optional[int] = None, start: Optional[int] = None,
                    keep_from: Optional[int] = None, key_positions: Optional[list] = None):
     """pts of frames decoded in output order (from ``start`` pts by seeking, else from the beginning), at most
-    ``limit``; the first frame's ``(rotation, interlaced)``; and the first keyframe pts demuxed after the seek. With ``keep_from``,
-    only frames from that pts on are listed (non-reference frames before it are not decoded, where the decoder
-    allows it). ``key_positions`` collects the output positions of frames the decoder marks as keyframes."""
+    ``limit``; the first frame's ``(rotation, interlaced)``; and the first keyframe pts demuxed after the seek. With
+    ``keep_from``, only frames from that pts on are listed (non-reference frames before it are not decoded, where
+    the decoder allows it). ``key_positions`` collects the output positions of frames the decoder marks as keyframes."""
     from .pyav import SKIPS_NONREF
 
     if start is not None:
         container.seek(int(start), stream=stream, backward=True, any_frame=False)
-    labels, rotation, floor = [], None, None
+    labels, first, floor = [], None, None
     skip = keep_from is not None and stream.codec_context.name in SKIPS_NONREF
     for packet in packets_to_decode(container, stream):
         if packet.size and floor is None and packet.is_keyframe:
@@ -142,14 +143,14 @@ def _decode_labels(container, stream, limit: Optional[int] = None, start: Option
         for frame in frames:
             if keep_from is not None and frame.pts is not None and frame.pts < keep_from:
                 continue
-            if rotation is None:
-                rotation = (_rotation(frame), bool(frame.interlaced_frame))
+            if first is None:
+                first = (_rotation(frame), bool(frame.interlaced_frame))
             if key_positions is not None and frame.key_frame:
                 key_positions.append(len(labels))
             labels.append(frame.pts)
             if limit is not None and len(labels) >= limit:
-                return labels, rotation, floor
-    return labels, rotation, floor
+                return labels, first, floor
+    return labels, first, floor
 
 
 def build_index(path: str) -> FrameIndex:
