@@ -3,13 +3,13 @@
 ``open_video(path, backend)`` returns an object with ``num_frames`` (frames that really decode), ``fps`` (average),
 ``times`` (N,) presentation times in seconds from the first frame, ``width``, ``height`` (as displayed),
 ``read(indices) -> (N, H, W, 3) uint8 RGB`` and ``close()``. Every backend returns FFmpeg's i-th decoded frame for
-index i, rotated as FFmpeg displays it: the PyAV index (``index.py``) says where each frame is; decord is used only on files where its seek
-was measured exact (H.264/HEVC/VP9/MJPEG in MP4/MOV/MKV/WebM) and its frame count and timestamps agree with the
-index and the file has no open GOP (decord's seek returns other frames there), PyAV elsewhere; OpenCV decodes
-forward from the start and refuses interlaced video (its conversion returns blank pictures for it). Every reader
-also has ``declared_frames``: the count the container declares (None where it declares none). The decord backend
-guards decord's known problems: buffers that grow over repeated ``get_batch`` calls and errors that its threaded
-decoder reports on the good neighbours of a corrupt frame.
+index i, rotated as FFmpeg displays it: the PyAV index (``index.py``) says where each frame is; decord is used only
+on files where its seek was measured exact (H.264/HEVC/VP9/MJPEG in MP4/MOV/MKV/WebM) and its frame count and
+timestamps agree with the index and the file has no open GOP (decord's seek returns other frames there), PyAV
+elsewhere; OpenCV decodes forward from the start and refuses interlaced video (its conversion returns blank pictures
+for it). Every reader also has ``declared_frames``: the count the container declares (None where it declares none).
+The decord backend guards decord's known problems: buffers that grow over repeated ``get_batch`` calls and errors
+that its threaded decoder reports on the good neighbours of a corrupt frame.
 """
 from __future__ import annotations
 
