@@ -278,11 +278,13 @@ def test_uniform_above_frame_count_says_so():
         assert len(resolve_indices("uniform:1000", 75)) == 75
 
 
-@pytest.mark.parametrize("name", ["mpeg4_bframes.avi", "xvid_bframes.avi", "h264_vfr.mkv"])
+@pytest.mark.parametrize("name", ["mpeg4_bframes.avi", "xvid_bframes.avi", "h264_vfr.mkv", "h264_cut.mp4",
+                                  "h264_headcut.ts"])
 def test_video_export_shows_the_frames_it_labels(made, name, model, tmp_path, monkeypatch):
     """explain_video then write_overlay_video: each exported picture is composed from FFmpeg's frame at the label's
     index, with its presentation time as timecode (``video --frames 5`` used to export other frames' pictures
-    under the right labels, with times from the average rate)."""
+    under the right labels, with times from the average rate). On an MP4 cut by stream copy and a TS cut mid-GOP
+    the timecodes start at 0 as FFmpeg's times do (they used to read t = -0.28 s and t = 2.80 s)."""
     from gradeclip import explain_video, write_overlay_video
     from gradeclip.viz import video_export
 
