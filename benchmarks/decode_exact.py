@@ -9,8 +9,12 @@
 3. 4K against 1080p: decoding 5 frames for explaining (reduced to 1920 px while decoding) and the peak memory of
    the frames, 1 s clips; then ``explain_video`` of 1 frame with a random CLIP of ViT-B/32's shape (no weights
    needed), whose cost should be about the same for both.
+4. The paths other than the PyAV seek, 1,500 frames of 320x240: the full-decode fallback (H.264 and MPEG-2 in TS,
+   interlaced MPEG-2 TS), the forward read (APNG), and an MP4 cut by stream copy (edit list): which path the index
+   takes, then 16 evenly spaced frames, first read (index built) and later reads, against one full decode.
 
-Run: ``python benchmarks/decode_exact.py`` (about a minute on 2 cores). Medians of ``--repeat`` runs.
+Run: ``python benchmarks/decode_exact.py`` (about two minutes on 2 cores; ``--parts 4`` for one part). Medians of
+``--repeat`` runs.
 """
 from __future__ import annotations
 
@@ -84,10 +88,15 @@ def _today(path, count=16):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--parts", default="1234", help="which parts to run, e.g. 4")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = "testsrc2=size=320x240:rate=25:duration=60"  # 1,500 frames
+        if "4" in args.parts:
+            _other_paths(tmp, src, args.repeat)
+        if args.parts == "4":
+            return
         avi = _ffmpeg(tmp / "bframes.avi", src, "-c:v", "mpeg4", "-bf", "2", "-g", "12", "-q:v", "4")
         one_key = _ffmpeg(tmp / "onekey.avi", src, "-c:v", "mpeg4", "-bf", "2", "-g", "1500", "-q:v", "4")
         xvid = _ffmpeg(tmp / "xvid.avi", src, "-c:v", "libxvid", "-bf", "2", "-g", "12", "-q:v", "4")
@@ -132,6 +141,35 @@ def main():
             print(f"   {name:5s} {seconds:6.3f} s   frames {frames.shape}   peak numpy memory {peak:6.1f} MiB")
             explain_seconds = _median(lambda: _explain(path), 1)
             print(f"   {name:5s} explain_video, 1 frame, random ViT-B/32-shaped CLIP: {explain_seconds:6.2f} s")
+
+
+def _other_paths(tmp, src, repeat):
+    from gradeclip.io.index import build_index
+
+    full_mp4 = _ffmpeg(tmp / "full.mp4", src, "-c:v", "libx264", "-preset", "veryfast", "-g", "25")
+    cut = tmp / "cut.mp4"
+    import imageio_ffmpeg
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-ss", "1.3", "-i", full_mp4,
+                    "-c", "copy", str(cut)], check=True)
+    files = {
+        "H.264 in TS": _ffmpeg(tmp / "h264.ts", src, "-c:v", "libx264", "-preset", "veryfast", "-g", "25"),
+        "MPEG-2 TS": _ffmpeg(tmp / "mpeg2.ts", src, "-c:v", "mpeg2video", "-bf", "2", "-g", "12", "-q:v", "4"),
+        "interlaced MPEG-2 TS": _ffmpeg(tmp / "interlaced.ts", src, "-vf", "setfield=tff", "-c:v", "mpeg2video",
+                                        "-flags", "+ilme+ildct", "-g", "12", "-q:v", "4"),
+        "APNG": _ffmpeg(tmp / "clip.apng", src.replace("duration=60", "duration=12"), "-f", "apng"),
+        "MP4 cut by stream copy": str(cut),
+    }
+    print("4. other paths: 16 evenly spaced frames, first read (index built) and later reads, vs one full decode")
+    for name, path in files.items():
+        _fresh()
+        index = build_index(path)
+        how = "forward from the start" if index.mode == "sequential" and not len(index.key_frames) else \
+            "fallback (full-decode index, seek + count)" if index.mode == "sequential" else "seek"
+        full = _median(lambda: _sequential(path), repeat)
+        first = _median(lambda: _new(path), repeat)
+        later = _median(lambda: _new_cached(path), repeat)
+        print(f"   {name:22s} {index.num_frames:5d} frames, {how}: full decode {full:6.3f} s   first read "
+              f"{first:6.3f} s ({first / full:4.2f}x)   later reads {later:6.3f} s ({later / full:4.2f}x)")
 
 
 def _explain(path):

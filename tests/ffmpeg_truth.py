@@ -24,7 +24,9 @@ def make(path, source, *args):
 
 def truth(path):
     """FFmpeg's decode of ``path``: frames (N, H, W, 3) uint8 RGB as FFmpeg displays them (rotation applied) and
-    their presentation times in seconds (N,), every decoded frame kept (no frame-rate conversion)."""
+    their presentation times in seconds (N,) relative to the first presented frame (showinfo's ``pts_time`` of
+    each frame with the container's own timestamps kept, less the first frame's: ffprobe's times less the first),
+    every decoded frame kept (no frame-rate conversion)."""
     probe = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-frames:v", "1",
                             "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True)
     size = re.search(rb"Output #0.*?Video: rawvideo.*?, (\d+)x(\d+)", probe.stderr, re.S)
@@ -35,4 +37,4 @@ def truth(path):
     frames = np.frombuffer(run.stdout, np.uint8).reshape(-1, height, width, 3)
     times = np.array([float(t) for t in re.findall(rb"pts_time:\s*(-?[\d.]+)", run.stderr)])
     assert len(times) == len(frames)
-    return frames, times
+    return frames, times - times[0] if len(times) else times

@@ -158,3 +158,20 @@ def test_data_folder_from_environment(tmp_path, monkeypatch):
     import gradeclip
     with pytest.raises(FileNotFoundError, match="shapes_clip.pt not found"):
         gradeclip.shapes_model()
+
+
+def test_index_follows_a_file_rewritten_in_place(tmp_path):
+    """A file rewritten under the same name with other content (fewer frames, in reverse order, its old
+    modification time restored as `cp -p` or rsync would) is read afresh: its new count, its new frames. Catches a
+    frame index cached by path alone (it returned the old 30 frames' count and positions)."""
+    import os
+
+    from conftest import numbered_frames
+
+    path = write_video(tmp_path / "rewritten.avi", numbered_frames(30))
+    assert video_info(path).num_frames == 30 and level(read_frames(path, [0, 5])) == [0, 5]
+    stat = os.stat(path)
+    write_video(path, numbered_frames(30)[::-1][:20])  # frame i now shows level 29 - i
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert video_info(path).num_frames == 20
+    assert level(read_frames(path, [0, 5, -1])) == [29, 24, 10]

@@ -1,13 +1,15 @@
 """Video decoding backends: PyAV (FFmpeg, frame-exact, the default), decord (where it is exact) and OpenCV.
 
 ``open_video(path, backend)`` returns an object with ``num_frames`` (frames that really decode), ``fps`` (average),
-``times`` (N,) presentation times in seconds, ``width``, ``height`` (as displayed), ``read(indices) -> (N, H, W, 3)
-uint8 RGB`` and ``close()``. Every backend returns FFmpeg's i-th decoded frame for index i, rotated as FFmpeg
-displays it: the PyAV index (``index.py``) says where each frame is; decord is used only on files where its seek
-was measured exact (H.264/HEVC/VP9/MJPEG in MP4/MOV/MKV/WebM) and its frame count and timestamps agree with the
-index, PyAV elsewhere; OpenCV decodes forward from the start. The decord backend guards decord's known problems:
-buffers that grow over repeated ``get_batch`` calls and errors that its threaded decoder reports on the good
-neighbours of a corrupt frame.
+``times`` (N,) presentation times in seconds from the first frame, ``width``, ``height`` (as displayed),
+``read(indices) -> (N, H, W, 3) uint8 RGB`` and ``close()``. Every backend returns FFmpeg's i-th decoded frame for
+index i, rotated as FFmpeg displays it: the PyAV index (``index.py``) says where each frame is; decord is used only
+on files where its seek was measured exact (H.264/HEVC/VP9/MJPEG in MP4/MOV/MKV/WebM) and its frame count and
+timestamps agree with the index and the file has no open GOP (decord's seek returns other frames there), PyAV
+elsewhere; OpenCV decodes forward from the start and refuses interlaced video (its conversion returns blank pictures
+for it). Every reader also has ``declared_frames``: the count the container declares (None where it declares none).
+The decord backend guards decord's known problems: buffers that grow over repeated ``get_batch`` calls and errors
+that its threaded decoder reports on the good neighbours of a corrupt frame.
 """
 from __future__ import annotations
 
@@ -104,6 +106,7 @@ class _DecordVideo:
             self.path = path
             self.fps = float(self.reader.get_avg_fps())
             self.num_frames = index.num_frames if index is not None else self._usable_length()
+            self.declared_frames = index.declared if index is not None else (len(self.reader) or None)
         self.rotation, self.index = (index.rotation if index is not None else 0), index
         if index is None:
             self.reopen()  # probing may leave the decoder mid-error
@@ -220,9 +223,11 @@ def reduce_frames(frames: np.ndarray, max_side) -> np.ndarray:
 
 def _decord_exact(index, path: str) -> bool:
     """True when decord reads this file frame-exactly: a codec and container where its seek was measured exact,
-    timestamps the index verified, no rotation flag (decord returns wrongly sized arrays there), and decord's own
-    frame count and timestamps equal to the index's."""
-    if index.mode != "seek" or index.rotation or index.failed or index.codec not in _DECORD_EXACT_CODECS \
+    timestamps the index verified, no rotation flag (decord returns wrongly sized arrays there), no open GOP
+    (measured: 5 of 100 single reads wrong on open-GOP H.264, 7 of 75 on x265 HEVC; 0 of 100 on closed GOPs with
+    or without a B-pyramid), and decord's own frame count and timestamps equal to the index's."""
+    if index.mode != "seek" or index.rotation or index.failed or index.open_gop \
+            or index.codec not in _DECORD_EXACT_CODECS \
             or not any(name in _DECORD_EXACT_CONTAINERS for name in index.container.split(",")):
         return False
     decord = _decord()
@@ -233,7 +238,9 @@ def _decord_exact(index, path: str) -> bool:
             del reader
     except Exception:
         return False
-    return len(stamps) == index.num_frames and bool(np.all(np.abs(stamps - index.times) < 1e-3))
+    if len(stamps) != index.num_frames or not len(stamps):
+        return False  # decord's times count from its first frame's timestamp, as the index's do
+    return bool(np.all(np.abs((stamps - stamps[0]) - index.times) < 1e-3))
 
 
 def open_video(path, backend: str = "auto", *, max_side=None):
@@ -245,11 +252,18 @@ def open_video(path, backend: str = "auto", *, max_side=None):
     if _pyav() is not None:
         from .index import build_index
         index = build_index(path)
+    if backend == "opencv" and index is not None and index.interlaced:
+        raise ValueError(f"{path}: interlaced video ({index.codec.upper()}), which OpenCV's decoder returns as blank "
+                         f"pictures; use backend 'pyav' (or 'auto')")
     if backend == "pyav" or (backend == "decord" and index is not None and not _decord_exact(index, path)):
         from .pyav import PyAVVideo
         video = PyAVVideo(index, max_side=max_side)
     else:
         video = _DecordVideo(path, index) if backend == "decord" else _OpenCVVideo(path, index)
+    if video.backend == "opencv" and index is not None and index.dropped and video.num_frames < index.num_frames:
+        video.close()  # dropped frames (Theora's empty packets) end OpenCV's reading; damage ends it too (reported)
+        raise ValueError(f"{path}: OpenCV's decoder stops after {video.num_frames} of the {index.num_frames} frames "
+                         f"FFmpeg decodes ({index.codec.upper()}); use backend 'pyav' (or 'auto')")
     if video.num_frames == 0:
         video.close()
         if index is not None and index.num_frames:

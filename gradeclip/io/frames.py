@@ -66,8 +66,16 @@ def video_info(path, *, backend: str = "auto") -> VideoInfo:
 
     ``num_frames`` counts frames that actually decode; ``fps`` is the average rate over the presentation times and
     ``duration`` the time from the first frame to the end of the last (its own interval included), so both hold for
-    a variable frame rate (``variable_rate`` says so). Raises FileNotFoundError for a missing path and ValueError
-    for a file that is not a decodable video or holds no frames.
+    a variable frame rate (``variable_rate`` says so). ``times`` are presentation times relative to the first
+    presented frame (edit lists applied), so never negative.
+
+    Damaged input: ``declared_frames`` is the count the container declares (its header's frame count less the
+    frames an edit list hides; where it has none, its duration times its average rate, rounded; None where it
+    declares neither), with every backend. ``num_frames < declared_frames`` means frames the file promises do not
+    decode (a truncated file, or a head cut mid-GOP whose first frames lack their references); frames that fail
+    mid-file keep their places and are reported by the readers (``read_frames`` raises, ``stream_frames`` lists
+    them in ``StreamErrors.failed``). A file is complete only when neither holds. Raises FileNotFoundError for a
+    missing path and ValueError for a file that is not a decodable video or holds no frames.
     """
     from .index import fps_is_variable
 
@@ -81,7 +89,7 @@ def video_info(path, *, backend: str = "auto") -> VideoInfo:
             duration = video.num_frames / fps if fps > 0 else 0.0
         return VideoInfo(video.num_frames, fps, int(video.width), int(video.height), duration,
                          fps_is_variable(times), tuple(float(t) for t in times),
-                         getattr(getattr(video, "index", None), "codec", ""))
+                         getattr(getattr(video, "index", None), "codec", ""), video.declared_frames)
     finally:
         video.close()
 

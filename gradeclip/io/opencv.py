@@ -26,6 +26,7 @@ class _OpenCVVideo:
         self.width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         self.listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # what the container claims
+        self.declared_frames = (self.listed or None) if index is None else index.declared
         cap.release()
         self.num_frames = self._count()
         self.times = np.arange(self.num_frames) / (self.fps or 1.0)

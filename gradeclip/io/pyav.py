@@ -9,11 +9,12 @@ decode from the start.
 """
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
-from .index import FrameIndex, open_container, shape_after
+from .index import FrameIndex, open_container, packets_to_decode, shape_after
 
 # decoders measured to return the same frames with non-reference frames skipped (AV_DISCARD_NONREF)
 SKIPS_NONREF = {"h264", "hevc", "mpeg4"}
@@ -22,9 +23,13 @@ _RETRIES = 3  # earlier keyframes tried (then the start) when a seek lands late 
 
 def to_rgb(frame, rotation: int = 0, max_side: Optional[int] = None) -> np.ndarray:
     """A PyAV VideoFrame as (H, W, 3) uint8 RGB, as FFmpeg displays it (rotation applied), reduced so that its
-    longer side is at most ``max_side`` (area interpolation, in the same pass as the colour conversion)."""
+    longer side is at most ``max_side`` (area interpolation, in the same pass as the colour conversion). An
+    interlaced frame is converted by FFmpeg's scale filter, which upsamples its chroma field by field as the
+    ``ffmpeg`` command does (a plain conversion mixes the two fields' colours: up to 185 levels off)."""
     width, height = shape_after(frame.width, frame.height, max_side)
-    if (width, height) != (frame.width, frame.height):
+    if frame.interlaced_frame:
+        rgb = _filtered_rgb(frame, width, height)
+    elif (width, height) != (frame.width, frame.height):
         rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
     else:
         rgb = frame.to_ndarray(format="rgb24")
@@ -33,9 +38,27 @@ def to_rgb(frame, rotation: int = 0, max_side: Optional[int] = None) -> np.ndarr
     return rgb
 
 
+def _filtered_rgb(frame, width: int, height: int) -> np.ndarray:
+    """(height, width, 3) uint8 RGB of ``frame`` through a buffer -> scale -> rgb24 filter graph."""
+    import av
+
+    graph = av.filter.Graph()
+    source = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                              time_base=frame.time_base or Fraction(1, 1000))
+    size = f"{width}:{height}" + (":flags=area" if (width, height) != (frame.width, frame.height) else "")
+    chain = [source, graph.add("scale", size), graph.add("format", "rgb24"), graph.add("buffersink")]
+    for a, b in zip(chain, chain[1:]):
+        a.link_to(b)
+    graph.configure()
+    graph.push(frame)
+    return graph.pull().to_ndarray()
+
+
 class PyAVVideo:
     """Reader over one file's ``FrameIndex``: ``num_frames``, ``fps`` (average), ``times`` (N,) seconds,
-    ``width``/``height`` (as displayed), ``scan`` and ``read``."""
+    ``width``/``height`` (as displayed), ``declared_frames``, ``scan`` and ``read``. ``concealed``: indices of the
+    frames scanned so far that FFmpeg decoded only by concealing damage (flagged corrupt): their pictures are
+    FFmpeg's, but not the file's data."""
 
     backend = "pyav"
 
@@ -43,6 +66,8 @@ class PyAVVideo:
         self.index, self.path, self.max_side = index, index.path, max_side
         self.num_frames, self.fps, self.times = index.num_frames, index.avg_fps, index.times
         self.width, self.height = index.width, index.height
+        self.declared_frames = index.declared
+        self.concealed = set()  # indices of frames read so far that FFmpeg decoded with errors concealed
 
     def scan(self, wanted: np.ndarray) -> Iterator[Tuple[int, Union[np.ndarray, ValueError]]]:
         """``(index, frame)`` for each of the sorted unique ``wanted`` indices, in order, or ``(index,
@@ -80,6 +105,8 @@ class PyAVVideo:
                 break
             pos = pos - 1 if key_pos - pos < _RETRIES else -1
         for index, pts in zip(indices.tolist(), targets.tolist()):
+            if pts in found.get("concealed", ()):
+                self.concealed.add(index)
             yield index, found[pts] if pts in found else self._failure(index, found.get("error"))
 
     def _decode_to(self, container, stream, targets, strict: bool):
@@ -91,7 +118,7 @@ class PyAVVideo:
         skip = self.index.codec in SKIPS_NONREF
         if not strict:  # from the very start: every frame FFmpeg outputs counts, as in its sequential decode
             floor, started = float("-inf"), True
-        for packet in container.demux(stream):
+        for packet in packets_to_decode(container, stream):
             if skip:  # a frame that is neither wanted nor a reference for others need not be decoded at all
                 context.skip_frame = "DEFAULT" if packet.pts in wanted or packet.pts is None else "NONREF"
             if floor is None:
@@ -118,6 +145,8 @@ class PyAVVideo:
                 while pending and pending[0] < frame.pts:  # passed without coming out: it did not decode
                     pending.pop(0)
                 if pending and pending[0] == frame.pts:
+                    if frame.is_corrupt:
+                        found.setdefault("concealed", set()).add(frame.pts)
                     found[pending.pop(0)] = to_rgb(frame, self.index.rotation, self.max_side)
                 if not pending:
                     return "ok", found
@@ -151,7 +180,7 @@ class PyAVVideo:
         container.seek(key_pts, stream=stream, backward=True, any_frame=False)
         wanted, last, out, started = set(indices.tolist()), int(indices[-1]), {}, False
         first = True
-        for packet in container.demux(stream):
+        for packet in packets_to_decode(container, stream):
             if first and packet.size:
                 if not packet.is_keyframe or packet.pts != key_pts:
                     return None
@@ -167,6 +196,8 @@ class PyAVVideo:
                     started = True
                 if n in wanted:
                     out[n] = to_rgb(frame, self.index.rotation, self.max_side)
+                    if frame.is_corrupt:
+                        self.concealed.add(n)
                 n += 1
                 if n > last:
                     return [(i, out[i]) for i in indices.tolist()]
@@ -176,7 +207,7 @@ class PyAVVideo:
         """Decode from the start, numbering frames as the index did (a packet that fails takes one slot)."""
         wanted_set, last, n = set(wanted.tolist()), int(wanted[-1]), 0
         error = None
-        for packet in container.demux(stream):
+        for packet in packets_to_decode(container, stream):
             try:
                 frames = packet.decode()
             except Exception as err:
@@ -190,6 +221,8 @@ class PyAVVideo:
                 continue
             for frame in frames:
                 if n in wanted_set:
+                    if frame.is_corrupt:
+                        self.concealed.add(n)
                     yield n, to_rgb(frame, self.index.rotation, self.max_side)
                     wanted_set.discard(n)
                 n += 1

@@ -2,9 +2,10 @@
 
 Frames are chosen as all, every k-th or N evenly spaced, and decoded batch by batch (with PyAV, in one forward
 pass per keyframe group). A frame that fails to decode is reported (index and reason, in ``StreamErrors`` and as a
-warning) and skipped, never replaced by a neighbour; the frames before and after it still come through. With
-OpenCV, whose decoder stops at a corrupt frame, the stream ends there instead. Times are the frames' presentation
-times from the container.
+warning) and skipped, never replaced by a neighbour; the frames before and after it still come through. With PyAV,
+a frame that FFmpeg decodes only by concealing damaged data (flagged corrupt: its picture is made up from its
+neighbours) is reported and skipped the same way. With OpenCV, whose decoder stops at a corrupt frame, the stream
+ends there instead. Times are the frames' presentation times from the container, from the first frame.
 """
 from __future__ import annotations
 
@@ -125,6 +126,10 @@ def _batches_pyav(video, wanted, batch_size, errors):
         for index, frame in video.scan(wanted):
             if isinstance(frame, ValueError):  # reason: what is inside "could not be decoded (...)"
                 _report(errors, video.path, index, str(frame).split("could not be decoded (", 1)[-1].rstrip(")"))
+                continue
+            if index in video.concealed:  # a picture FFmpeg made up from its neighbours is not data
+                _report(errors, video.path, index, "damaged data: FFmpeg's picture for it is concealment made up "
+                                                   "from other frames")
                 continue
             yield index, frame
     yield from _in_batches(decoded(), batch_size)
