@@ -1,8 +1,6 @@
 """Figures and export: heatmap overlays, the explanation figure, word importance, frame strips, saving to disk."""
 from __future__ import annotations
 
-import json
-import os
 import re
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -15,6 +13,7 @@ from matplotlib import colors as mcolors
 from PIL import Image
 
 from ..explain import Explanation
+from ..files import atomic_path, write_json
 
 DEFAULT_OUT = "outputs"
 # How papers write the methods' names (code names are registry keys)
@@ -219,7 +218,8 @@ def _safe_name(name: str) -> str:
 
 def save_figure(fig, name: str, out_dir=DEFAULT_OUT, *, dpi: int = 150, formats: Sequence[str] = ("png", "pdf")
                 ) -> List[Path]:
-    """Save ``fig`` as ``out_dir/name.<format>`` for each format (PNG and PDF by default); returns the paths."""
+    """Save ``fig`` as ``out_dir/name.<format>`` for each format (PNG and PDF by default); returns the paths. Each file
+    is written under a temporary name and renamed when complete (an interrupted save leaves no file of that name)."""
     if dpi <= 0:
         raise ValueError(f"dpi must be positive, got {dpi}")
     out = Path(out_dir)
@@ -227,7 +227,8 @@ def save_figure(fig, name: str, out_dir=DEFAULT_OUT, *, dpi: int = 150, formats:
     paths = []
     for fmt in formats:
         path = out / f"{_safe_name(name)}.{fmt}"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        with atomic_path(path) as temp:
+            fig.savefig(temp, dpi=dpi, bbox_inches="tight", format=fmt)
         paths.append(path)
     return paths
 
@@ -236,12 +237,13 @@ def save_explanation(result: Explanation, name: str, out_dir=DEFAULT_OUT, *, met
                      ) -> List[Path]:
     """Write the raw token-grid maps as ``name_maps.npy`` (N, K, h, w) float32 and the scores as ``name_scores.json``
     (prompts, method, cosine, probs, map shapes, library and model, and any ``meta`` such as the model's name, video
-    and frame indices)."""
+    and frame indices). Both are written under temporary names and renamed when complete."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = _safe_name(name)
     maps_path, scores_path = out / f"{stem}_maps.npy", out / f"{stem}_scores.json"
-    np.save(maps_path, result.raw.astype(np.float32))
+    with atomic_path(maps_path) as temp:
+        np.save(temp, result.raw.astype(np.float32))
     record = {
         "method": result.method,
         "prompts": result.prompts,
@@ -253,5 +255,5 @@ def save_explanation(result: Explanation, name: str, out_dir=DEFAULT_OUT, *, met
         "library": result.library, "model": result.model,  # what explained it; meta may name the model better
         **(meta or {}),
     }
-    scores_path.write_text(json.dumps(record, indent=2) + os.linesep)
+    write_json(scores_path, record)
     return [maps_path, scores_path]

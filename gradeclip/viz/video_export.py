@@ -2,6 +2,7 @@
 thumbnails at keyframes."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -11,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .figures import display_name, overlay
+from ..files import atomic_path
 from ..io.frames import read_frames
 from ..io.stream import stream_frames
 from ..video import VideoExplanation
@@ -129,7 +131,8 @@ def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "sha
     exports (default: the video's average rate divided by the frame step, so that the export runs in real time);
     each picture's timecode is the frame's presentation time. ``panel_height``: the height in pixels of the frame
     and of each overlay panel (at most the frame's own), which bounds the export's size whatever the video's.
-    Returns the paths written."""
+    Each file is written under a temporary name (same folder and suffix) and renamed when both are complete, so an
+    interrupted export leaves neither under its final name. Returns the paths written."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     maps = result.normalized(scale)
@@ -141,18 +144,25 @@ def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "sha
     panel = min(height, panel_height)
     decode_side = 2 * max(panel, round(width * panel / height))  # area reduction from 2x keeps it sharp
     gif_path = out_path.with_suffix(".gif")
-    writers = [_Mp4Writer(out_path, fps)] + ([_GifWriter(gif_path, fps)] if gif else [])
-    try:
-        for batch in stream_frames(result.video, indices=result.indices, batch_size=batch_size,
-                                   max_side=decode_side):
-            for index, frame in zip(batch.indices.tolist(), batch.frames):
-                n = position[index]
-                picture = compose_frame(frame, maps[n], result.prompts, result.cosine[n], result.probs[n],
-                                        result.times[n], index, scale_label=label, cmap=cmap, alpha=alpha,
-                                        method=result.method, panel_height=panel)
-                for writer in writers:
-                    writer.append(picture)
-    finally:
+    finals = [out_path] + ([gif_path] if gif else [])
+    with contextlib.ExitStack() as stack:  # both written under temporary names, renamed once both are complete
+        temps = [stack.enter_context(atomic_path(path)) for path in finals]
+        writers = [_Mp4Writer(temps[0], fps)] + ([_GifWriter(temps[1], fps)] if gif else [])
+        try:
+            for batch in stream_frames(result.video, indices=result.indices, batch_size=batch_size,
+                                       max_side=decode_side):
+                for index, frame in zip(batch.indices.tolist(), batch.frames):
+                    n = position[index]
+                    picture = compose_frame(frame, maps[n], result.prompts, result.cosine[n], result.probs[n],
+                                            result.times[n], index, scale_label=label, cmap=cmap, alpha=alpha,
+                                            method=result.method, panel_height=panel)
+                    for writer in writers:
+                        writer.append(picture)
+        except BaseException:
+            for writer in writers:  # the temporary files are removed; an error here must not hide the first
+                with contextlib.suppress(Exception):
+                    writer.close()
+            raise
         for writer in writers:
             writer.close()
     return [out_path] + ([gif_path] if gif else [])
