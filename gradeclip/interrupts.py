@@ -8,8 +8,10 @@ which exist. Imports nothing above ``files``: the CLI layer uses it.
 """
 from __future__ import annotations
 
+import _thread
 import contextlib
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator, List, Sequence
@@ -23,8 +25,10 @@ _sigint_seen = threading.Event()
 def noting_sigint() -> Iterator[None]:
     """While the block runs, SIGINT raises KeyboardInterrupt as Python's own handler does and is remembered, so that
     an OSError from a pipe to a child process that the same Ctrl-C stopped (a BrokenPipeError from FFmpeg, which the
-    terminal signals too) can be reported as the interrupt it is (``caused_by_ctrl_c``). Only in the main thread;
-    a SIGINT that the caller ignores stays ignored."""
+    terminal signals too) can be reported as the interrupt it is (``caused_by_ctrl_c``). A KeyboardInterrupt that
+    Python cannot raise where the signal landed (in an at-fork hook while a child process such as FFmpeg starts, or
+    in a finaliser: Python prints "Exception ignored" and goes on) is not lost: it is raised again a moment later
+    in the main thread's own code. Only in the main thread; a SIGINT that the caller ignores stays ignored."""
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
         yield
@@ -34,12 +38,23 @@ def noting_sigint() -> Iterator[None]:
         _sigint_seen.set()
         raise KeyboardInterrupt
 
+    def raise_again(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and _sigint_seen.is_set():
+            timer = threading.Timer(0.01, _thread.interrupt_main)  # runs ``note`` in the main thread, outside here
+            timer.daemon = True
+            timer.start()
+        else:
+            previous_hook(unraisable)
+
     _sigint_seen.clear()
+    previous_hook = sys.unraisablehook
     signal.signal(signal.SIGINT, note)
+    sys.unraisablehook = raise_again
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        sys.unraisablehook = previous_hook
         # the mark stays until the next command: the CLI's error handler, outside the block, still reads it
 
 

@@ -11,6 +11,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .ffmpeg_pipe import FfmpegWriter
 from .figures import display_name, overlay
 from ..files import atomic_path
 from ..io.frames import read_frames
@@ -66,60 +67,48 @@ def compose_frame(frame, maps, prompts, cosine, probs, time_s, index, *, scale_l
     return np.concatenate([picture, _colorbar(picture.shape[0], cmap, label)], axis=1)
 
 
-class _Mp4Writer:
-    """H.264 MP4 through imageio-ffmpeg (plays in browsers and notebooks); OpenCV's mp4v where it is missing."""
+class _Mp4Writer(FfmpegWriter):
+    """H.264 MP4 (crf 15, yuv420p: plays in browsers and notebooks) through FFmpeg; OpenCV's mp4v where
+    imageio-ffmpeg is missing."""
 
     def __init__(self, path: Path, fps: float):
-        self.path, self.fps, self.writer, self.cv = path, fps, None, None
+        super().__init__(path, fps, "mp4", ["-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "15"])
+        self.cv = None
 
     def append(self, rgb: np.ndarray):
         rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]  # yuv420p needs even sides
-        if self.writer is None and self.cv is None:
+        if self.process is None and self.cv is None:
             try:
-                import imageio.v2 as imageio
-
-                self.writer = imageio.get_writer(self.path, fps=self.fps, codec="libx264", quality=7,
-                                                 pixelformat="yuv420p", macro_block_size=2)
+                import imageio_ffmpeg  # noqa: F401
             except ImportError:
                 self.cv = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                           (rgb.shape[1], rgb.shape[0]))
-        if self.writer is not None:
-            self.writer.append_data(rgb)
-        else:
+        if self.cv is not None:
             self.cv.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        else:
+            super().append(rgb)
 
     def close(self):
-        if self.writer is not None:
-            self.writer.close()
+        super().close()
+        if self.cv is not None:
+            self.cv.release()
+
+    def abort(self):
+        super().abort()
         if self.cv is not None:
             self.cv.release()
 
 
-class _GifWriter:
-    """A GIF written frame by frame as the frames are made (FFmpeg from imageio-ffmpeg), every frame kept at full
-    size, each with its own 256-colour palette and error-diffusion dithering, so that a heatmap's smooth ramp is
-    not posterised into bands as one global palette would do."""
+class _GifWriter(FfmpegWriter):
+    """A GIF written frame by frame as the frames are made (FFmpeg), every frame kept at full size, each with its
+    own 256-colour palette and error-diffusion dithering, so that a heatmap's smooth ramp is not posterised into
+    bands as one global palette would do."""
 
     FILTER = ("split[a][b];[a]palettegen=stats_mode=single[p];"
               "[b][p]paletteuse=new=1:dither=sierra2_4a")
 
     def __init__(self, path: Path, fps: float):
-        self.path, self.fps, self.writer = path, fps, None
-
-    def append(self, rgb: np.ndarray):
-        if self.writer is None:
-            import imageio_ffmpeg
-
-            self.writer = imageio_ffmpeg.write_frames(
-                str(self.path), (rgb.shape[1], rgb.shape[0]), fps=self.fps, codec="gif", pix_fmt_out="pal8",
-                quality=None, macro_block_size=1, ffmpeg_log_level="error",  # palettegen warns per frame
-                output_params=["-vf", self.FILTER, "-loop", "0"])
-            self.writer.send(None)  # start the generator
-        self.writer.send(np.ascontiguousarray(rgb))
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
+        super().__init__(path, fps, "gif", ["-vcodec", "gif", "-pix_fmt", "pal8", "-vf", self.FILTER, "-loop", "0"])
 
 
 def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "shared", cmap: str = "jet",
@@ -160,8 +149,7 @@ def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "sha
                         writer.append(picture)
         except BaseException:
             for writer in writers:  # the temporary files are removed; an error here must not hide the first
-                with contextlib.suppress(Exception):
-                    writer.close()
+                writer.abort()
             raise
         for writer in writers:
             writer.close()
