@@ -64,10 +64,16 @@ def reference(walk, checkpoint, tmp_path_factory):
     return out
 
 
-def interrupt_when(cmd, env, ready, what, timeout=600):
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return [int(child) for child in listed.read().split()]
+
+
+def interrupt_when(cmd, env, ready, what, timeout=600, children_first=False):
     """Run ``cmd`` in a session of its own, poll ``ready(pid, stderr_so_far)`` every few milliseconds, and send
-    SIGINT to the whole process group once it is true. Returns (exit status, stderr). Fails if the command ended
-    before the phase ``what`` was reached."""
+    SIGINT to the whole process group once it is true (``children_first``: to its child processes too, first, as
+    a terminal does to children that share its process group). Returns (exit status, stderr). Fails if the
+    command ended before the phase ``what`` was reached."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     chunks = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read1(4096), b"")), daemon=True)
@@ -81,6 +87,8 @@ def interrupt_when(cmd, env, ready, what, timeout=600):
             if time.monotonic() > deadline:
                 pytest.fail(f"{what} not reached in {timeout} s")
             time.sleep(0.003)
+        for child in children(proc.pid) if children_first else []:
+            os.kill(child, signal.SIGINT)
         os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=120)
     finally:
@@ -179,22 +187,25 @@ def test_video_interrupted_while_explaining_says_how_far_it_got(walk, checkpoint
     assert check_complete(out) == []
 
 
-@pytest.mark.parametrize("ffmpeg_gets_sigint", [False, True], ids=["ffmpeg-own-group", "ffmpeg-in-terminal-group"])
+@pytest.mark.parametrize("ffmpeg_gets_sigint", [False, True], ids=["terminal", "ffmpeg-signalled-first"])
 def test_video_interrupted_while_writing_the_mp4(walk, checkpoint, tmp_path, ffmpeg_gets_sigint):
     """SIGINT while the MP4 and GIF are written: the maps and sidecar (written first) are whole and named in the
     line, the MP4 and GIF are absent (not half-written under their names), the line names what was not finished.
-    With IMAGEIO_FFMPEG_NO_PREVENT_SIGINT the FFmpeg children get the SIGINT too and die, so the pipe to them
-    breaks: that must still end as the interrupt line, not as an error. Catches writers that write the final name
-    directly, a close in ``finally`` whose BrokenPipe/OSError replaces the interrupt, and leftover temporaries."""
+    In the second case the FFmpeg children get SIGINT first (as from a terminal whose process group they shared)
+    and stop, so the pipe to them may break before Python sees its own SIGINT: that must still end as the
+    interrupt line, with none of FFmpeg's messages on stderr. Catches writers that write the final name directly,
+    a close whose BrokenPipe/OSError replaces the interrupt, an FFmpeg left running that writes on after the
+    temporary was removed, and leftover temporaries."""
     out = tmp_path / "out"
-    cmd, env = command(video_args(walk, checkpoint, out),
-                       {"IMAGEIO_FFMPEG_NO_PREVENT_SIGINT": "1"} if ffmpeg_gets_sigint else None)
-    code, stderr = interrupt_when(cmd, env, exporting(out), "the MP4 export")
+    cmd, env = command(video_args(walk, checkpoint, out))
+    code, stderr = interrupt_when(cmd, env, exporting(out), "the MP4 export", children_first=ffmpeg_gets_sigint)
     line = the_one_line(stderr)
     assert code == 130
     assert check_complete(out) == [f"{STEM}_maps.json", f"{STEM}_maps.npz"]
     assert (f"stopped while writing the files of walk.avi; wrote {STEM}_maps.npz, {STEM}_maps.json in {out}; "
             f"not finished: {STEM}.mp4, {STEM}.gif, {STEM}_timeline.png, {STEM}_timeline.pdf") in line, line
+    time.sleep(0.5)  # an FFmpeg child still running would write its file now
+    assert sorted(os.listdir(out)) == [f"{STEM}_maps.json", f"{STEM}_maps.npz"]
 
 
 def test_video_interrupted_while_drawing_the_timeline_then_rerun(walk, checkpoint, tmp_path, reference):

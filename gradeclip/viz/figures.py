@@ -24,6 +24,7 @@ DISPLAY_NAMES = {
     "eigencam": "EigenCAM", "scorecam": "Score-CAM",
 }
 ZERO_LABEL = "all-zero map\n(no relevance anywhere)"
+CONSTANT_LABEL = "constant map\n(the same value everywhere)"
 
 
 def display_name(method: str) -> str:
@@ -35,10 +36,10 @@ def _relevance_label(method: str) -> str:
     return f"{display_name(method)} relevance\n(each map scaled to 0–1)"
 
 
-def _mark_zero(ax, frame) -> None:
-    """Show a map that is zero everywhere as such (the colour map would paint it as "low relevance")."""
+def mark_constant(ax, frame, label: str) -> None:
+    """Show a map that has one value everywhere as such (the colour map would paint it as "low relevance")."""
     ax.imshow(frame, alpha=0.35)
-    ax.text(0.5, 0.5, ZERO_LABEL, transform=ax.transAxes, ha="center", va="center", fontsize=8,
+    ax.text(0.5, 0.5, label, transform=ax.transAxes, ha="center", va="center", fontsize=8,
             bbox=dict(facecolor="white", edgecolor="0.3", alpha=0.9, pad=2))
 
 
@@ -70,8 +71,8 @@ def _title(prompt: str, width: int = 28) -> str:
 def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", alpha: float = 0.5,
                      title: Optional[str] = None):
     """Figure: frame ``index`` of ``result`` beside one overlay per prompt, cosine and probability in each title,
-    and a colorbar naming the method; under the frame, the model and its library. A map that is zero everywhere is
-    marked as such. Returns a Figure."""
+    and a colorbar naming the method; under the frame, the model and its library. A map that is zero everywhere, or
+    has one value everywhere, is marked as such (not painted as "low relevance"). Returns a Figure."""
     n, k = result.maps.shape[:2]
     if not -n <= index < n:
         raise IndexError(f"frame index {index} out of range for {n} explained frame(s)")
@@ -85,8 +86,9 @@ def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", 
         axes[0].set_title(f"{Path(result.model).name or 'model'} · {result.library}", fontsize=7, loc="left",
                           y=-0.02, va="top", color="0.35")
     for j, ax in enumerate(axes[1:]):
-        if _is_zero(result, index, j):
-            _mark_zero(ax, frame)
+        label = constant_label(result, index, j)
+        if label:
+            mark_constant(ax, frame, label)
         else:
             ax.imshow(overlay(frame, result.maps[index, j], cmap=cmap, alpha=alpha))
         ax.set_title(f"{_title(result.prompts[j])}\ncos {result.cosine[index, j]:.3f} · "
@@ -100,15 +102,29 @@ def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", 
     return fig
 
 
-def _is_zero(result: Explanation, index: int, prompt: int) -> bool:
-    return not np.any(np.asarray(result.raw[index, prompt]) > 0)
+def is_constant_map(raw) -> bool:
+    """True for a map (any shape) with one value everywhere, by the rule of ``explain.normalize_maps``: a range
+    below 1e-6 of the map's magnitude (rounding noise). Such a map prefers no location, whatever its value."""
+    raw = np.asarray(raw, dtype=np.float64)
+    low, high = raw.min(), raw.max()
+    return not high - low > 1e-6 * max(abs(low), abs(high))
+
+
+def constant_label(result: Explanation, index: int, prompt: int) -> str:
+    """The label of a map that has one value everywhere: ``ZERO_LABEL`` if that value is 0, else ``CONSTANT_LABEL``;
+    an empty string for a map that varies (below zero too)."""
+    raw = np.asarray(result.raw[index, prompt])
+    if not is_constant_map(raw):
+        return ""
+    return ZERO_LABEL if not np.any(raw) else CONSTANT_LABEL
 
 
 def plot_method_grid(explanations, index: int = 0, *, cmap: str = "jet", alpha: float = 0.5, columns: int = 4,
                      width: float = 7.0):
     """Paper figure of one frame's overlays: for each prompt, the frame and then one panel per method, wrapped into
     rows of ``columns`` panels; the prompt is written beside each of its rows, panels are titled with the methods'
-    display names ("Grad-ECLIP", "Grad-CAM++"), one colorbar is shared by all, and an all-zero map is marked.
+    display names ("Grad-ECLIP", "Grad-CAM++"), one colorbar is shared by all, and an all-zero or constant map is
+    marked.
     ``explanations``: dict name -> ``Explanation`` of the same frames and prompts (as ``compare_methods`` returns).
     ``width``: figure width in inches (7 fits a two-column paper's full width). Returns a Figure."""
     names = list(explanations)
@@ -137,8 +153,8 @@ def plot_method_grid(explanations, index: int = 0, *, cmap: str = "jet", alpha: 
             if name is None:
                 ax.imshow(frame)
                 ax.set_title("frame", fontsize=8)
-            elif _is_zero(explanations[name], index, p):
-                _mark_zero(ax, frame)
+            elif constant_label(explanations[name], index, p):
+                mark_constant(ax, frame, constant_label(explanations[name], index, p))
             else:
                 ax.imshow(overlay(frame, explanations[name].maps[index, p], cmap=cmap, alpha=alpha))
             if name is not None:

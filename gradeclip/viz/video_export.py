@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .ffmpeg_pipe import FfmpegWriter
-from .figures import display_name, overlay
+from .figures import mark_constant, display_name, is_constant_map, overlay
 from ..files import atomic_path
 from ..io.frames import read_frames
 from ..io.stream import stream_frames
@@ -44,16 +44,31 @@ def _colorbar(height: int, cmap: str, label: str = "relevance") -> np.ndarray:
     return bar
 
 
+def _constant_panel(small: np.ndarray) -> np.ndarray:
+    """The frame faded, with "constant map" written across: a map with one value everywhere, which the colour map
+    would paint as uniform low relevance."""
+    panel = (small * 0.35 + 255 * 0.65).astype(np.uint8)
+    scale = 0.4
+    (width, height), _ = cv2.getTextSize("constant map", _FONT, scale, 1)
+    org = (max(0, (panel.shape[1] - width) // 2), (panel.shape[0] + height) // 2)
+    cv2.putText(panel, "constant map", org, _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return panel
+
+
 def compose_frame(frame, maps, prompts, cosine, probs, time_s, index, *, scale_label, cmap="jet", alpha=0.5,
-                  panel_height: Optional[int] = None, method: str = "") -> np.ndarray:
+                  panel_height: Optional[int] = None, method: str = "", constant=None) -> np.ndarray:
     """One video frame of the export: the frame beside an overlay per prompt (maps (K, h, w) in [0, 1]), each
     titled with its cosine and probability, a timecode and a colorbar labelled with ``method``'s relevance.
-    Returns uint8 RGB (H', W', 3)."""
+    ``constant``: K bools, True for a prompt whose raw map has one value everywhere; its panel says so instead of
+    showing a uniform colour. Panels are ``panel_height`` pixels high at the frame's aspect. Returns uint8 RGB
+    (H', W', 3)."""
     h, w = frame.shape[:2]
     ph = panel_height or min(h, 360)
     pw = max(2, round(w * ph / h))
     small = cv2.resize(frame, (pw, ph), interpolation=cv2.INTER_AREA)
-    panels = [small] + [overlay(small, m, cmap=cmap, alpha=alpha) for m in maps]
+    constant = [False] * len(maps) if constant is None else list(constant)
+    panels = [small] + [_constant_panel(small) if flat else overlay(small, m, cmap=cmap, alpha=alpha)
+                        for m, flat in zip(maps, constant)]
     body = np.concatenate(panels, axis=1)
     header = np.full((34, body.shape[1], 3), 30, np.uint8)
     _text(header, "frame", (6, 22))
@@ -144,7 +159,8 @@ def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "sha
                     n = position[index]
                     picture = compose_frame(frame, maps[n], result.prompts, result.cosine[n], result.probs[n],
                                             result.times[n], index, scale_label=label, cmap=cmap, alpha=alpha,
-                                            method=result.method, panel_height=panel)
+                                            method=result.method, panel_height=panel,
+                                            constant=[is_constant_map(m) for m in result.raw[n]])
                     for writer in writers:
                         writer.append(picture)
         except BaseException:
@@ -203,7 +219,10 @@ def plot_timeline(result: VideoExplanation, *, max_thumbnails: int = 8, scale: s
     for c, ((n, label), frame) in enumerate(zip(marks, thumbs)):
         best = int(result.cosine[n].argmax())
         sub = fig.add_subplot(grid[-1, c])
-        sub.imshow(overlay(frame, maps[n, best], cmap=cmap, alpha=alpha))
+        if is_constant_map(result.raw[n, best]):
+            mark_constant(sub, frame, "constant map")
+        else:
+            sub.imshow(overlay(frame, maps[n, best], cmap=cmap, alpha=alpha))
         shown = result.prompts[best] if len(result.prompts[best]) <= 24 else result.prompts[best][:23] + "…"
         sub.set_title(f"{result.times[n]:.2f} s · {label[:28]}\nmap: {shown}", fontsize=7)
         sub.axis("off")
