@@ -103,6 +103,8 @@ def the_one_line(stderr):
     assert "Traceback" not in stderr, stderr
     lines = [part for part in re.split(r"[\r\n]+", stderr) if part.strip() and not BAR.match(part)]
     assert len(lines) == 1 and lines[0].startswith("gradeclip: interrupted: "), stderr
+    # on a line of its own: not written over an unfinished progress bar (which ends in a carriage return)
+    assert stderr.startswith(lines[0]) or f"\n{lines[0]}" in stderr, stderr
     return lines[0]
 
 

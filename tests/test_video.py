@@ -251,3 +251,68 @@ def test_sidecar_sizes_are_height_then_width_and_follow_scale(model, avi, tmp_pa
     _, sidecar = save_video_maps(result, tmp_path)
     record = json.loads(sidecar.read_text())["preprocessing"]
     assert record["frame_size_hw"] == [48, 64] and record["input_size_hw"] == [24, 32]
+
+
+def test_an_interrupted_overlay_export_leaves_the_older_files_and_no_ffmpeg(model, avi, tmp_path, monkeypatch):
+    """Ctrl-C at the 4th exported frame, with an older export of the same name in the folder: the older MP4 and GIF
+    are kept byte for byte, no temporary file is left, and no FFmpeg child is still running (it would write on
+    after the temporary was removed). Then an uninterrupted export replaces both, the MP4 decoding (PyAV) to
+    every exported frame. Catches writers opened on the final names, a temporary left behind, and FFmpeg left
+    running (not stopped when the export fails)."""
+    import os
+
+    import av
+
+    import gradeclip.viz.video_export as video_export
+
+    result = explain_video(model, avi, ["a person", "a tree"], count=8, progress=False)
+    mp4, gif = tmp_path / "overlay.mp4", tmp_path / "overlay.gif"
+    mp4.write_bytes(b"older mp4")
+    gif.write_bytes(b"older gif")
+    real, calls = video_export.compose_frame, []
+
+    def stop_at_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video_export, "compose_frame", stop_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        write_overlay_video(result, mp4)
+    assert mp4.read_bytes() == b"older mp4" and gif.read_bytes() == b"older gif"
+    assert sorted(os.listdir(tmp_path)) == ["overlay.gif", "overlay.mp4"]
+    assert [p for p in psutil.Process().children(recursive=True) if p.is_running() and
+            p.status() != psutil.STATUS_ZOMBIE] == []
+    monkeypatch.setattr(video_export, "compose_frame", real)
+    assert write_overlay_video(result, mp4) == [mp4, gif]
+    with av.open(str(mp4)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 8
+    with Image.open(gif) as image:
+        assert image.n_frames == 8
+    assert sorted(os.listdir(tmp_path)) == ["overlay.gif", "overlay.mp4"]
+
+
+def half_then_ctrl_c(path, *args, **kwargs):
+    """A writer (np.save, np.savez_compressed, Path.write_text) that writes part of a file and is interrupted."""
+    path = path if hasattr(path, "write_bytes") else __import__("pathlib").Path(path)
+    path.write_bytes(b"PK\x03\x04 half a file")
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("writer", ["savez_compressed", "write_text"])
+def test_interrupted_video_maps_leave_no_file_under_their_names(model, avi, tmp_path, monkeypatch, writer):
+    """save_video_maps interrupted half-way through the npz or the JSON sidecar: neither name holds half a file,
+    and no temporary is left. Catches np.savez_compressed or write_text aimed at the final name."""
+    import os
+    import pathlib
+
+    result = explain_video(model, avi, ["a person"], count=2, progress=False)
+    if writer == "savez_compressed":
+        monkeypatch.setattr(np, "savez_compressed", half_then_ctrl_c)
+    else:
+        monkeypatch.setattr(pathlib.Path, "write_text", lambda self, *a, **k: half_then_ctrl_c(self))
+    with pytest.raises(KeyboardInterrupt):
+        save_video_maps(result, tmp_path, "clip")
+    left = sorted(os.listdir(tmp_path))
+    assert left == ([] if writer == "savez_compressed" else ["clip_maps.npz"]), left
