@@ -218,6 +218,17 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_model_loads(video, 
                                         f"directory)"], err
 
 
+def test_an_existing_folder_where_no_file_can_be_made_is_refused():
+    """/proc exists and os.access calls it writable for root, but no file can be created in it. Catches an existing
+    folder trusted on its permissions alone (only new folders tried)."""
+    from gradeclip.checks import output_folder
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc")
+    with pytest.raises(ValueError, match=r"^--out /proc: cannot write there \("):
+        output_folder("/proc")
+
+
 def test_out_check_leaves_no_folder_and_accepts_a_new_one(tmp_path):
     """The write test creates the folders it needs and removes them again (a refused run leaves nothing), and a
     folder that does not exist yet under a writable parent is accepted. Catches leftover test folders or a probe

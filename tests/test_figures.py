@@ -124,10 +124,17 @@ def test_method_grid_is_a_paper_figure(model):
 
 
 class _StopWhenDrawn(matplotlib.artist.Artist):
-    """An artist whose drawing is interrupted (Ctrl-C while matplotlib writes the file)."""
+    """An artist whose drawing into the file is interrupted (Ctrl-C while matplotlib writes it). savefig draws
+    twice: a dry run that lays the figure out (no file yet), then into the opened file; the second is stopped."""
+
+    def __init__(self):
+        super().__init__()
+        self.draws = 0
 
     def draw(self, renderer):
-        raise KeyboardInterrupt
+        self.draws += 1
+        if self.draws % 2 == 0:
+            raise KeyboardInterrupt
 
 
 def test_an_interrupted_pdf_leaves_no_file_and_keeps_the_older_one(tmp_path, result):
