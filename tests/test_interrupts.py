@@ -332,3 +332,36 @@ def test_a_ctrl_c_that_python_cannot_raise_is_raised_again(capfd):
             reached_the_end = True
     assert not reached_the_end
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_video_folder_interrupted_in_the_second_video_names_the_first_as_finished(walk, checkpoint, tmp_path,
+                                                                                  monkeypatch, capfd):
+    """Two videos, Ctrl-C while the second is explained: the line says the first is finished and where, and how
+    far the second got; the first video's files are all there and whole. Catches a finished video not recorded
+    (the line would say nothing was written) or the wrong video named."""
+    import shutil
+
+    import gradeclip.video
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(walk, folder / "a.avi")
+    shutil.copy(walk, folder / "b.avi")
+    real = gradeclip.video.explain_video
+
+    def second_stops(model, path, *args, progress, **kwargs):
+        if path.endswith("b.avi"):
+            progress.update(3)
+            raise KeyboardInterrupt
+        return real(model, path, *args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(gradeclip.video, "explain_video", second_stops)
+    out = tmp_path / "out"
+    code = main(["video", str(folder), "-p", "a person", "--model", str(checkpoint), "--out", str(out),
+                 "--frames", "4", "--dpi", "30"])
+    line = the_one_line(capfd.readouterr().err)
+    assert code == 130
+    assert line == (f"gradeclip: interrupted: finished a.avi (files in {out}); stopped while explaining b.avi "
+                    f"(3 of 4 frames explained); rerun the same command")
+    assert sorted(os.listdir(out)) == sorted(f"a_grad_eclip{s}" for s in ("_maps.npz", "_maps.json", ".mp4", ".gif",
+                                                                          "_timeline.png", "_timeline.pdf"))

@@ -316,3 +316,45 @@ def test_interrupted_video_maps_leave_no_file_under_their_names(model, avi, tmp_
         save_video_maps(result, tmp_path, "clip")
     left = sorted(os.listdir(tmp_path))
     assert left == ([] if writer == "savez_compressed" else ["clip_maps.npz"]), left
+
+
+def test_an_ffmpeg_that_stops_is_an_error_while_writing(tmp_path):
+    """FFmpeg refusing its arguments (an encoder that does not exist) exits at once; frames larger than the pipe's
+    buffer then meet a broken pipe, which raises OSError naming the file and FFmpeg's own message. Catches the
+    broken pipe swallowed (the frames would go nowhere until close)."""
+    from gradeclip.viz.ffmpeg_pipe import FfmpegWriter
+
+    writer = FfmpegWriter(tmp_path / "clip.mp4", 10, "mp4", ["-vcodec", "no_such_encoder"])
+    frame = np.zeros((256, 256, 3), np.uint8)  # 192 KiB: more than a pipe holds
+    with pytest.raises(OSError, match=r"FFmpeg stopped .* while writing clip\.mp4: .*no_such_encoder"):
+        for _ in range(20):
+            writer.append(frame)
+    writer.abort()
+
+
+def test_an_ffmpeg_that_fails_at_the_end_is_an_error_on_close():
+    """FFmpeg that takes every frame but cannot write its output (/dev/full: no space left) fails when the file is
+    finished: close raises OSError with FFmpeg's message, so the export's temporary file is never renamed as if
+    complete. Catches FFmpeg's exit status not checked."""
+    from gradeclip.viz.ffmpeg_pipe import FfmpegWriter
+
+    writer = FfmpegWriter("/dev/full", 10, "mp4", ["-vcodec", "libx264", "-pix_fmt", "yuv420p"])
+    writer.append(np.zeros((16, 24, 3), np.uint8))  # 1 KiB: fits the pipe whatever FFmpeg does
+    with pytest.raises(OSError, match=r"FFmpeg failed \(status \d+\) to write full: .*No space left on device"):
+        writer.close()
+
+
+def test_timeline_thumbnail_of_a_constant_map_says_so(avi):
+    """A keyframe whose best prompt's map is constant (0.5 everywhere) gets a thumbnail saying "constant map", not
+    a uniform colour that reads as low relevance; the other thumbnails are overlays. Catches the thumbnails drawn
+    without the check, or the check made on the wrong prompt's map."""
+    raw = np.random.default_rng(1).random((6, 2, 3, 4)).astype(np.float32)
+    result = fake_result(avi, raw)
+    result.cosine = np.array([[0.1, 0.2], [0.3, 0.2], [0.2, 0.25], [0.5, 0.1], [0.1, 0.15], [0.2, 0.1]])
+    result.raw[3, 0] = 0.5  # frame 3: prompt 0 is best (its peak)
+    result.raw[3, 1] = 0.0  # the other prompt's map there is constant too, but is not the one shown
+    result.raw[2, 0] = 0.5  # frame 2: prompt 1 is best; prompt 0's constant map is not shown
+    fig = plot_timeline(result)
+    thumbs = [ax for ax in fig.axes if ax.get_images()]
+    marked = [ax.get_title().split(" s ·")[0] for ax in thumbs if [t.get_text() for t in ax.texts] == ["constant map"]]
+    assert marked == [f"{result.times[3]:.2f}"], [ax.get_title() for ax in thumbs]
