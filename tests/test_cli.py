@@ -257,3 +257,23 @@ def test_video_frames_above_the_count_warns_in_one_line(video, checkpoint, tmp_p
     assert main(["video", video, "-p", "x", "--frames", "12", "--model", str(checkpoint), "--out", str(out),
                  "--no-gif", "--dpi", "30"]) == 0
     assert "gradeclip: warning:" not in capfd.readouterr().err
+
+
+def test_install_forms_work_from_a_clone():
+    """gradeclip is not on a package index, so ``pip install "gradeclip[ray]"`` fails; the README, the notebooks,
+    the packaging comments and the error messages give the form that works from a clone (``".[ray]"``), and each
+    extra they name exists in pyproject.toml. Catches the index form coming back anywhere, or an extra renamed in
+    pyproject but not in the text."""
+    import pathlib
+    import re
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    texts = {path: path.read_text() for path in [root / "README.md", root / "pyproject.toml",
+                                                 root / "requirements.txt", *root.glob("notebooks/*.ipynb"),
+                                                 *root.glob("gradeclip/**/*.py")]}
+    assert [str(path) for path, text in texts.items() if "gradeclip[" in text] == []
+    extras = set(tomllib.loads(texts[root / "pyproject.toml"])["project"]["optional-dependencies"])
+    named = {name for text in texts.values() for group in re.findall(r"""['"]\.\[([\w,]+)\]['"]""", text)
+             for name in group.split(",")}
+    assert {"ray", "open_clip", "hf"} <= named and named <= extras, (named, extras)

@@ -365,3 +365,17 @@ def test_video_folder_interrupted_in_the_second_video_names_the_first_as_finishe
                     f"(3 of 4 frames explained); rerun the same command")
     assert sorted(os.listdir(out)) == sorted(f"a_grad_eclip{s}" for s in ("_maps.npz", "_maps.json", ".mp4", ".gif",
                                                                           "_timeline.png", "_timeline.pdf"))
+
+
+def test_ctrl_c_while_ffmpeg_starts_is_held_until_its_handle_is_kept():
+    """SIGINT while the FFmpeg child is being started is held (the child's handle must be kept, or the child would
+    write on unseen after its temporary file was removed) and raised as KeyboardInterrupt when the start is done.
+    Catches the held signal dropped (the Ctrl-C lost) or raised inside the start."""
+    from gradeclip.viz.ffmpeg_pipe import _ctrl_c_after
+
+    got_past_the_signal = False
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_after():
+            signal.raise_signal(signal.SIGINT)
+            got_past_the_signal = True
+    assert got_past_the_signal
