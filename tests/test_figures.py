@@ -257,3 +257,16 @@ def test_interrupted_maps_and_scores_leave_no_file_under_their_names(tmp_path, r
         save_explanation(result, "run", tmp_path)
     left = sorted(os.listdir(tmp_path))
     assert left == ([] if writer == "save" else ["run_maps.npy"]), left
+
+
+def test_score_chart_names_how_the_probabilities_were_made():
+    """Softmax probabilities (summing to 1) are labelled "softmax over prompts"; SigLIP's per-prompt sigmoids (here
+    0.9 and 0.7) are not given that label; an explicit ``kind`` wins. Catches the fixed softmax label that the chart
+    put on sigmoid scores."""
+    fig = plot_scores(PROMPTS, [0.3, 0.1], [0.75, 0.25])
+    assert fig.axes[1].get_xlabel() == "probability (softmax over prompts)"
+    fig = plot_scores(PROMPTS, [0.3, 0.1], [0.9, 0.7])
+    assert fig.axes[1].get_xlabel() == "probability (sigmoid, each prompt on its own)"
+    fig = plot_scores(PROMPTS, [0.3, 0.1], [0.5, 0.5], kind="sigmoid")
+    assert fig.axes[1].get_xlabel() == "probability (sigmoid)"
+    plt.close("all")

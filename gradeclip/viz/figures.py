@@ -169,15 +169,20 @@ def plot_method_grid(explanations, index: int = 0, *, cmap: str = "jet", alpha: 
     return fig
 
 
-def plot_scores(prompts: Sequence[str], cosine: np.ndarray, probs: np.ndarray):
-    """Bar chart of one frame's cosine and probability per prompt (``cosine``, ``probs``: (K,)). Returns a Figure."""
+def plot_scores(prompts: Sequence[str], cosine: np.ndarray, probs: np.ndarray, *, kind: Optional[str] = None):
+    """Bar chart of one frame's cosine and probability per prompt (``cosine``, ``probs``: (K,)). ``kind``: how the
+    probabilities were made, written on the axis; by default "softmax over prompts" when they sum to 1 (CLIP) and
+    "sigmoid, each prompt on its own" otherwise (SigLIP), never a softmax label on sigmoid scores. Returns a
+    Figure."""
     cosine, probs = np.asarray(cosine).ravel(), np.asarray(probs).ravel()
+    if kind is None:
+        kind = "softmax over prompts" if abs(probs.sum() - 1) < 1e-3 else "sigmoid, each prompt on its own"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.5 * len(prompts) + 1.5), layout="constrained")
     labels = [_title(p, 40) for p in prompts]
     left.barh(labels, cosine, color="tab:blue")
     left.set_xlabel("cosine similarity")
     right.barh(labels, probs, color="tab:orange")
-    right.set_xlabel("probability (softmax over prompts)")
+    right.set_xlabel(f"probability ({kind})")
     right.set_xlim(0, 1)
     right.set_yticks([])
     left.invert_yaxis()
