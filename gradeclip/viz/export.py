@@ -33,6 +33,13 @@ def video_files(stem: str, out, *, gif: bool = True, timeline: Optional[str] = N
         ([out / f"{stem}.gif"] if gif else []) + [out / f"{line}.png", out / f"{line}.pdf"]
 
 
+def words_files(name: str, out, count: int) -> List[Path]:
+    """The paths ``export_words`` writes for ``count`` prompts, in the order it writes them."""
+    out = Path(out)
+    return [out / f"{name}_words_{k}.{fmt}" for k in range(count) for fmt in ("png", "pdf")] + \
+        [out / f"{name}_words.json"]
+
+
 def export_frame(result, name: str, out, *, title, meta: dict, dpi=150, cmap="jet", alpha=0.5,
                  written: Optional[list] = None) -> list:
     """The files of one explained frame in ``out``: the figure (``NAME.png``/``.pdf``) and its raw maps and scores
