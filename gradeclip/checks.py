@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -15,20 +17,38 @@ def positive_int(value, name: str, hint: str = "") -> int:
 
 def output_folder(out, flag: str = "--out") -> Path:
     """``out`` as an absolute path if it exists as a writable folder or can be created (its nearest existing parent
-    is a writable folder); ValueError naming ``flag`` else. Commands call it before any work, so that nothing is
-    computed for an output that cannot be written."""
+    is a writable folder) and a file can really be created in it (permissions alone do not say so: as root,
+    ``/proc/x`` passes them); ValueError naming ``flag`` else. Commands call it before any work, so that nothing is
+    computed for an output that cannot be written. Folders created for the test are removed again."""
     path = Path(out).expanduser().absolute()
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{flag} {out}: exists and is not a folder")
         if not os.access(path, os.W_OK | os.X_OK):
             raise ValueError(f"{flag} {out}: the folder is not writable")
-        return path
+        return _try_writing(path, out, flag)
     parent = next(p for p in path.parents if p.exists())
     if not parent.is_dir():
         raise ValueError(f"{flag} {out}: cannot create it, {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {out}: cannot create it, {parent} is not writable")
+    return _try_writing(path, out, flag)
+
+
+def _try_writing(path: Path, out, flag: str) -> Path:
+    """``path`` once a file could be created and removed in it (creating the folder for the test, then removing the
+    folders it had to create); ValueError naming ``flag`` and the system's reason else."""
+    created = [p for p in [path, *path.parents] if not p.exists()]  # deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".gradeclip-write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag} {out}: cannot write there ({err.strerror or err})") from None
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return path
 
 

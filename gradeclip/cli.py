@@ -14,6 +14,7 @@ from typing import List, Optional
 from .checks import positive_int_arg
 from .files import INTERRUPT_STATUS, Interrupted
 from .input_args import add_input_options, check_input_options
+from .interrupts import Progress, caused_by_ctrl_c, frames_bar, noting_sigint, reported
 from .viz.export import export_frame, export_video, export_words
 
 DEFAULT_MODEL = "ViT-B/32"
@@ -116,21 +117,35 @@ def _demo(args) -> int:
     from .viz.figures import format_scores
     from .io.frames import read_frames, video_info
     from .backbones.model import load_clip
+    from .io.stream import select_indices
     from .video import explain_video
+    from .viz.export import frame_files, video_files
 
+    progress = args.progress
+    progress.begin("loading the shapes model")
     model, _ = load_clip(shapes_model(), device=args.device)
     video = shapes_video()
     info = video_info(video)
     index = info.num_frames // 2  # input: the model's own default (its size: "model"), unless --input says
+    progress.begin(f"explaining frame {index}")
     result = explain(model, read_frames(video, [index]), DEMO_PROMPTS, input=args.input, scale=args.scale)
     print(f"{Path(video).name}, frame {index} of {info.num_frames}; model {Path(shapes_model()).name} (offline)")
     print(f"{result.view.label()}")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
+    progress.begin(f"writing the files of frame {index}", expected=frame_files("demo_frame", args.out))
     paths = export_frame(result, "demo_frame", args.out, title=f"shapes CLIP · frame {index}",
                          meta={"model": shapes_model(), "video": video, "frame_index": index,
-                               "input": result.view.as_json()})
-    whole = explain_video(model, video, DEMO_PROMPTS, input=args.input, scale=args.scale, model_name=shapes_model())
-    paths += export_video(whole, "demo_video", args.out, timeline="demo_timeline")
+                               "input": result.view.as_json()},
+                         written=progress.written)
+    progress.finish(f"frame {index}")
+    bar = frames_bar(len(select_indices(info.num_frames)), f"{Path(video).name} (grad_eclip)")
+    progress.begin(f"explaining every frame of {Path(video).name}", bar=bar)
+    whole = explain_video(model, video, DEMO_PROMPTS, input=args.input, scale=args.scale, model_name=shapes_model(),
+                          progress=bar)
+    bar.close()
+    progress.begin(f"writing the files of {Path(video).name}",
+                   expected=video_files("demo_video", args.out, timeline="demo_timeline"))
+    paths += export_video(whole, "demo_video", args.out, timeline="demo_timeline", written=progress.written)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -209,29 +224,50 @@ def _video(args) -> int:
     from .video import explain_video
 
     _check_common(args)
-    from .io.frames import list_videos
+    from .io.frames import list_videos, video_info
+    from .io.stream import select_indices
+    from .viz.export import video_files
 
     videos = list_videos(args.video, lambda entry, why: print(f"gradeclip: skipped {entry}: {why}", file=sys.stderr))
+    progress = args.progress
+    progress.begin(f"loading the model {args.model}")
     model, _ = _load_model(args.model, args.device, args.truncate)
     from .eval.shapes import warn_unknown_words
 
     warn_unknown_words(model, args.prompt)
     failed = []
     for path in videos:
+        progress.begin(f"reading {path.name}")
+        bar = None
         try:
+            info = video_info(str(path))
+            if args.frames is not None and args.frames > info.num_frames:  # explain_video takes them all, silently
+                print(f"gradeclip: warning: --frames {args.frames} asks for more frames than {path.name} has "
+                      f"({info.num_frames}); explaining all {info.num_frames}", file=sys.stderr)
+            bar = frames_bar(len(select_indices(info.num_frames, every=args.every, count=args.frames)),
+                             f"{path.name} ({args.method})")
+            progress.begin(f"explaining {path.name}", bar=bar)
             start = time.perf_counter()
             result = explain_video(model, str(path), args.prompt, method=args.method, every=args.every,
                                    count=args.frames, batch_size=args.batch_size, model_name=args.model,
-                                   input=args.input, scale=args.scale)
+                                   input=args.input, scale=args.scale, progress=bar)
             seconds = time.perf_counter() - start
+            bar.close()
         except (ValueError, IndexError, OSError) as err:
+            if caused_by_ctrl_c(err):
+                raise
+            if bar is not None:
+                bar.close()
             failed.append(path.name)
             message = " ".join(str(err).split())
             where = "" if str(path) in message else f"{path}: "  # most errors already name the file
             print(f"gradeclip: error: {where}{message}", file=sys.stderr)
             continue
-        paths = export_video(result, f"{path.stem}_{args.method}", args.out, scale=args.colour_scale,
-                             cmap=args.cmap, alpha=args.alpha, gif=not args.no_gif, dpi=args.dpi)
+        stem = f"{path.stem}_{args.method}"
+        progress.begin(f"writing the files of {path.name}", expected=video_files(stem, args.out, gif=not args.no_gif))
+        paths = export_video(result, stem, args.out, scale=args.colour_scale, cmap=args.cmap, alpha=args.alpha,
+                             gif=not args.no_gif, dpi=args.dpi, written=progress.written)
+        progress.finish(path.name)
         print(f"{path.name}: {len(result.indices)} frames explained in {seconds:.1f} s "
               f"({len(result.indices) / seconds:.1f} frames/s); model {args.model}; method {args.method}; "
               f"{result.view.label()}")
@@ -253,22 +289,31 @@ def _explain(args) -> int:
     from .explain import explain
     from .viz.figures import format_scores
     from .io.frames import MAX_SIDE, read_frames, resolve_indices, video_info
+    from .viz.export import frame_files, words_files
 
     _check_common(args)
     info = video_info(args.video)
     index = int(resolve_indices(args.frame, info.num_frames)[0])
+    progress = args.progress
+    progress.begin(f"reading frame {index}")
     frames = read_frames(args.video, [index], max_side=MAX_SIDE)  # a 4K frame explained at 1920 px
+    progress.begin(f"loading the model {args.model}")
     model, _ = _load_model(args.model, args.device, args.truncate)
+    progress.begin(f"explaining frame {index}")
     result = explain(model, frames, args.prompt, method=args.method, input=args.input, scale=args.scale)
     name = f"{Path(args.video).stem}_frame{index}_{args.method}"
+    progress.begin(f"writing the files of frame {index}", expected=frame_files(name, args.out) + (
+        words_files(name, args.out, len(args.prompt)) if args.words else []))
     paths = export_frame(result, name, args.out, dpi=args.dpi, cmap=args.cmap, alpha=args.alpha,
                          title=f"{Path(args.video).name} · frame {index} ({info.times[index]:.2f} s)",
                          meta={"library": result.library, "model": args.model, "video": str(args.video),
                                "frame_index": index,
                                "time_s": info.times[index],  # the frame's presentation time
-                               "input": result.view.as_json()})
+                               "input": result.view.as_json()},
+                         written=progress.written)
     if args.words:
-        paths += export_words(model, frames[0], result.prompts, name, args.out, dpi=args.dpi)
+        paths += export_words(model, frames[0], result.prompts, name, args.out, dpi=args.dpi,
+                              written=progress.written)
     print(f"{Path(args.video).name}, frame {index} of {info.num_frames}; model {args.model} ({result.library}); "
           f"method {args.method}; {result.view.label()}")
     print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
@@ -296,7 +341,12 @@ def _main(argv: Optional[List[str]]) -> int:
             parser.print_help()
             return 1
         commands = {"explain": _explain, "video": _video, "demo": _demo, "evaluate": _evaluate, "batch": _batch}
-        return commands[args.command](args)
+        with noting_sigint():
+            if args.command not in ("explain", "video", "demo"):  # these keep args.progress, for Ctrl-C's line
+                return commands[args.command](args)
+            args.progress = Progress(args.out)
+            with reported(args.progress):
+                return commands[args.command](args)
     except Interrupted as err:  # a command caught Ctrl-C and says what was completed and how to resume
         print(f"gradeclip: interrupted: {' '.join(str(err).split())}", file=sys.stderr)
         return INTERRUPT_STATUS
@@ -304,6 +354,10 @@ def _main(argv: Optional[List[str]]) -> int:
         print("gradeclip: interrupted: no output file was left incomplete under its final name", file=sys.stderr)
         return INTERRUPT_STATUS
     except (_UserError, FileNotFoundError, ValueError, IndexError, TypeError, RuntimeError, OSError) as err:
+        if caused_by_ctrl_c(err):  # a pipe to an FFmpeg child that the same Ctrl-C stopped
+            print("gradeclip: interrupted: no output file was left incomplete under its final name",
+                  file=sys.stderr)
+            return INTERRUPT_STATUS
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"gradeclip: error: {message}", file=sys.stderr)
         return 1

@@ -5,8 +5,6 @@ never the frames; exports decode the frames again as they write.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -18,6 +16,7 @@ from tqdm.auto import tqdm
 from .backbones.base import backbone_of
 from .backbones.inputs import InputView, input_view, model_pixels, warn_token_count
 from .explain import normalize_maps, scores
+from .files import atomic_path, write_json
 from .io.frames import MAX_SIDE, video_info
 from .io.index import shape_after
 from .methods.baselines import run_method
@@ -158,8 +157,9 @@ def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = Non
     out.mkdir(parents=True, exist_ok=True)
     stem = name or f"{Path(result.video).stem}_{result.method}"
     npz, sidecar = out / f"{stem}_maps.npz", out / f"{stem}_maps.json"
-    np.savez_compressed(npz, maps=result.raw.astype(np.float16), cosine=result.cosine, probs=result.probs,
-                        indices=result.indices, times=result.times)
+    with atomic_path(npz) as temp:  # complete or absent under its final name (gradeclip.files)
+        np.savez_compressed(temp, maps=result.raw.astype(np.float16), cosine=result.cosine, probs=result.probs,
+                            indices=result.indices, times=result.times)
     record = {
         "video": result.video, "library": result.library, "model": result.model, "method": result.method, "options": result.options,
         "prompts": result.prompts,
@@ -182,5 +182,5 @@ def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = Non
         from .eval.stability import temporal_stability
 
         record["temporal_stability"] = temporal_stability(result).as_json()
-    sidecar.write_text(json.dumps(record, indent=2) + os.linesep)
+    write_json(sidecar, record)
     return [npz, sidecar]

@@ -264,3 +264,95 @@ def test_large_input_warns_in_one_line(video, checkpoint, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("gradeclip: warning: input native 120×168 px"), proc.stderr
     quiet = run("explain", video, "-p", "x", "--model", checkpoint, "--out", tmp_path, "--dpi", 40)
     assert "trained behaviour" not in quiet.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["explain", "{video}", "-p", "x", "--model", "{model}"],
+    ["video", "{video}", "-p", "x", "--model", "{model}"],
+    ["demo"],
+    ["evaluate", "--shapes", "--n", "1", "--model", "{model}"],
+    ["batch", "{video}", "-p", "x", "--model", "{model}"],
+])
+def test_an_out_that_cannot_be_written_is_refused_before_the_model_loads(video, tmp_path, monkeypatch, capfd,
+                                                                         command):
+    """``--out /proc/x`` passes every permission check as root (os.access says yes) but no folder can be made
+    there; it used to be refused only after the model had run. Now every command refuses it first, in one line:
+    loading any model here fails the test, and the model named is a file that does not exist (whose own error
+    would come first if the model were loaded first). Catches a check that trusts os.access alone, or one placed
+    after the model is loaded."""
+    import gradeclip.backbones.model as model_module
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc, where a folder cannot be created")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(model_module, "load_clip", no_load)
+    args = [a.format(video=video, model=tmp_path / "no_such_model.pt") for a in command]
+    code = main(args + ["--out", "/proc/x"])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert err.strip().splitlines() == [f"gradeclip: error: --out /proc/x: cannot write there (No such file or "
+                                        f"directory)"], err
+
+
+def test_an_existing_folder_where_no_file_can_be_made_is_refused():
+    """/proc exists and os.access calls it writable for root, but no file can be created in it. Catches an existing
+    folder trusted on its permissions alone (only new folders tried)."""
+    from gradeclip.checks import output_folder
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc")
+    with pytest.raises(ValueError, match=r"^--out /proc: cannot write there \("):
+        output_folder("/proc")
+
+
+def test_out_check_leaves_no_folder_and_accepts_a_new_one(tmp_path):
+    """The write test creates the folders it needs and removes them again (a refused run leaves nothing), and a
+    folder that does not exist yet under a writable parent is accepted. Catches leftover test folders or a probe
+    file, and a check that refuses folders still to be created."""
+    from gradeclip.checks import output_folder
+
+    target = tmp_path / "a" / "b"
+    assert output_folder(target) == target
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "kept").mkdir()
+    assert output_folder(tmp_path / "kept") == tmp_path / "kept" and os.listdir(tmp_path / "kept") == []
+
+
+def test_video_frames_above_the_count_warns_in_one_line(video, checkpoint, tmp_path, capfd):
+    """``video --frames 1000`` on the 12-frame clip explains all 12 and says so in one ``gradeclip: warning:``
+    line (the API warns for uniform:N above the count; the CLI path was silent). ``--frames 12`` does not warn.
+    Catches the missing warning, a warning at N equal to the count (> vs >=), or one that is not one line."""
+    out = tmp_path / "out"
+    assert main(["video", video, "-p", "x", "--frames", "1000", "--model", str(checkpoint), "--out", str(out),
+                 "--no-gif", "--dpi", "30"]) == 0
+    captured = capfd.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("gradeclip: warning:")]
+    assert warnings == ["gradeclip: warning: --frames 1000 asks for more frames than walk.avi has (12); "
+                        "explaining all 12"], captured.err
+    assert "walk.avi: 12 frames explained" in captured.out
+    assert main(["video", video, "-p", "x", "--frames", "12", "--model", str(checkpoint), "--out", str(out),
+                 "--no-gif", "--dpi", "30"]) == 0
+    assert "gradeclip: warning:" not in capfd.readouterr().err
+
+
+def test_install_forms_work_from_a_clone():
+    """gradeclip is not on a package index, so ``pip install "gradeclip[ray]"`` fails; the README, the notebooks,
+    the packaging comments and the error messages give the form that works from a clone (``".[ray]"``), and each
+    extra they name exists in pyproject.toml. Catches the index form coming back anywhere, or an extra renamed in
+    pyproject but not in the text."""
+    import pathlib
+    import re
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    texts = {path: path.read_text() for path in [root / "README.md", root / "pyproject.toml",
+                                                 root / "requirements.txt", *root.glob("notebooks/*.ipynb"),
+                                                 *root.glob("gradeclip/**/*.py")]}
+    assert [str(path) for path, text in texts.items() if "gradeclip[" in text] == []
+    extras = set(tomllib.loads(texts[root / "pyproject.toml"])["project"]["optional-dependencies"])
+    named = {name for text in texts.values() for group in re.findall(r"""['"]\.\[([\w,]+)\]['"]""", text)
+             for name in group.split(",")}
+    assert {"ray", "open_clip", "hf"} <= named and named <= extras, (named, extras)

@@ -121,3 +121,152 @@ def test_method_grid_is_a_paper_figure(model):
     assert len(zero) == 1 and zero[0].get_title() == "GAME" and panels.index(zero[0]) >= 8  # second prompt
     assert fig.get_size_inches()[0] == pytest.approx(7.0)
     plt.close("all")
+
+
+class _StopWhenDrawn(matplotlib.artist.Artist):
+    """An artist whose drawing into the file is interrupted (Ctrl-C while matplotlib writes it). savefig draws
+    twice: a dry run that lays the figure out (no file yet), then into the opened file; the second is stopped."""
+
+    def __init__(self):
+        super().__init__()
+        self.draws = 0
+
+    def draw(self, renderer):
+        self.draws += 1
+        if self.draws % 2 == 0:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_pdf_leaves_no_file_and_keeps_the_older_one(tmp_path, result):
+    """Ctrl-C while the PDF is drawn (matplotlib has already opened the file and written its header): no file of
+    that name appears, and an older complete figure of the same name is kept byte for byte. The bug this replaced
+    left ``…_timeline.pdf`` at 2,689 bytes without ``%%EOF`` under its final name. Catches ``savefig`` writing to
+    the final name, and a temporary file left behind."""
+    import os
+
+    fig = plot_explanation(result)
+    png, pdf = save_figure(fig, "fig", tmp_path, dpi=30)
+    before = pdf.read_bytes()
+    assert before.rstrip().endswith(b"%%EOF")
+    fig.add_artist(_StopWhenDrawn())
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, "fig", tmp_path, dpi=30, formats=("pdf",))
+    assert pdf.read_bytes() == before
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, "new", tmp_path, dpi=30, formats=("pdf",))
+    assert sorted(os.listdir(tmp_path)) == ["fig.pdf", "fig.png"]
+    plt.close("all")
+
+
+def test_constant_maps_are_marked_and_varying_negative_maps_are_not(result):
+    """A map with one non-zero value everywhere (0.3) is labelled a constant map, an all-zero one an all-zero map,
+    and a map that varies below zero (max 0) is drawn as a map, not labelled zero. Catches the old rule "no value
+    above 0" (it called the negative map all-zero and drew the flat 0.3 map as uniform low relevance), and a
+    label on the wrong prompt's panel."""
+    import copy
+
+    from gradeclip.viz.figures import CONSTANT_LABEL, ZERO_LABEL
+
+    shown = copy.deepcopy(result)
+    grid = shown.raw.shape[-2:]
+    shown.raw[0, 0] = 0.3
+    shown.raw[0, 1] = -np.arange(grid[0] * grid[1], dtype=np.float32).reshape(grid)
+    fig = plot_explanation(shown)
+    panels = [ax for ax in fig.axes if ax.get_images()][1:]
+    assert [[t.get_text() for t in ax.texts] for ax in panels] == [[CONSTANT_LABEL], []]
+    shown.raw[0, 1] = 0
+    fig = plot_explanation(shown)
+    panels = [ax for ax in fig.axes if ax.get_images()][1:]
+    assert [[t.get_text() for t in ax.texts] for ax in panels] == [[CONSTANT_LABEL], [ZERO_LABEL]]
+    plt.close("all")
+
+
+@pytest.mark.parametrize("height,width", [(60, 100), (100, 60)])
+def test_explorer_panels_keep_the_frames_aspect(height, width):
+    """compose_view on a landscape and a portrait frame: each panel is ``panel_width`` wide and
+    round(panel_width * H / W) high, and the frame's panel is PIL's own bilinear resize of the frame to that size.
+    Catches the panel aspect inverted (W / H), which a square frame cannot see."""
+    from PIL import Image
+
+    from gradeclip.viz.explorer_view import compose_view
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    maps = rng.random((2, 3, 5)).astype(np.float32)
+    view = compose_view(frame, maps, ["frame", "a", "b"], panel_width=200)
+    panel_height = round(200 * height / width)
+    top, gap, below = 22, 6, 14 + 18  # title row, gap between panels, colour bar and its labels
+    assert view.shape == (top + panel_height + below, 3 * 200 + 2 * gap, 3)
+    expected = np.asarray(Image.fromarray(frame).resize((200, panel_height), Image.BILINEAR))
+    np.testing.assert_array_equal(view[top:top + panel_height, :200], expected)
+
+
+@pytest.mark.parametrize("height,width", [(60, 100), (100, 60)])
+def test_video_export_panels_keep_the_frames_aspect(height, width):
+    """compose_frame at panel height 30: every panel is round(30 * W / H) wide, and the frame's panel is OpenCV's
+    own area resize of the frame. Catches the width computed as H / W, which a square frame cannot see."""
+    import cv2
+
+    from gradeclip.viz.video_export import compose_frame
+
+    rng = np.random.default_rng(4)
+    frame = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    maps = rng.random((2, 3, 5)).astype(np.float32)
+    picture = compose_frame(frame, maps, ["a", "b"], [0.1, 0.2], [0.4, 0.6], 1.0, 3, scale_label="shared",
+                            panel_height=30)
+    panel_width = round(30 * width / height)
+    header, footer, colorbar = 34, 24, 62
+    assert picture.shape == (header + 30 + footer, 3 * panel_width + colorbar, 3)
+    np.testing.assert_array_equal(picture[header:header + 30, :panel_width],
+                                  cv2.resize(frame, (panel_width, 30), interpolation=cv2.INTER_AREA))
+
+
+def test_video_export_marks_a_constant_map():
+    """compose_frame with ``constant`` [True, False] on a grey frame and all-zero maps: the constant prompt's panel
+    is grey (the frame faded, black text, no colour), the other is the colour map's low end (blue in jet). Catches
+    the flag ignored (a uniform blue panel that reads as "low relevance everywhere") or applied to the wrong
+    prompt."""
+    from gradeclip.viz.video_export import compose_frame
+
+    frame = np.full((40, 60, 3), 128, np.uint8)
+    maps = np.zeros((2, 4, 6), np.float32)
+    picture = compose_frame(frame, maps, ["a", "b"], [0.1, 0.2], [0.4, 0.6], 1.0, 3, scale_label="per frame",
+                            panel_height=40, constant=[True, False]).astype(int)
+    flat, coloured = picture[34:74, 60:120], picture[34:74, 120:180]
+    assert np.all(flat[..., 0] == flat[..., 1]) and np.all(flat[..., 1] == flat[..., 2])
+    assert (flat < 100).any()  # the text
+    assert (coloured[..., 2] - coloured[..., 0] > 50).all()  # blue
+
+
+@pytest.mark.parametrize("writer", ["save", "write_text"])
+def test_interrupted_maps_and_scores_leave_no_file_under_their_names(tmp_path, result, monkeypatch, writer):
+    """save_explanation interrupted half-way through the .npy maps or the scores JSON: neither name holds half a
+    file, and no temporary is left. Catches np.save or write_text aimed at the final name."""
+    import os
+    import pathlib
+
+    def half_then_ctrl_c(path, *args, **kwargs):
+        pathlib.Path(path).write_bytes(b"\x93NUMPY half a file")
+        raise KeyboardInterrupt
+
+    if writer == "save":
+        monkeypatch.setattr(np, "save", half_then_ctrl_c)
+    else:
+        monkeypatch.setattr(pathlib.Path, "write_text", lambda self, *a, **k: half_then_ctrl_c(self))
+    with pytest.raises(KeyboardInterrupt):
+        save_explanation(result, "run", tmp_path)
+    left = sorted(os.listdir(tmp_path))
+    assert left == ([] if writer == "save" else ["run_maps.npy"]), left
+
+
+def test_score_chart_names_how_the_probabilities_were_made():
+    """Softmax probabilities (summing to 1) are labelled "softmax over prompts"; SigLIP's per-prompt sigmoids (here
+    0.9 and 0.7) are not given that label; an explicit ``kind`` wins. Catches the fixed softmax label that the chart
+    put on sigmoid scores."""
+    fig = plot_scores(PROMPTS, [0.3, 0.1], [0.75, 0.25])
+    assert fig.axes[1].get_xlabel() == "probability (softmax over prompts)"
+    fig = plot_scores(PROMPTS, [0.3, 0.1], [0.9, 0.7])
+    assert fig.axes[1].get_xlabel() == "probability (sigmoid, each prompt on its own)"
+    fig = plot_scores(PROMPTS, [0.3, 0.1], [0.5, 0.5], kind="sigmoid")
+    assert fig.axes[1].get_xlabel() == "probability (sigmoid)"
+    plt.close("all")

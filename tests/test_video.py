@@ -321,3 +321,110 @@ def test_library_mode_metrics_count_only_the_seen_part(model, avi, tmp_path):
                 sum(r["energy"] == pytest.approx(1.0) for r in rows) >= 2, rows
         else:
             assert all(r["mask_share"] == 0.0 and r["pointing"] == 0 and r["energy"] == 0 for r in rows), rows
+
+
+def test_an_interrupted_overlay_export_leaves_the_older_files_and_no_ffmpeg(model, avi, tmp_path, monkeypatch):
+    """Ctrl-C at the 4th exported frame, with an older export of the same name in the folder: the older MP4 and GIF
+    are kept byte for byte, no temporary file is left, and no FFmpeg child is still running (it would write on
+    after the temporary was removed). Then an uninterrupted export replaces both, the MP4 decoding (PyAV) to
+    every exported frame. Catches writers opened on the final names, a temporary left behind, and FFmpeg left
+    running (not stopped when the export fails)."""
+    import os
+
+    import av
+
+    import gradeclip.viz.video_export as video_export
+
+    result = explain_video(model, avi, ["a person", "a tree"], count=8, progress=False)
+    mp4, gif = tmp_path / "overlay.mp4", tmp_path / "overlay.gif"
+    mp4.write_bytes(b"older mp4")
+    gif.write_bytes(b"older gif")
+    real, calls = video_export.compose_frame, []
+
+    def stop_at_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video_export, "compose_frame", stop_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        write_overlay_video(result, mp4)
+    assert mp4.read_bytes() == b"older mp4" and gif.read_bytes() == b"older gif"
+    assert sorted(os.listdir(tmp_path)) == ["overlay.gif", "overlay.mp4"]
+    assert [p for p in psutil.Process().children(recursive=True) if p.is_running() and
+            p.status() != psutil.STATUS_ZOMBIE] == []
+    monkeypatch.setattr(video_export, "compose_frame", real)
+    assert write_overlay_video(result, mp4) == [mp4, gif]
+    with av.open(str(mp4)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 8
+    with Image.open(gif) as image:
+        assert image.n_frames == 8
+    assert sorted(os.listdir(tmp_path)) == ["overlay.gif", "overlay.mp4"]
+
+
+def half_then_ctrl_c(path, *args, **kwargs):
+    """A writer (np.save, np.savez_compressed, Path.write_text) that writes part of a file and is interrupted."""
+    path = path if hasattr(path, "write_bytes") else __import__("pathlib").Path(path)
+    path.write_bytes(b"PK\x03\x04 half a file")
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("writer", ["savez_compressed", "write_text"])
+def test_interrupted_video_maps_leave_no_file_under_their_names(model, avi, tmp_path, monkeypatch, writer):
+    """save_video_maps interrupted half-way through the npz or the JSON sidecar: neither name holds half a file,
+    and no temporary is left. Catches np.savez_compressed or write_text aimed at the final name."""
+    import os
+    import pathlib
+
+    result = explain_video(model, avi, ["a person"], count=2, progress=False)
+    if writer == "savez_compressed":
+        monkeypatch.setattr(np, "savez_compressed", half_then_ctrl_c)
+    else:
+        monkeypatch.setattr(pathlib.Path, "write_text", lambda self, *a, **k: half_then_ctrl_c(self))
+    with pytest.raises(KeyboardInterrupt):
+        save_video_maps(result, tmp_path, "clip")
+    left = sorted(os.listdir(tmp_path))
+    assert left == ([] if writer == "savez_compressed" else ["clip_maps.npz"]), left
+
+
+def test_an_ffmpeg_that_stops_is_an_error_while_writing(tmp_path):
+    """FFmpeg refusing its arguments (an encoder that does not exist) exits at once; frames larger than the pipe's
+    buffer then meet a broken pipe, which raises OSError naming the file and FFmpeg's own message. Catches the
+    broken pipe swallowed (the frames would go nowhere until close)."""
+    from gradeclip.viz.ffmpeg_pipe import FfmpegWriter
+
+    writer = FfmpegWriter(tmp_path / "clip.mp4", 10, "mp4", ["-vcodec", "no_such_encoder"])
+    frame = np.zeros((256, 256, 3), np.uint8)  # 192 KiB: more than a pipe holds
+    with pytest.raises(OSError, match=r"FFmpeg stopped .* while writing clip\.mp4: .*no_such_encoder"):
+        for _ in range(20):
+            writer.append(frame)
+    writer.abort()
+
+
+def test_an_ffmpeg_that_fails_at_the_end_is_an_error_on_close():
+    """FFmpeg that takes every frame but cannot write its output (/dev/full: no space left) fails when the file is
+    finished: close raises OSError with FFmpeg's message, so the export's temporary file is never renamed as if
+    complete. Catches FFmpeg's exit status not checked."""
+    from gradeclip.viz.ffmpeg_pipe import FfmpegWriter
+
+    writer = FfmpegWriter("/dev/full", 10, "mp4", ["-vcodec", "libx264", "-pix_fmt", "yuv420p"])
+    writer.append(np.zeros((16, 24, 3), np.uint8))  # 1 KiB: fits the pipe whatever FFmpeg does
+    with pytest.raises(OSError, match=r"FFmpeg failed \(status \d+\) to write full: .*No space left on device"):
+        writer.close()
+
+
+def test_timeline_thumbnail_of_a_constant_map_says_so(avi):
+    """A keyframe whose best prompt's map is constant (0.5 everywhere) gets a thumbnail saying "constant map", not
+    a uniform colour that reads as low relevance; the other thumbnails are overlays. Catches the thumbnails drawn
+    without the check, or the check made on the wrong prompt's map."""
+    raw = np.random.default_rng(1).random((6, 2, 3, 4)).astype(np.float32)
+    result = fake_result(avi, raw)
+    result.cosine = np.array([[0.1, 0.2], [0.3, 0.2], [0.2, 0.25], [0.5, 0.1], [0.1, 0.15], [0.2, 0.1]])
+    result.raw[3, 0] = 0.5  # frame 3: prompt 0 is best (its peak)
+    result.raw[3, 1] = 0.0  # the other prompt's map there is constant too, but is not the one shown
+    result.raw[2, 0] = 0.5  # frame 2: prompt 1 is best; prompt 0's constant map is not shown
+    fig = plot_timeline(result)
+    thumbs = [ax for ax in fig.axes if ax.get_images()]
+    marked = [ax.get_title().split(" s ·")[0] for ax in thumbs if [t.get_text() for t in ax.texts] == ["constant map"]]
+    assert marked == [f"{result.times[3]:.2f}"], [ax.get_title() for ax in thumbs]

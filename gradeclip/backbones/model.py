@@ -118,7 +118,8 @@ def _load_open_clip(spec: str, device):
     try:
         import open_clip
     except ImportError:
-        raise ImportError("open_clip models need the open_clip extra: pip install 'gradeclip[open_clip]'") from None
+        raise ImportError("open_clip models need the open_clip extra: from the gradeclip folder, "
+                          "pip install '.[open_clip]'") from None
     from .open_clip import open_clip_backbone
 
     if os.path.isdir(spec):
@@ -143,7 +144,8 @@ def _load_hf(spec: str, device):
     try:
         import transformers
     except ImportError:
-        raise ImportError("transformers models need the hf extra: pip install 'gradeclip[hf]'") from None
+        raise ImportError("transformers models need the hf extra: from the gradeclip folder, "
+                          "pip install '.[hf]'") from None
     from .hf import hf_backbone
 
     try:

@@ -1,8 +1,6 @@
 """Figures and export: heatmap overlays, the explanation figure, word importance, frame strips, saving to disk."""
 from __future__ import annotations
 
-import json
-import os
 import re
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -15,6 +13,7 @@ from matplotlib import colors as mcolors
 from PIL import Image
 
 from ..explain import Explanation
+from ..files import atomic_path, write_json
 
 DEFAULT_OUT = "outputs"
 # How papers write the methods' names (code names are registry keys)
@@ -25,6 +24,7 @@ DISPLAY_NAMES = {
     "eigencam": "EigenCAM", "scorecam": "Score-CAM",
 }
 ZERO_LABEL = "all-zero map\n(no relevance anywhere)"
+CONSTANT_LABEL = "constant map\n(the same value everywhere)"
 
 
 def display_name(method: str) -> str:
@@ -36,10 +36,10 @@ def _relevance_label(method: str) -> str:
     return f"{display_name(method)} relevance\n(each map scaled to 0–1)"
 
 
-def _mark_zero(ax, frame) -> None:
-    """Show a map that is zero everywhere as such (the colour map would paint it as "low relevance")."""
+def mark_constant(ax, frame, label: str) -> None:
+    """Show a map that has one value everywhere as such (the colour map would paint it as "low relevance")."""
     ax.imshow(frame, alpha=0.35)
-    ax.text(0.5, 0.5, ZERO_LABEL, transform=ax.transAxes, ha="center", va="center", fontsize=8,
+    ax.text(0.5, 0.5, label, transform=ax.transAxes, ha="center", va="center", fontsize=8,
             bbox=dict(facecolor="white", edgecolor="0.3", alpha=0.9, pad=2))
 
 
@@ -71,8 +71,8 @@ def _title(prompt: str, width: int = 28) -> str:
 def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", alpha: float = 0.5,
                      title: Optional[str] = None):
     """Figure: frame ``index`` of ``result`` beside one overlay per prompt, cosine and probability in each title,
-    and a colorbar naming the method; under the frame, the model and its library. A map that is zero everywhere is
-    marked as such. Returns a Figure."""
+    and a colorbar naming the method; under the frame, the model and its library. A map that is zero everywhere, or
+    has one value everywhere, is marked as such (not painted as "low relevance"). Returns a Figure."""
     n, k = result.maps.shape[:2]
     if not -n <= index < n:
         raise IndexError(f"frame index {index} out of range for {n} explained frame(s)")
@@ -90,8 +90,9 @@ def plot_explanation(result: Explanation, index: int = 0, *, cmap: str = "jet", 
         axes[0].annotate(caption, xy=(0, -0.02), xycoords="axes fraction", xytext=(0, -9), textcoords="offset points",
                          fontsize=7, va="top", color="0.35")
     for j, ax in enumerate(axes[1:]):
-        if _is_zero(result, index, j):
-            _mark_zero(ax, frame)
+        label = constant_label(result, index, j)
+        if label:
+            mark_constant(ax, frame, label)
         else:
             ax.imshow(overlay(frame, result.maps[index, j], cmap=cmap, alpha=alpha))
         _mark_unseen(ax, getattr(result, "seen", None))
@@ -125,15 +126,31 @@ def _mark_unseen(ax, seen) -> None:
     ax.contourf(unseen.astype(float), levels=[0.5, 1.5], colors="none", hatches=["///"])
 
 
-def _is_zero(result: Explanation, index: int, prompt: int) -> bool:
-    return not np.any(np.asarray(result.raw[index, prompt]) > 0)
+
+
+def is_constant_map(raw) -> bool:
+    """True for a map (any shape) with one value everywhere, by the rule of ``explain.normalize_maps``: a range
+    below 1e-6 of the map's magnitude (rounding noise). Such a map prefers no location, whatever its value."""
+    raw = np.asarray(raw, dtype=np.float64)
+    low, high = raw.min(), raw.max()
+    return not high - low > 1e-6 * max(abs(low), abs(high))
+
+
+def constant_label(result: Explanation, index: int, prompt: int) -> str:
+    """The label of a map that has one value everywhere: ``ZERO_LABEL`` if that value is 0, else ``CONSTANT_LABEL``;
+    an empty string for a map that varies (below zero too)."""
+    raw = np.asarray(result.raw[index, prompt])
+    if not is_constant_map(raw):
+        return ""
+    return ZERO_LABEL if not np.any(raw) else CONSTANT_LABEL
 
 
 def plot_method_grid(explanations, index: int = 0, *, cmap: str = "jet", alpha: float = 0.5, columns: int = 4,
                      width: float = 7.0):
     """Paper figure of one frame's overlays: for each prompt, the frame and then one panel per method, wrapped into
     rows of ``columns`` panels; the prompt is written beside each of its rows, panels are titled with the methods'
-    display names ("Grad-ECLIP", "Grad-CAM++"), one colorbar is shared by all, and an all-zero map is marked.
+    display names ("Grad-ECLIP", "Grad-CAM++"), one colorbar is shared by all, and an all-zero or constant map is
+    marked.
     ``explanations``: dict name -> ``Explanation`` of the same frames and prompts (as ``compare_methods`` returns).
     ``width``: figure width in inches (7 fits a two-column paper's full width). Returns a Figure."""
     names = list(explanations)
@@ -162,8 +179,8 @@ def plot_method_grid(explanations, index: int = 0, *, cmap: str = "jet", alpha: 
             if name is None:
                 ax.imshow(frame)
                 ax.set_title("frame", fontsize=8)
-            elif _is_zero(explanations[name], index, p):
-                _mark_zero(ax, frame)
+            elif constant_label(explanations[name], index, p):
+                mark_constant(ax, frame, constant_label(explanations[name], index, p))
             else:
                 ax.imshow(overlay(frame, explanations[name].maps[index, p], cmap=cmap, alpha=alpha))
             if name is not None:
@@ -178,15 +195,20 @@ def plot_method_grid(explanations, index: int = 0, *, cmap: str = "jet", alpha: 
     return fig
 
 
-def plot_scores(prompts: Sequence[str], cosine: np.ndarray, probs: np.ndarray):
-    """Bar chart of one frame's cosine and probability per prompt (``cosine``, ``probs``: (K,)). Returns a Figure."""
+def plot_scores(prompts: Sequence[str], cosine: np.ndarray, probs: np.ndarray, *, kind: Optional[str] = None):
+    """Bar chart of one frame's cosine and probability per prompt (``cosine``, ``probs``: (K,)). ``kind``: how the
+    probabilities were made, written on the axis; by default "softmax over prompts" when they sum to 1 (CLIP) and
+    "sigmoid, each prompt on its own" otherwise (SigLIP), never a softmax label on sigmoid scores. Returns a
+    Figure."""
     cosine, probs = np.asarray(cosine).ravel(), np.asarray(probs).ravel()
+    if kind is None:
+        kind = "softmax over prompts" if abs(probs.sum() - 1) < 1e-3 else "sigmoid, each prompt on its own"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.5 * len(prompts) + 1.5), layout="constrained")
     labels = [_title(p, 40) for p in prompts]
     left.barh(labels, cosine, color="tab:blue")
     left.set_xlabel("cosine similarity")
     right.barh(labels, probs, color="tab:orange")
-    right.set_xlabel("probability (softmax over prompts)")
+    right.set_xlabel(f"probability ({kind})")
     right.set_xlim(0, 1)
     right.set_yticks([])
     left.invert_yaxis()
@@ -243,7 +265,8 @@ def _safe_name(name: str) -> str:
 
 def save_figure(fig, name: str, out_dir=DEFAULT_OUT, *, dpi: int = 150, formats: Sequence[str] = ("png", "pdf")
                 ) -> List[Path]:
-    """Save ``fig`` as ``out_dir/name.<format>`` for each format (PNG and PDF by default); returns the paths."""
+    """Save ``fig`` as ``out_dir/name.<format>`` for each format (PNG and PDF by default); returns the paths. Each file
+    is written under a temporary name and renamed when complete (an interrupted save leaves no file of that name)."""
     if dpi <= 0:
         raise ValueError(f"dpi must be positive, got {dpi}")
     out = Path(out_dir)
@@ -251,7 +274,8 @@ def save_figure(fig, name: str, out_dir=DEFAULT_OUT, *, dpi: int = 150, formats:
     paths = []
     for fmt in formats:
         path = out / f"{_safe_name(name)}.{fmt}"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        with atomic_path(path) as temp:
+            fig.savefig(temp, dpi=dpi, bbox_inches="tight", format=fmt)
         paths.append(path)
     return paths
 
@@ -260,12 +284,13 @@ def save_explanation(result: Explanation, name: str, out_dir=DEFAULT_OUT, *, met
                      ) -> List[Path]:
     """Write the raw token-grid maps as ``name_maps.npy`` (N, K, h, w) float32 and the scores as ``name_scores.json``
     (prompts, method, cosine, probs, map shapes, library and model, and any ``meta`` such as the model's name, video
-    and frame indices)."""
+    and frame indices). Both are written under temporary names and renamed when complete."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = _safe_name(name)
     maps_path, scores_path = out / f"{stem}_maps.npy", out / f"{stem}_scores.json"
-    np.save(maps_path, result.raw.astype(np.float32))
+    with atomic_path(maps_path) as temp:
+        np.save(temp, result.raw.astype(np.float32))
     record = {
         "method": result.method,
         "prompts": result.prompts,
@@ -278,5 +303,5 @@ def save_explanation(result: Explanation, name: str, out_dir=DEFAULT_OUT, *, met
         **({"input": result.view.as_json()} if getattr(result, "view", None) is not None else {}),
         **(meta or {}),
     }
-    scores_path.write_text(json.dumps(record, indent=2) + os.linesep)
+    write_json(scores_path, record)
     return [maps_path, scores_path]

@@ -2,6 +2,7 @@
 thumbnails at keyframes."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -10,7 +11,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .figures import display_name, overlay
+from .ffmpeg_pipe import FfmpegWriter
+from .figures import mark_constant, display_name, is_constant_map, overlay
+from ..files import atomic_path
 from ..io.frames import read_frames
 from ..io.stream import stream_frames
 from ..video import VideoExplanation
@@ -41,16 +44,31 @@ def _colorbar(height: int, cmap: str, label: str = "relevance") -> np.ndarray:
     return bar
 
 
+def _constant_panel(small: np.ndarray) -> np.ndarray:
+    """The frame faded, with "constant map" written across: a map with one value everywhere, which the colour map
+    would paint as uniform low relevance."""
+    panel = (small * 0.35 + 255 * 0.65).astype(np.uint8)
+    scale = 0.4
+    (width, height), _ = cv2.getTextSize("constant map", _FONT, scale, 1)
+    org = (max(0, (panel.shape[1] - width) // 2), (panel.shape[0] + height) // 2)
+    cv2.putText(panel, "constant map", org, _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return panel
+
+
 def compose_frame(frame, maps, prompts, cosine, probs, time_s, index, *, scale_label, cmap="jet", alpha=0.5,
-                  panel_height: Optional[int] = None, method: str = "") -> np.ndarray:
+                  panel_height: Optional[int] = None, method: str = "", constant=None) -> np.ndarray:
     """One video frame of the export: the frame beside an overlay per prompt (maps (K, h, w) in [0, 1]), each
     titled with its cosine and probability, a timecode and a colorbar labelled with ``method``'s relevance.
-    Returns uint8 RGB (H', W', 3)."""
+    ``constant``: K bools, True for a prompt whose raw map has one value everywhere; its panel says so instead of
+    showing a uniform colour. Panels are ``panel_height`` pixels high at the frame's aspect. Returns uint8 RGB
+    (H', W', 3)."""
     h, w = frame.shape[:2]
     ph = panel_height or min(h, 360)
     pw = max(2, round(w * ph / h))
     small = cv2.resize(frame, (pw, ph), interpolation=cv2.INTER_AREA)
-    panels = [small] + [overlay(small, m, cmap=cmap, alpha=alpha) for m in maps]
+    constant = [False] * len(maps) if constant is None else list(constant)
+    panels = [small] + [_constant_panel(small) if flat else overlay(small, m, cmap=cmap, alpha=alpha)
+                        for m, flat in zip(maps, constant)]
     body = np.concatenate(panels, axis=1)
     header = np.full((34, body.shape[1], 3), 30, np.uint8)
     _text(header, "frame", (6, 22))
@@ -64,60 +82,48 @@ def compose_frame(frame, maps, prompts, cosine, probs, time_s, index, *, scale_l
     return np.concatenate([picture, _colorbar(picture.shape[0], cmap, label)], axis=1)
 
 
-class _Mp4Writer:
-    """H.264 MP4 through imageio-ffmpeg (plays in browsers and notebooks); OpenCV's mp4v where it is missing."""
+class _Mp4Writer(FfmpegWriter):
+    """H.264 MP4 (crf 15, yuv420p: plays in browsers and notebooks) through FFmpeg; OpenCV's mp4v where
+    imageio-ffmpeg is missing."""
 
     def __init__(self, path: Path, fps: float):
-        self.path, self.fps, self.writer, self.cv = path, fps, None, None
+        super().__init__(path, fps, "mp4", ["-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "15"])
+        self.cv = None
 
     def append(self, rgb: np.ndarray):
         rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]  # yuv420p needs even sides
-        if self.writer is None and self.cv is None:
+        if self.process is None and self.cv is None:
             try:
-                import imageio.v2 as imageio
-
-                self.writer = imageio.get_writer(self.path, fps=self.fps, codec="libx264", quality=7,
-                                                 pixelformat="yuv420p", macro_block_size=2)
+                import imageio_ffmpeg  # noqa: F401
             except ImportError:
                 self.cv = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                           (rgb.shape[1], rgb.shape[0]))
-        if self.writer is not None:
-            self.writer.append_data(rgb)
-        else:
+        if self.cv is not None:
             self.cv.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        else:
+            super().append(rgb)
 
     def close(self):
-        if self.writer is not None:
-            self.writer.close()
+        super().close()
+        if self.cv is not None:
+            self.cv.release()
+
+    def abort(self):
+        super().abort()
         if self.cv is not None:
             self.cv.release()
 
 
-class _GifWriter:
-    """A GIF written frame by frame as the frames are made (FFmpeg from imageio-ffmpeg), every frame kept at full
-    size, each with its own 256-colour palette and error-diffusion dithering, so that a heatmap's smooth ramp is
-    not posterised into bands as one global palette would do."""
+class _GifWriter(FfmpegWriter):
+    """A GIF written frame by frame as the frames are made (FFmpeg), every frame kept at full size, each with its
+    own 256-colour palette and error-diffusion dithering, so that a heatmap's smooth ramp is not posterised into
+    bands as one global palette would do."""
 
     FILTER = ("split[a][b];[a]palettegen=stats_mode=single[p];"
               "[b][p]paletteuse=new=1:dither=sierra2_4a")
 
     def __init__(self, path: Path, fps: float):
-        self.path, self.fps, self.writer = path, fps, None
-
-    def append(self, rgb: np.ndarray):
-        if self.writer is None:
-            import imageio_ffmpeg
-
-            self.writer = imageio_ffmpeg.write_frames(
-                str(self.path), (rgb.shape[1], rgb.shape[0]), fps=self.fps, codec="gif", pix_fmt_out="pal8",
-                quality=None, macro_block_size=1, ffmpeg_log_level="error",  # palettegen warns per frame
-                output_params=["-vf", self.FILTER, "-loop", "0"])
-            self.writer.send(None)  # start the generator
-        self.writer.send(np.ascontiguousarray(rgb))
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
+        super().__init__(path, fps, "gif", ["-vcodec", "gif", "-pix_fmt", "pal8", "-vf", self.FILTER, "-loop", "0"])
 
 
 def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "shared", cmap: str = "jet",
@@ -129,7 +135,8 @@ def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "sha
     exports (default: the video's average rate divided by the frame step, so that the export runs in real time);
     each picture's timecode is the frame's presentation time. ``panel_height``: the height in pixels of the frame
     and of each overlay panel (at most the frame's own), which bounds the export's size whatever the video's.
-    Returns the paths written."""
+    Each file is written under a temporary name (same folder and suffix) and renamed when both are complete, so an
+    interrupted export leaves neither under its final name. Returns the paths written."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     maps = result.normalized(scale)
@@ -141,18 +148,25 @@ def write_overlay_video(result: VideoExplanation, out_path, *, scale: str = "sha
     panel = min(height, panel_height)
     decode_side = 2 * max(panel, round(width * panel / height))  # area reduction from 2x keeps it sharp
     gif_path = out_path.with_suffix(".gif")
-    writers = [_Mp4Writer(out_path, fps)] + ([_GifWriter(gif_path, fps)] if gif else [])
-    try:
-        for batch in stream_frames(result.video, indices=result.indices, batch_size=batch_size,
-                                   max_side=decode_side):
-            for index, frame in zip(batch.indices.tolist(), batch.frames):
-                n = position[index]
-                picture = compose_frame(frame, maps[n], result.prompts, result.cosine[n], result.probs[n],
-                                        result.times[n], index, scale_label=label, cmap=cmap, alpha=alpha,
-                                        method=result.method, panel_height=panel)
-                for writer in writers:
-                    writer.append(picture)
-    finally:
+    finals = [out_path] + ([gif_path] if gif else [])
+    with contextlib.ExitStack() as stack:  # both written under temporary names, renamed once both are complete
+        temps = [stack.enter_context(atomic_path(path)) for path in finals]
+        writers = [_Mp4Writer(temps[0], fps)] + ([_GifWriter(temps[1], fps)] if gif else [])
+        try:
+            for batch in stream_frames(result.video, indices=result.indices, batch_size=batch_size,
+                                       max_side=decode_side):
+                for index, frame in zip(batch.indices.tolist(), batch.frames):
+                    n = position[index]
+                    picture = compose_frame(frame, maps[n], result.prompts, result.cosine[n], result.probs[n],
+                                            result.times[n], index, scale_label=label, cmap=cmap, alpha=alpha,
+                                            method=result.method, panel_height=panel,
+                                            constant=[is_constant_map(m) for m in result.raw[n]])
+                    for writer in writers:
+                        writer.append(picture)
+        except BaseException:
+            for writer in writers:  # the temporary files are removed; an error here must not hide the first
+                writer.abort()
+            raise
         for writer in writers:
             writer.close()
     return [out_path] + ([gif_path] if gif else [])
@@ -205,7 +219,10 @@ def plot_timeline(result: VideoExplanation, *, max_thumbnails: int = 8, scale: s
     for c, ((n, label), frame) in enumerate(zip(marks, thumbs)):
         best = int(result.cosine[n].argmax())
         sub = fig.add_subplot(grid[-1, c])
-        sub.imshow(overlay(frame, maps[n, best], cmap=cmap, alpha=alpha))
+        if is_constant_map(result.raw[n, best]):
+            mark_constant(sub, frame, "constant map")
+        else:
+            sub.imshow(overlay(frame, maps[n, best], cmap=cmap, alpha=alpha))
         shown = result.prompts[best] if len(result.prompts[best]) <= 24 else result.prompts[best][:23] + "…"
         sub.set_title(f"{result.times[n]:.2f} s · {label[:28]}\nmap: {shown}", fontsize=7)
         sub.axis("off")
