@@ -277,7 +277,8 @@ def test_explain_interrupted_while_writing_names_the_files_it_wrote(walk, checkp
 
     monkeypatch.setattr(gradeclip.viz.figures, "save_explanation", stop)
     out = tmp_path / "out"
-    code = main(["explain", walk, "-p", "a person", "--model", str(checkpoint), "--out", str(out), "--dpi", "30"])
+    code = main(["explain", walk, "-p", "a person", "--model", str(checkpoint), "--out", str(out), "--dpi", "30",
+                 "--input", "model"])  # at the model's size: no size warning beside the one line
     line = the_one_line(capfd.readouterr().err)
     name = "walk_frame12_grad_eclip"
     assert code == 130
