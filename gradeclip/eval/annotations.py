@@ -214,14 +214,18 @@ def format_table(table: Sequence[dict]) -> str:
 
 
 def write_csv(rows: Sequence[dict], path) -> Path:
-    """Rows (dicts) as CSV, columns in order of first appearance, blank where a row lacks one; returns the path."""
+    """Rows (dicts) as CSV, columns in order of first appearance, blank where a row lacks one or its value is NaN
+    (a missing value, never a number); written atomically (``files.atomic_path``); returns the path."""
+    from ..files import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        fields = list(dict.fromkeys(k for row in rows for k in row)) or ["empty"]
+    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["empty"]
+    clean = [{k: "" if isinstance(v, float) and v != v else v for k, v in row.items()} for row in rows]
+    with atomic_path(path) as temp, open(temp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(clean)
     return path
 
 

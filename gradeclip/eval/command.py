@@ -62,6 +62,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ev.add_argument("--out", "-o", default=DEFAULT_OUT, metavar="DIR",
                     help=f"folder for the table (CSV, Markdown) and, with --video, per-frame CSV and plot "
                          f"(default: {DEFAULT_OUT})")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="with --shapes: start over, discarding the scenes a run with other arguments saved in --out "
+                         "(by default a rerun with the same arguments resumes after the last saved scene)")
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     return ev
 
@@ -78,8 +81,8 @@ def check(args) -> None:
         if given or args.scale != 1.0:
             raise ValueError(f"{', '.join(given or ['--scale'])} only work with --video, not with --shapes")
     else:
-        if args.n is not None:
-            raise ValueError("--n only works with --shapes (number of scenes)")
+        if args.n is not None or args.overwrite:
+            raise ValueError(f"{'--n' if args.n is not None else '--overwrite'} only works with --shapes")
         if args.masks is None and args.boxes is None:
             raise ValueError("--video needs its annotations: --masks DIR|VIDEO or --boxes JSON")
         if not args.prompt or any(not p.strip() for p in args.prompt):
@@ -123,31 +126,64 @@ def run(args) -> int:
 
 
 def _write_table(table, text: str, out: Path, stem: str) -> list:
+    from ..files import write_text
     from .annotations import write_csv
 
     out.mkdir(parents=True, exist_ok=True)
-    md = out / f"{stem}.md"
-    md.write_text(text + os.linesep)
-    return [write_csv(table, out / f"{stem}.csv"), md]
+    return [write_csv(table, out / f"{stem}.csv"), write_text(out / f"{stem}.md", text + os.linesep)]
 
 
 def _shapes(args) -> int:
+    import time
+
+    from tqdm.auto import tqdm
+
     from ..backbones.base import backbone_of
     from ..backbones.model import load_clip
-    from .evaluate import evaluate_shapes, format_evaluation, pointing_chance, shapes_model
+    from ..files import Interrupted
+    from ..methods.registry import method_names
+    from .evaluate import evaluate_shapes, format_evaluation, held_out_scenes, pointing_chance, shapes_model
+    from .resume import SceneLog
 
     n = args.n or 50
-    model, _ = load_clip(args.model or shapes_model(), device=args.device)
-    rows = evaluate_shapes(model, n=n, methods=args.methods)
+    model_name = args.model or shapes_model()
+    methods = list(args.methods or method_names())
+    model_id = str(Path(model_name).resolve()) if Path(model_name).is_file() else model_name
+    log = SceneLog(args.out, {"model": model_id, "n": n, "methods": methods, "steps": 10},
+                   overwrite=args.overwrite)
+    if log.scenes:
+        print(f"resuming: {len(log.scenes)} of {n} scenes were saved in {log.path}")
+    try:
+        model, _ = load_clip(model_name, device=args.device)
+        size = backbone_of(model).resolution
+        maps_left = [len(s.objects) for s in held_out_scenes(n, size=size)][len(log.scenes):]
+        started = time.perf_counter()
+
+        def saved(index: int, record: dict) -> None:
+            log.save(index, record)
+            if index == n - len(maps_left) and len(maps_left) > 1:  # the first scene of this run: extrapolate
+                seconds = time.perf_counter() - started
+                left = seconds / maps_left[0] * sum(maps_left[1:])
+                tqdm.write(f"expected run time: about {_duration(left)} more for {len(maps_left) - 1} scenes "
+                           f"(the first took {seconds:.1f} s for {maps_left[0]} object(s) x {len(methods)} methods)")
+                sys.stdout.flush()
+
+        rows = evaluate_shapes(model, n=n, methods=methods, done=log.scenes, on_scene=saved)
+    except KeyboardInterrupt:
+        raise Interrupted(f"{len(log.scenes)} of {n} scenes done, saved in {log.path}; rerun the same command to "
+                          f"resume") from None
     text = format_evaluation(rows)
-    print(f"{n} held-out shape scenes, {rows[0]['maps']} maps per method; model "
-          f"{Path(args.model or shapes_model()).name}")
+    print(f"{n} held-out shape scenes, {rows[0]['maps']} maps per method; model {Path(model_name).name}")
     print(text)
-    chance = pointing_chance(n, size=backbone_of(model).resolution)
+    chance = pointing_chance(n, size=size)
     print(f"chance level: a random point falls inside the object {chance:.3f} of the time")
     paths = _write_table(rows, text, Path(args.out), "shapes_evaluation")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _video(args) -> int:
