@@ -194,7 +194,7 @@ def _video(args) -> int:
     from ..io.frames import video_info
     from ..io.stream import select_indices
     from ..video import explain_video
-    from ..viz.figures import save_figure
+    from ..files import Interrupted, atomic_path
     from .annotations import format_table, open_masks, plot_metrics_over_time, score_frames, summarize, write_csv
 
     info = video_info(args.video)
@@ -202,19 +202,25 @@ def _video(args) -> int:
     methods = args.methods or ["grad_eclip"]
     model_name = args.model or os.environ.get("GRADECLIP_MODEL", "ViT-B/32")
     model, _ = load_clip(model_name, device=args.device)
-    total = len(select_indices(info.num_frames, every=args.every, count=args.frames))
-    rows, missing, resized = [], [], None
+    requested = [int(i) for i in select_indices(info.num_frames, every=args.every, count=args.frames)]
+    total = len(requested)
+    rows, missing, resized, done = [], [], None, 0
     stem = Path(args.video).stem
-    with tqdm(total=total * len(methods), desc=f"evaluate {Path(args.video).name}", unit="frame") as bar:
-        for method in methods:
-            bar.set_postfix_str(method)
-            result = explain_video(model, args.video, args.prompt, method=method, every=args.every,
-                                   count=args.frames, scale=args.scale, model_name=model_name, progress=bar)
-            bar.update(total - len(result.indices))  # frames that failed to decode, so the bar ends full
-            scored = score_frames(result, source)
-            rows += scored["rows"]
-            missing, resized = scored["missing"], scored["resized"] or resized
-            explained = len(result.indices)
+    try:
+        with tqdm(total=total * len(methods), desc=f"evaluate {Path(args.video).name}: frames x methods",
+                  unit="map") as bar:
+            for method in methods:
+                bar.set_postfix_str(method)
+                result = explain_video(model, args.video, args.prompt, method=method, every=args.every,
+                                       count=args.frames, scale=args.scale, model_name=model_name, progress=bar)
+                bar.update(total - len(result.indices))  # frames that failed to decode, so the bar ends full
+                scored = score_frames(result, source)
+                rows += scored["rows"]
+                missing, resized = scored["missing"], scored["resized"] or resized
+                explained, done = len(result.indices), done + 1
+    except KeyboardInterrupt:
+        raise Interrupted(f"evaluate --video stopped after {done} of {len(methods)} methods; nothing was written "
+                          f"to {args.out}; rerun the same command") from None
     print(f"{Path(args.video).name}: {explained} frames explained, {explained - len(missing)} annotated "
           f"({source.description}); model {Path(model_name).name}")
     if missing:
@@ -229,12 +235,19 @@ def _video(args) -> int:
     table = summarize(rows)
     text = format_table(table)
     print(text)
-    out = Path(args.out)
-    paths = _write_table(table, text, out, f"{stem}_annotations")
-    paths.append(write_csv(rows, out / f"{stem}_frames.csv"))
-    fig = plot_metrics_over_time(rows)
-    paths += save_figure(fig, f"{stem}_metrics", out)
-    plt.close(fig)
+    out, paths = Path(args.out), []
+    try:
+        paths += _write_table(table, text, out, f"{stem}_annotations")
+        paths.append(write_csv(rows, out / f"{stem}_frames.csv"))
+        fig = plot_metrics_over_time(rows, explained=requested)
+        for suffix in ("png", "pdf"):
+            with atomic_path(out / f"{stem}_metrics.{suffix}") as temp:
+                fig.savefig(temp, dpi=150, bbox_inches="tight")
+            paths.append(out / f"{stem}_metrics.{suffix}")
+        plt.close(fig)
+    except KeyboardInterrupt:
+        raise Interrupted(f"evaluate --video stopped while writing; complete files in {out}: "
+                          f"{', '.join(p.name for p in paths) or 'none'}; rerun the same command") from None
     print("wrote " + ", ".join(str(p) for p in paths))
     sys.stdout.flush()
     return 0
