@@ -275,7 +275,7 @@ def plot_metrics_over_time(rows: Sequence[dict], explained: Optional[Sequence[in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(METRICS), 1, figsize=(8, 6.5), sharex=True, layout="constrained")
+    fig, axes = plt.subplots(len(METRICS), 1, figsize=(8, 7), sharex=True, layout="constrained")
     keys = sorted({(r["method"], r["prompt"]) for r in rows})
     chance_rows = sorted({r["frame"]: r for r in rows}.values(), key=lambda r: r["frame"])
     chance_breaks = _segments([r["frame"] for r in chance_rows], explained)
@@ -293,7 +293,9 @@ def plot_metrics_over_time(rows: Sequence[dict], explained: Optional[Sequence[in
                               chance_breaks)
             ax.plot(x, y, color="grey", ls="--", lw=1.0, label="chance (mask's share of the frame)")
         ax.set_ylabel(label)
-        ax.legend(fontsize=7, loc="upper right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles + axes[2].get_lines()[-1:], labels + [axes[2].get_lines()[-1].get_label()], fontsize=7,
+               loc="outside lower center", ncol=3)
     axes[0].set_ylim(-0.1, 1.1)
     axes[1].set_ylim(-0.05, 1.05)
     axes[2].set_ylim(-1.05, 1.05)
