@@ -334,3 +334,50 @@ def test_rank_correlation_is_missing_for_constant_maps():
     expected = [spearmanr(m.ravel(), mask.ravel())[0] for m in informative]
     np.testing.assert_allclose(rank_correlation(informative, mask), expected, atol=1e-12)
     assert np.isnan(rank_correlation(informative[0], np.zeros((5, 7))))  # an empty mask: undefined too
+
+
+def test_deletion_of_a_constant_map_is_missing():
+    """Three prompts on a non-square frame: the region map, an all-zero map and a flat map plus 1e-12 noise. The
+    constant maps' curves and AUCs are NaN (their pixel order would be the raster order), the region map's are the
+    known values of ``test_curves_known_values``'s construction; ``compare_methods`` averages over the defined maps
+    and counts the constant ones. Catches a constant map scored by raster-order deletion (a number for a map that
+    says nothing) and NaN set on the wrong prompt."""
+    pixels = torch.full((1, 3, H, W + 8), 2.0)
+    region = torch.zeros(1, 1, H, W + 8)
+    region[0, 0, REGION[0], REGION[1]] = 1.0
+
+    def scorer(images):
+        s = images[:, 0, REGION[0], REGION[1]].mean(dim=(-1, -2))
+        return torch.stack([s, s, s], dim=1)
+
+    flat = 3.0 + 1e-12 * torch.rand(1, 1, H, W + 8, dtype=torch.float64)
+    maps = torch.cat([region, torch.zeros_like(region), flat.float()], dim=1)
+    result = deletion_insertion(scorer, pixels, maps, steps=24, replacement="black")
+    black = float(replacement_image(pixels, "black")[0, 0, 0, 0])
+    assert result["deletion_auc"][0, 0] == pytest.approx((2.0 + black) / 2 / 24 + black * 23 / 24)
+    for key in ("deletion_auc", "insertion_auc"):
+        assert np.isnan(result[key][0, 1:]).all() and np.isfinite(result[key][0, 0]), key
+    assert np.isnan(result["deletion_curve"][0, 1:]).all() and np.isfinite(result["insertion_curve"][0, 0]).all()
+
+
+def test_compare_methods_counts_constant_maps(model):
+    """A method whose maps are all constant: AUCs missing ("–" in the table, not a number) and every map counted;
+    Grad-ECLIP beside it keeps finite AUCs. Catches a mean that turns one missing map into NaN for the method, and
+    a table printing nan."""
+    from gradeclip.methods.registry import METHODS
+
+    def flat(model, pixels, text_features):
+        return torch.full((pixels.shape[0], text_features.shape[0], 4, 4), 2.0)
+
+    frames = np.random.default_rng(3).integers(0, 256, size=(2, 32, 48, 3), dtype=np.uint8)
+    METHODS.register_module(name="test_flat_compare", module=flat)
+    try:
+        rows, _ = compare_methods(model, frames, ["a dog", "a cat"], methods=["grad_eclip", "test_flat_compare"],
+                                  steps=4)
+    finally:
+        METHODS.module_dict.pop("test_flat_compare")
+    by = {r["method"]: r for r in rows}
+    assert by["test_flat_compare"]["constant_maps"] == 4 and np.isnan(by["test_flat_compare"]["deletion_auc"])
+    assert np.isfinite(by["grad_eclip"]["deletion_auc"]) and np.isfinite(by["grad_eclip"]["insertion_auc"])
+    line = next(li for li in format_comparison(rows).splitlines() if li.startswith("test_flat_compare"))
+    assert line.split()[1:4] == ["–", "–", "4"] and "nan" not in format_comparison(rows)

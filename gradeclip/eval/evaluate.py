@@ -69,14 +69,26 @@ def score_scene(model, scene, names: Sequence[str], *, steps: int = 10, options:
         record[name] = {
             "pointing": pointing_game(result.raw[0], scene.masks).astype(int).tolist(),  # token grid: pointing_point
             "energy": energy_pointing_game(result.maps[0], scene.masks).tolist(),
-            "deletion_auc": curves["deletion_auc"][0].tolist(), "insertion_auc": curves["insertion_auc"][0].tolist(),
+            "deletion_auc": _missing_as_none(curves["deletion_auc"][0]),
+            "insertion_auc": _missing_as_none(curves["insertion_auc"][0]),
             "constant": is_constant(result.raw[0]).astype(int).tolist(), "seconds": seconds}
     return record
 
 
+def _missing_as_none(values) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in values]
+
+
+def _mean(values) -> float:
+    """Mean over the values that are defined (None/NaN are missing); NaN when none is."""
+    defined = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
 def summarize_scenes(records: Sequence[Dict[str, dict]], names: Sequence[str]) -> List[dict]:
     """One row per method from ``score_scene`` records: means of ``pointing``, ``energy``, ``deletion_auc``,
-    ``insertion_auc`` over every object of every scene, ``constant_maps`` (how many maps were constant: each is a
+    ``insertion_auc`` over every object of every scene (the AUCs over the maps where they are defined: not over
+    constant maps, NaN when every map is constant), ``constant_maps`` (how many maps were constant: each is a
     miss with energy 0), ``maps`` and ``seconds_per_map``."""
     rows = []
     for name in names:
@@ -84,8 +96,8 @@ def summarize_scenes(records: Sequence[Dict[str, dict]], names: Sequence[str]) -
                   for key in ("pointing", "energy", "deletion_auc", "insertion_auc", "constant")}
         maps = len(values["pointing"])
         rows.append({"method": name, "pointing": float(np.mean(values["pointing"])),
-                     "energy": float(np.mean(values["energy"])), "deletion_auc": float(np.mean(values["deletion_auc"])),
-                     "insertion_auc": float(np.mean(values["insertion_auc"])),
+                     "energy": float(np.mean(values["energy"])), "deletion_auc": _mean(values["deletion_auc"]),
+                     "insertion_auc": _mean(values["insertion_auc"]),
                      "constant_maps": int(sum(values["constant"])), "maps": maps,
                      "seconds_per_map": sum(r[name]["seconds"] for r in records) / maps})
     return rows
@@ -125,10 +137,14 @@ def pointing_chance(n: int = 50, *, size: int = 48, seed: int = EVAL_SEEDS) -> f
 
 
 def format_evaluation(rows: Sequence[dict]) -> str:
-    """The rows of ``evaluate_shapes`` as a plain-text (and Markdown) table."""
+    """The rows of ``evaluate_shapes`` as a plain-text (and Markdown) table; a missing AUC (every map constant) is
+    "–"."""
+    def auc(x):
+        return "–" if x != x else f"{x:.4f}"
+
     lines = ["| method | pointing ↑ | energy ↑ | constant maps | deletion AUC ↓ | insertion AUC ↑ | ms / map |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['pointing']:.3f} | {r['energy']:.3f} | {r['constant_maps']} of {r['maps']} | "
-              f"{r['deletion_auc']:.4f} | {r['insertion_auc']:.4f} | {1000 * r['seconds_per_map']:.1f} |"
+              f"{auc(r['deletion_auc'])} | {auc(r['insertion_auc'])} | {1000 * r['seconds_per_map']:.1f} |"
               for r in rows]
     return "\n".join(lines)

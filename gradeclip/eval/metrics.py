@@ -6,7 +6,9 @@ steps the top-ranked fraction is replaced (deletion: from the image towards the 
 (insertion: from the replacement towards the image). The replacement is ``"blur"`` (Gaussian, sigma = 1/20 of the
 longer side), ``"black"`` or ``"noise"`` (uniform, seeded). The curve has ``steps + 1`` points at fractions
 0, 1/steps, ..., 1; its AUC is the trapezoid area over [0, 1]. A faithful map has a low deletion AUC (the score
-falls fast) and a high insertion AUC. All images of all curves are scored in batches, not one forward each.
+falls fast) and a high insertion AUC. All images of all curves are scored in batches, not one forward each. A
+constant map ranks no pixel above another (its order would be the raster order, the image's layout rather than
+the method's), so its curves and AUCs are NaN: missing, not a number.
 
 Pointing game: a hit when the map's point (the centre of its maximal plateau or token, see ``pointing_point``)
 lies in the object's mask (or box). Energy pointing game: the share of the map's mass inside it. Neither rewards
@@ -78,7 +80,7 @@ def deletion_insertion(score_fn: ScoreFn, pixels: torch.Tensor, maps: torch.Tens
 
     ``score_fn``: images (M, 3, H, W) -> scores (M, K), e.g. ``clip_scorer``; curve (b, k) follows column k.
     Returns ``deletion_curve`` and ``insertion_curve`` (B, K, steps + 1) and ``deletion_auc``, ``insertion_auc``
-    (B, K), as numpy arrays.
+    (B, K), as numpy arrays; NaN for a constant map (``is_constant``), whose pixels have no order.
     """
     positive_int(steps, "steps")
     maps = torch.as_tensor(maps, dtype=torch.float32, device=pixels.device)
@@ -108,6 +110,7 @@ def deletion_insertion(score_fn: ScoreFn, pixels: torch.Tensor, maps: torch.Tens
             out = score_fn(torch.stack(images))
             scores += [float(out[n, j]) for n, (_, j, _) in enumerate(chunk)]
         curves[mode] = np.asarray(scores, dtype=np.float64).reshape(b, k, steps + 1)
+        curves[mode][is_constant(maps.cpu().numpy())] = np.nan
     return {"deletion_curve": curves["deletion"], "insertion_curve": curves["insertion"],
             "deletion_auc": _auc(curves["deletion"]), "insertion_auc": _auc(curves["insertion"])}
 
