@@ -187,6 +187,7 @@ def test_evaluate_video_command(shapes_clip, moving, tmp_path, capfd):
     (["evaluate", "--video", "v.avi", "--prompt", "x"], "--video needs its annotations"),
     (["evaluate", "--video", "v.avi", "--masks", "m"], "needs at least one non-empty --prompt"),
     (["evaluate", "--video", "v.avi", "--n", "3"], "--n only works with --shapes"),
+    (["evaluate", "--video", "v.avi", "--overwrite"], "--overwrite only works with --shapes"),
     (["evaluate", "--shapes", "--video", "v.avi"], "not allowed with argument"),
     (["evaluate", "--video", "missing.avi", "--masks", "m", "-p", "x"], "video not found: missing.avi"),
 ])
@@ -351,3 +352,45 @@ def test_evaluate_video_every_on_non_square_video(tmp_path, capfd):
     assert "| grad_eclip | a red square | 4 |" in (out / "wide_annotations.md").read_text()
     assert (out / "wide_metrics.pdf").read_bytes().rstrip().endswith(b"%%EOF")
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_evaluate_video_interrupted_is_one_line_and_writes_nothing(tmp_path, moving):
+    """SIGINT to ``evaluate --video`` once its bar has counted a map: exit 130, one line on stderr (no traceback)
+    naming how far it got and how to rerun, and no file under --out (a table of part of the frames would look
+    complete). Catches Ctrl-C left to Python's traceback and a table written from the frames done so far."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    video, folder, _ = moving
+    long_video = write_video(tmp_path / "long.avi", np.stack([_scene(t % FRAMES).image for t in range(200)]))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "gradeclip", "evaluate", "--video", long_video, "--masks",
+                             str(folder), "-p", "a red circle", "--methods", "grad_eclip", "self_attention",
+                             "--model", gradeclip.shapes_model(), "--scale", "0.75", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: os.read(proc.stderr.fileno(), 4096), b"")))
+    reader.start()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and not re.search(rb"\| *[1-9]\d*/400 \[",
+                                                                                  b"".join(err)):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    text = b"".join(err).decode()
+    assert proc.returncode == 130, text[-2000:]
+    lines = [line for line in text.replace("\r", "\n").splitlines() if line.startswith("gradeclip:")
+             or "Traceback" in line]
+    assert len(lines) == 1 and lines[0].startswith("gradeclip: interrupted: evaluate --video stopped after 0 of "
+                                                    "2 methods; nothing was written"), lines
+    assert not out.exists() or not list(out.iterdir())
