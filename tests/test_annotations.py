@@ -256,23 +256,26 @@ def test_constant_maps_are_counted_misses_and_missing_correlations(tmp_path):
     raw = np.zeros((frames, 3, 8, 8))
     raw[:, 0, 2, 5] = 1.0  # pixels 16..23 x 40..47: inside
     raw[:, 2] = 2.5 + np.random.default_rng(0).random((frames, 8, 8)) * 1e-9
+    raw[frames - 1, 1, 2, 5] = 1.0  # the last frame's p1 map is informative: flags are per frame
     source = open_masks(boxes=_boxes_file(tmp_path, frames), frame_size=(SIZE, SIZE))
     rows = score_frames(_explanation(raw), source)["rows"]
     by_prompt = {p: [r for r in rows if r["prompt"] == p] for p in ("p0", "p1", "p2")}
     assert [r["pointing"] for r in by_prompt["p0"]] == [1] * frames
-    for p in ("p1", "p2"):
-        assert [(r["pointing"], r["energy"], r["constant"]) for r in by_prompt[p]] == [(0, 0.0, 1)] * frames, p
-        assert all(np.isnan(r["rank_corr"]) for r in by_prompt[p]), p
+    assert [(r["pointing"], r["energy"], r["constant"]) for r in by_prompt["p2"]] == [(0, 0.0, 1)] * frames
+    assert [(r["pointing"], r["energy"], r["constant"]) for r in by_prompt["p1"]] == \
+        [(0, 0.0, 1)] * (frames - 1) + [(1, by_prompt["p0"][-1]["energy"], 0)]  # the same map as p0's there
+    assert all(np.isnan(r["rank_corr"]) for r in by_prompt["p2"] + by_prompt["p1"][:-1])
     table = {r["prompt"]: r for r in summarize(rows)}
-    assert [table[p]["constant_maps"] for p in ("p0", "p1", "p2")] == [0, frames, frames]
-    assert table["p1"]["pointing"] == 0 and np.isnan(table["p1"]["rank_corr"])
+    assert [table[p]["constant_maps"] for p in ("p0", "p1", "p2")] == [0, frames - 1, frames]
+    assert table["p1"]["pointing"] == 1 / frames and np.isnan(table["p2"]["rank_corr"])
+    assert table["p1"]["rank_corr"] == by_prompt["p1"][-1]["rank_corr"]  # the one defined value, not NaN
     assert table["p0"]["chance"] == pytest.approx(0.25)  # 32x32 of 64x64
     text = format_table(summarize(rows))
-    assert f"| m | p1 | {frames} | 0.000 | 0.000 | – | {frames} | 0.250 |" in text and "nan" not in text
+    assert f"| m | p2 | {frames} | 0.000 | 0.000 | – | {frames} | 0.250 |" in text and "nan" not in text
     csv_rows = write_csv(rows, tmp_path / "frames.csv").read_text().splitlines()
     header = csv_rows[0].split(",")
     assert "nan" not in "".join(csv_rows).lower()
-    assert all(line.split(",")[header.index("rank_corr")] == "" for line in csv_rows[1:] if ",p1," in line)
+    assert all(line.split(",")[header.index("rank_corr")] == "" for line in csv_rows[1:] if ",p2," in line)
 
 
 def _boxes_file(tmp_path, frames):
@@ -297,8 +300,8 @@ def test_metrics_plot_leaves_gaps_and_draws_chance(tmp_path):
     """Frames 0..7 asked for; frame 3 has no annotation, frame 5 was not explained (failed to decode), frame 1's
     rank correlation is missing (a constant map): the lines break there and nowhere else; with every 2nd frame
     (0, 2, 4, 6) the points are neighbours and stay joined. The chance line is labelled and equals the mask
-    share. Catches lines joined across missing frames, NaN dropped instead of drawn as a gap (which joins its
-    neighbours), and a break rule on the frame step (which would split --every runs)."""
+    share. Catches lines joined across missing frames, and a break rule on the frame step instead of the explained
+    frames (which would split the unevenly spaced frames of --frames N)."""
     from gradeclip.eval.annotations import plot_metrics_over_time
 
     frames = [0, 1, 2, 4, 6, 7]
@@ -320,6 +323,10 @@ def test_metrics_plot_leaves_gaps_and_draws_chance(tmp_path):
     every = [dict(r, frame=2 * i, time_s=2 * i / 25, rank_corr=0.1) for i, r in enumerate(rows[:4])]
     fig2 = plot_metrics_over_time(every, explained=[0, 2, 4, 6])
     drawn = next(li for li in fig2.axes[0].get_lines() if li.get_label() == "m · p")
+    assert len(_runs(drawn.get_xdata(), drawn.get_ydata())) == 1
+    uneven = [dict(r, frame=f, time_s=f / 25) for r, f in zip(rows, [0, 3, 7, 10])]  # --frames 4 of 11: uneven
+    fig3 = plot_metrics_over_time(uneven, explained=[0, 3, 7, 10])
+    drawn = next(li for li in fig3.axes[1].get_lines() if li.get_label() == "m · p")
     assert len(_runs(drawn.get_xdata(), drawn.get_ydata())) == 1
     fig.savefig(tmp_path / "metrics.png")
 

@@ -302,6 +302,9 @@ def test_constant_maps_are_misses_with_zero_energy():
     partly_nan = np.where(one_hot > 0, 1.0, np.nan)
     partly_nan[0, 0] = 0.5
     assert is_constant(np.full((2, 3), np.nan)) and not is_constant(partly_nan)  # NaN ignored, not propagated
+    cell = np.zeros((5, 7), bool)
+    cell[2, 3] = True
+    assert energy_pointing_game(partly_nan, cell) == pytest.approx(1 / 1.5)  # NaN counts as 0, not as "no energy"
 
 
 def test_one_hot_map_hits_exactly_when_its_cell_is_in_the_mask():
@@ -361,13 +364,16 @@ def test_deletion_of_a_constant_map_is_missing():
 
 
 def test_compare_methods_counts_constant_maps(model):
-    """A method whose maps are all constant: AUCs missing ("–" in the table, not a number) and every map counted;
-    Grad-ECLIP beside it keeps finite AUCs. Catches a mean that turns one missing map into NaN for the method, and
-    a table printing nan."""
+    """A method whose maps are constant on the first frame and a ramp on the second: its AUCs are the means over the
+    second frame's maps (finite), its 2 constant maps counted; a method constant everywhere has missing AUCs ("–",
+    not a number). Catches a plain mean that turns one missing map into NaN for the method, a count of frames
+    instead of maps, and a table printing nan."""
     from gradeclip.methods.registry import METHODS
 
-    def flat(model, pixels, text_features):
-        return torch.full((pixels.shape[0], text_features.shape[0], 4, 4), 2.0)
+    def flat(model, pixels, text_features):  # frame 0: flat; frame 1: a ramp
+        maps = torch.full((pixels.shape[0], text_features.shape[0], 4, 4), 2.0)
+        maps[1] = torch.arange(16.0).view(4, 4)
+        return maps
 
     frames = np.random.default_rng(3).integers(0, 256, size=(2, 32, 48, 3), dtype=np.uint8)
     METHODS.register_module(name="test_flat_compare", module=flat)
@@ -377,7 +383,9 @@ def test_compare_methods_counts_constant_maps(model):
     finally:
         METHODS.module_dict.pop("test_flat_compare")
     by = {r["method"]: r for r in rows}
-    assert by["test_flat_compare"]["constant_maps"] == 4 and np.isnan(by["test_flat_compare"]["deletion_auc"])
-    assert np.isfinite(by["grad_eclip"]["deletion_auc"]) and np.isfinite(by["grad_eclip"]["insertion_auc"])
-    line = next(li for li in format_comparison(rows).splitlines() if li.startswith("test_flat_compare"))
-    assert line.split()[1:4] == ["–", "–", "4"] and "nan" not in format_comparison(rows)
+    assert by["test_flat_compare"]["constant_maps"] == 2 and by["grad_eclip"]["constant_maps"] == 0
+    assert np.isfinite([by[m][k] for m in by for k in ("deletion_auc", "insertion_auc")]).all()
+    everywhere = dict(by["test_flat_compare"], method="flat_everywhere", deletion_auc=float("nan"),
+                      insertion_auc=float("nan"), constant_maps=4)
+    line = next(li for li in format_comparison([*rows, everywhere]).splitlines() if li.startswith("flat_every"))
+    assert line.split()[1:4] == ["–", "–", "4"] and "nan" not in format_comparison([*rows, everywhere])

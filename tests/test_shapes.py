@@ -221,23 +221,55 @@ def test_evaluate_shapes_interrupted_resumes_to_the_uninterrupted_table(tmp_path
 
 
 def test_constant_maps_are_counted_in_the_shapes_table(shapes_clip):
-    """A method that returns nothing (a flat map of 2.5 everywhere) on scenes where two objects cover the frame
-    centre: pointing 0 and energy 0, every map counted constant. Catches constant maps scored as hits (the
-    plateau's centre is the frame centre: 2 hits of 6 here) and a ``constant_maps`` count that is not summed."""
+    """A method whose map for the first object of a scene is flat (2.5 everywhere) and for the others one-hot on
+    the top-left token, on scenes where two objects cover the frame centre: the flat maps are misses with energy 0
+    and counted (one per scene), the one-hot maps hit exactly where the test's masks hold that token's centre
+    pixel (4, 4). Catches constant maps scored as hits (the plateau's centre is the frame centre), a
+    ``constant_maps`` count taken from one prompt or not summed."""
     import torch
 
     from gradeclip.eval.evaluate import evaluate_shapes, format_evaluation, held_out_scenes
     from gradeclip.methods.registry import METHODS
 
-    def flat(model, pixels, text_features):
-        return torch.full((pixels.shape[0], text_features.shape[0], 6, 6), 2.5)
+    def first_flat(model, pixels, text_features):
+        maps = torch.zeros(pixels.shape[0], text_features.shape[0], 6, 6)
+        maps[:, 0] = 2.5
+        maps[:, 1:, 0, 0] = 1.0
+        return maps
 
-    assert sum(m[24, 24] for s in held_out_scenes(3) for m in s.masks) == 2  # the fixture can see the old bug
-    METHODS.register_module(name="test_flat", module=flat)
+    scenes = held_out_scenes(3)
+    assert sum(m[24, 24] for s in scenes for m in s.masks) == 2  # the fixture can see the old bug
+    expected_hits = sum(bool(m[4, 4]) for s in scenes for m in s.masks[1:])
+    METHODS.register_module(name="test_first_flat", module=first_flat)
     try:
-        rows = evaluate_shapes(shapes_clip, n=3, methods=["test_flat"], progress=False)
+        rows = evaluate_shapes(shapes_clip, n=3, methods=["test_first_flat"], progress=False)
     finally:
-        METHODS.module_dict.pop("test_flat")
-    assert rows[0]["pointing"] == 0 and rows[0]["energy"] == 0
-    assert rows[0]["constant_maps"] == rows[0]["maps"] == 6
-    assert "| test_flat | 0.000 | 0.000 | 6 of 6 |" in format_evaluation(rows)
+        METHODS.module_dict.pop("test_first_flat")
+    maps = sum(len(s.objects) for s in scenes)
+    assert rows[0]["maps"] == maps == 6 and rows[0]["constant_maps"] == 3
+    assert rows[0]["pointing"] == pytest.approx(expected_hits / maps)
+    assert f"| test_first_flat | {expected_hits / maps:.3f} |" in format_evaluation(rows)
+    assert "3 of 6" in format_evaluation(rows)
+
+
+def test_summarize_scenes_means_over_every_object():
+    """Two scenes of one and two objects, two methods with different values: each mean is over the three maps
+    (not per scene, not one prompt), the AUCs skip a constant map's missing value, and the methods are not mixed.
+    Catches a mean over the wrong axis or over the first prompt only, a missing AUC counted as 0, and every method
+    given the first method's values."""
+    from gradeclip.eval.evaluate import summarize_scenes
+
+    def rec(pointing, energy, deletion, constant, seconds):
+        return {"pointing": pointing, "energy": energy, "deletion_auc": deletion, "insertion_auc": deletion,
+                "constant": constant, "seconds": seconds}
+
+    records = [{"a": rec([1], [0.9], [0.2], [0], 0.3), "b": rec([0], [0.0], [None], [1], 0.6)},
+               {"a": rec([0, 1], [0.3, 0.6], [0.4, 0.6], [0, 0], 0.3), "b": rec([1, 0], [0.5, 0.1], [0.3, 0.5],
+                                                                             [0, 0], 0.3)}]
+    rows = {r["method"]: r for r in summarize_scenes(records, ["a", "b"])}
+    assert rows["a"]["pointing"] == pytest.approx(2 / 3) and rows["a"]["energy"] == pytest.approx(0.6)
+    assert rows["a"]["deletion_auc"] == pytest.approx(0.4) and rows["a"]["constant_maps"] == 0
+    assert rows["b"]["pointing"] == pytest.approx(1 / 3) and rows["b"]["energy"] == pytest.approx(0.2)
+    assert rows["b"]["deletion_auc"] == pytest.approx(0.4) and rows["b"]["constant_maps"] == 1
+    assert rows["a"]["seconds_per_map"] == pytest.approx(0.2) and rows["b"]["seconds_per_map"] == pytest.approx(0.3)
+    assert rows["a"]["maps"] == rows["b"]["maps"] == 3
