@@ -3,8 +3,11 @@
     python -m gradeclip evaluate --shapes [--n N]                                  # synthetic shape scenes
     python -m gradeclip evaluate --video V (--masks M | --boxes F) --prompt P ...  # your own annotations
 
-One labelled progress bar (the grad-cam package's inner bars are silenced); the table is printed and written as
-CSV and Markdown into ``--out``; for a video also a per-frame CSV and a plot of each metric over time.
+One labelled progress bar (scenes for --shapes, maps for --video; the grad-cam package's inner bars are silenced);
+the table is printed and written as CSV and Markdown into ``--out``; for a video also a per-frame CSV and a plot of
+each metric over time. Every file is written under a temporary name and renamed when complete. ``--shapes`` states
+its expected run time after the first scene, saves each finished scene (``resume.SceneLog``) and resumes on a rerun
+with the same arguments; Ctrl-C in either form raises ``files.Interrupted`` with one line for the user.
 """
 from __future__ import annotations
 
