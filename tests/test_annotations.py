@@ -187,6 +187,7 @@ def test_evaluate_video_command(shapes_clip, moving, tmp_path, capfd):
     (["evaluate", "--video", "v.avi", "--prompt", "x"], "--video needs its annotations"),
     (["evaluate", "--video", "v.avi", "--masks", "m"], "needs at least one non-empty --prompt"),
     (["evaluate", "--video", "v.avi", "--n", "3"], "--n only works with --shapes"),
+    (["evaluate", "--video", "v.avi", "--overwrite"], "--overwrite only works with --shapes"),
     (["evaluate", "--shapes", "--video", "v.avi"], "not allowed with argument"),
     (["evaluate", "--video", "missing.avi", "--masks", "m", "-p", "x"], "video not found: missing.avi"),
 ])
@@ -205,3 +206,198 @@ def test_evaluate_shapes_writes_csv_and_markdown(tmp_path, capfd):
     assert md.splitlines()[2] in out and md.startswith("| method | pointing")
     rows = (tmp_path / "shapes_evaluation.csv").read_text().splitlines()
     assert rows[0].startswith("method,pointing,energy") and rows[1].startswith("grad_eclip,")
+
+
+NS_H, NS_W = 48, 80  # a non-square frame: a transposed resize or swapped axis cannot pass unnoticed
+
+
+def _non_square_masks(frames=6):
+    """(F, 48, 80) masks: a 16x24 rectangle that moves right by 8 px per frame (an exact 2x upsampling of a
+    (24, 40) mask) and the (F, 24, 40) half-size masks they come from."""
+    small = np.zeros((frames, NS_H // 2, NS_W // 2), bool)
+    for t in range(frames):
+        small[t, 4:12, 2 + 4 * t: 14 + 4 * t] = True
+    return small.repeat(2, axis=1).repeat(2, axis=2), small
+
+
+def test_non_square_frames_with_masks_at_another_size(tmp_path):
+    """Non-square frames (48x80) with masks stored at half size (24x40): each mask is resized to the frame (equal
+    to the test's own 2x upsampling), a one-hot token map on the rectangle's cell hits on every frame and one on a
+    far cell never does. Catches a transposed mask resize (cv2 takes (width, height): the mask comes out 80x48,
+    which crashes or misplaces) and rows and columns swapped between map and mask."""
+    masks, small = _non_square_masks()
+    for t, m in enumerate(small):
+        cv2.imwrite(str(tmp_path / f"mask_{t:03d}.png"), m.astype(np.uint8) * 255)
+    source = open_masks(tmp_path)
+    grid = (6, 10)  # 8x8-pixel cells
+    raw = np.zeros((len(masks), 2, *grid))
+    for t in range(len(masks)):
+        raw[t, 0, 2, (8 + 8 * t) // 8] = 1.0  # row 2 = pixels 16..23, inside rows 8..23 of the rectangle
+        raw[t, 1, 5, 9 - t // 3] = 1.0  # the bottom row: outside every rectangle
+    with pytest.warns(UserWarning, match="40x24, frames are 80x48"):
+        scored = score_frames(_explanation(raw, frame_size=(NS_H, NS_W)), source)
+    for t in range(len(masks)):
+        assert (source.mask(t, (NS_H, NS_W)) == masks[t]).all(), t
+    assert [r["pointing"] for r in scored["rows"] if r["prompt"] == "p0"] == [1] * len(masks)
+    assert [r["pointing"] for r in scored["rows"] if r["prompt"] == "p1"] == [0] * len(masks)
+    assert scored["resized"] == ((NS_H // 2, NS_W // 2), (NS_H, NS_W))
+
+
+def test_constant_maps_are_counted_misses_and_missing_correlations(tmp_path):
+    """Three prompts against masks covering the frame centre: one-hot maps on the mask, all-zero maps, and a flat
+    map plus noise. The flat ones are misses with energy 0, no rank correlation (blank in the CSV, "–" in the
+    table, never a number) and counted in ``constant_maps``. Catches a constant map scored a hit (its point is the
+    frame centre), a missing count, and NaN printed as a number."""
+    from gradeclip.eval.annotations import format_table, write_csv
+
+    frames = 4
+    masks = np.zeros((frames, SIZE, SIZE), bool)
+    masks[:, 16:48, 16:48] = True  # the centre
+    raw = np.zeros((frames, 3, 8, 8))
+    raw[:, 0, 2, 5] = 1.0  # pixels 16..23 x 40..47: inside
+    raw[:, 2] = 2.5 + np.random.default_rng(0).random((frames, 8, 8)) * 1e-9
+    raw[frames - 1, 1, 2, 5] = 1.0  # the last frame's p1 map is informative: flags are per frame
+    source = open_masks(boxes=_boxes_file(tmp_path, frames), frame_size=(SIZE, SIZE))
+    rows = score_frames(_explanation(raw), source)["rows"]
+    by_prompt = {p: [r for r in rows if r["prompt"] == p] for p in ("p0", "p1", "p2")}
+    assert [r["pointing"] for r in by_prompt["p0"]] == [1] * frames
+    assert [(r["pointing"], r["energy"], r["constant"]) for r in by_prompt["p2"]] == [(0, 0.0, 1)] * frames
+    assert [(r["pointing"], r["energy"], r["constant"]) for r in by_prompt["p1"]] == \
+        [(0, 0.0, 1)] * (frames - 1) + [(1, by_prompt["p0"][-1]["energy"], 0)]  # the same map as p0's there
+    assert all(np.isnan(r["rank_corr"]) for r in by_prompt["p2"] + by_prompt["p1"][:-1])
+    table = {r["prompt"]: r for r in summarize(rows)}
+    assert [table[p]["constant_maps"] for p in ("p0", "p1", "p2")] == [0, frames - 1, frames]
+    assert table["p1"]["pointing"] == 1 / frames and np.isnan(table["p2"]["rank_corr"])
+    assert table["p1"]["rank_corr"] == by_prompt["p1"][-1]["rank_corr"]  # the one defined value, not NaN
+    assert table["p0"]["chance"] == pytest.approx(0.25)  # 32x32 of 64x64
+    text = format_table(summarize(rows))
+    assert f"| m | p2 | {frames} | 0.000 | 0.000 | – | {frames} | 0.250 |" in text and "nan" not in text
+    csv_rows = write_csv(rows, tmp_path / "frames.csv").read_text().splitlines()
+    header = csv_rows[0].split(",")
+    assert "nan" not in "".join(csv_rows).lower()
+    assert all(line.split(",")[header.index("rank_corr")] == "" for line in csv_rows[1:] if ",p2," in line)
+
+
+def _boxes_file(tmp_path, frames):
+    items = [{"image_id": t, "bbox": [16, 16, 32, 32]} for t in range(frames)]
+    (tmp_path / "boxes.json").write_text(json.dumps(items))
+    return tmp_path / "boxes.json"
+
+
+def _runs(x, y):
+    """The runs of consecutive finite points of a drawn line, as lists of x values (a NaN is a gap)."""
+    runs, current = [], []
+    for a, b in zip(x, y):
+        if np.isfinite(a) and np.isfinite(b):
+            current.append(round(float(a), 6))
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
+
+
+def test_metrics_plot_leaves_gaps_and_draws_chance(tmp_path):
+    """Frames 0..7 asked for; frame 3 has no annotation, frame 5 was not explained (failed to decode), frame 1's
+    rank correlation is missing (a constant map): the lines break there and nowhere else; with every 2nd frame
+    (0, 2, 4, 6) the points are neighbours and stay joined. The chance line is labelled and equals the mask
+    share. Catches lines joined across missing frames, and a break rule on the frame step instead of the explained
+    frames (which would split the unevenly spaced frames of --frames N)."""
+    from gradeclip.eval.annotations import plot_metrics_over_time
+
+    frames = [0, 1, 2, 4, 6, 7]
+    rows = [{"frame": f, "time_s": f / 25, "prompt": "p", "method": "m", "pointing": f % 2, "energy": 0.1 * f,
+             "rank_corr": float("nan") if f == 1 else 0.05 * f, "mask_share": 0.2 + 0.01 * f} for f in frames]
+    fig = plot_metrics_over_time(rows, explained=range(8))
+    pointing, energy, corr = fig.axes[:3]
+    line = {ax: next(li for li in ax.get_lines() if li.get_label() == "m · p") for ax in (pointing, energy, corr)}
+    t = {f: round(f / 25, 6) for f in range(8)}
+    assert _runs(line[pointing].get_xdata(), line[pointing].get_ydata()) == [[t[0], t[1], t[2]], [t[4]],
+                                                                          [t[6], t[7]]]
+    assert _runs(line[corr].get_xdata(), line[corr].get_ydata()) == [[t[0]], [t[2]], [t[4]], [t[6], t[7]]]
+    chance = next(li for li in energy.get_lines() if li.get_label().startswith("chance"))
+    assert np.allclose(np.asarray(chance.get_ydata(), float)[np.isfinite(chance.get_ydata())],
+                       [0.2 + 0.01 * f for f in frames])
+    assert any(li.get_label().startswith("chance") for li in pointing.get_lines())
+    legend = " ".join(text.get_text() for text in fig.legends[0].get_texts())
+    assert "chance (mask's share of the frame)" in legend and "m · p" in legend
+    every = [dict(r, frame=2 * i, time_s=2 * i / 25, rank_corr=0.1) for i, r in enumerate(rows[:4])]
+    fig2 = plot_metrics_over_time(every, explained=[0, 2, 4, 6])
+    drawn = next(li for li in fig2.axes[0].get_lines() if li.get_label() == "m · p")
+    assert len(_runs(drawn.get_xdata(), drawn.get_ydata())) == 1
+    uneven = [dict(r, frame=f, time_s=f / 25) for r, f in zip(rows, [0, 3, 7, 10])]  # --frames 4 of 11: uneven
+    fig3 = plot_metrics_over_time(uneven, explained=[0, 3, 7, 10])
+    drawn = next(li for li in fig3.axes[1].get_lines() if li.get_label() == "m · p")
+    assert len(_runs(drawn.get_xdata(), drawn.get_ydata())) == 1
+    fig.savefig(tmp_path / "metrics.png")
+
+
+def test_evaluate_video_every_on_non_square_video(tmp_path, capfd):
+    """``evaluate --video --every 3`` on a non-square (48x80) video whose masks are stored at half size: the
+    per-frame CSV holds frames 0, 3, 6, 9 at their own times (frame / 25 fps, the rate the test wrote), the table
+    counts 4 annotated frames, and every output is complete under its final name (no temporary file left).
+    Catches ``time_s`` taken from the wrong position with --every (e.g. the frame's index into the times of the
+    explained frames), a transposed mask resize on a non-square video, and a figure or CSV left half-written."""
+    masks, small = _non_square_masks(10)
+    frames = np.full((10, NS_H, NS_W, 3), 120, np.uint8)
+    frames[masks] = (220, 30, 30)
+    video = write_video(tmp_path / "wide.avi", frames)
+    (tmp_path / "m").mkdir()
+    for t, m in enumerate(small):
+        cv2.imwrite(str(tmp_path / "m" / f"wide_{t:02d}.png"), m.astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--video", video, "--masks", str(tmp_path / "m"), "--prompt", "a red square",
+                 "--every", "3", "--methods", "grad_eclip", "--model", gradeclip.shapes_model(),
+                 "--scale", "0.6", "--out", str(out)]) == 0
+    printed = capfd.readouterr().out
+    assert "4 frames explained, 4 annotated" in printed and "masks of 40x24 resized" in printed
+    import csv
+
+    rows = list(csv.DictReader((out / "wide_frames.csv").open()))
+    assert [int(r["frame"]) for r in rows] == [0, 3, 6, 9]
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([0.0, 0.12, 0.24, 0.36], abs=1e-6)
+    assert [float(r["mask_share"]) for r in rows] == pytest.approx([masks[t].mean() for t in (0, 3, 6, 9)])
+    assert "| grad_eclip | a red square | 4 |" in (out / "wide_annotations.md").read_text()
+    assert (out / "wide_metrics.pdf").read_bytes().rstrip().endswith(b"%%EOF")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_evaluate_video_interrupted_is_one_line_and_writes_nothing(tmp_path, moving):
+    """SIGINT to ``evaluate --video`` once its bar has counted a map: exit 130, one line on stderr (no traceback)
+    naming how far it got and how to rerun, and no file under --out (a table of part of the frames would look
+    complete). Catches Ctrl-C left to Python's traceback and a table written from the frames done so far."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    video, folder, _ = moving
+    long_video = write_video(tmp_path / "long.avi", np.stack([_scene(t % FRAMES).image for t in range(200)]))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "gradeclip", "evaluate", "--video", long_video, "--masks",
+                             str(folder), "-p", "a red circle", "--methods", "grad_eclip", "self_attention",
+                             "--model", gradeclip.shapes_model(), "--scale", "0.75", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: os.read(proc.stderr.fileno(), 4096), b"")))
+    reader.start()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and not re.search(rb"\| *[1-9]\d*/400 \[",
+                                                                                  b"".join(err)):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    text = b"".join(err).decode()
+    assert proc.returncode == 130, text[-2000:]
+    lines = [line for line in text.replace("\r", "\n").splitlines() if line.startswith("gradeclip:")
+             or "Traceback" in line]
+    assert len(lines) == 1 and lines[0].startswith("gradeclip: interrupted: evaluate --video stopped after 0 of "
+                                                    "2 methods; nothing was written"), lines
+    assert not out.exists() or not list(out.iterdir())

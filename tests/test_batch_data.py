@@ -72,8 +72,8 @@ def test_frame_status_rule():
     assert frame_status(30, 31, 0)["status"] == "complete"
     assert frame_status(None, 12, 0)["status"] == "complete"
     assert frame_status(40, 11, 0) == {"status": "partial", "reason": "decoded 11 of 40 declared frames"}
-    assert frame_status(30, 30, 3) == {"status": "partial", "reason": "3 frames failed to decode"}
-    assert frame_status(30, 29, 1)["reason"] == "decoded 29 of 30 declared frames; 1 frame failed to decode"
+    assert frame_status(30, 30, 3) == {"status": "partial", "reason": "3 frames damaged or undecodable"}
+    assert frame_status(30, 29, 1)["reason"] == "decoded 29 of 30 declared frames; 1 frame damaged or undecodable"
 
 
 def test_damaged_videos_are_partial_and_kept_out_of_groups(damaged, checkpoint, model, local_engine, tmp_path):

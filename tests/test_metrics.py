@@ -269,3 +269,123 @@ def test_randomisation_resets_layernorms_of_the_last_blocks_only(model):
     original = model.visual.transformer.resblocks[0]
     assert torch.equal(first.ln_1.weight, original.ln_1.weight) and not torch.equal(
         original.ln_1.weight, torch.ones_like(original.ln_1.weight))
+
+
+def _constant_maps(shape=(5, 7)):
+    """Maps that say nothing: all zero, all one, and 3.7 plus noise of 1e-12 (below the 1e-6 relative range)."""
+    noise = np.random.default_rng(0).random(shape) * 1e-12
+    return np.stack([np.zeros(shape), np.ones(shape), 3.7 + noise])
+
+
+def test_constant_maps_are_misses_with_zero_energy():
+    """Zeros, ones and a constant plus 1e-12 noise, against masks covering the frame centre (at the map's size and
+    at another, non-square size): every one a miss with energy 0, and counted constant; a one-hot map and a map
+    with a 1e-3 bump are not constant. Catches the bug this rule fixes (a constant map's plateau is the whole map,
+    its centre the frame's centre: a hit whenever the mask covers the centre), a constant test on exact equality
+    (the noisy map passes as informative), and energy left as the mask's share for a flat map."""
+    from gradeclip.eval.metrics import is_constant
+
+    maps = _constant_maps()
+    for size in ((5, 7), (15, 28)):
+        centre = np.zeros(size, bool)
+        centre[size[0] // 4: 3 * size[0] // 4 + 1, size[1] // 4: 3 * size[1] // 4 + 1] = True
+        assert pointing_game(maps, np.stack([centre] * 3)).tolist() == [False, False, False], size
+        assert pointing_game(maps, np.ones((3, *size), bool)).tolist() == [False, False, False], size
+    full = np.ones((3, 5, 7), bool)
+    assert energy_pointing_game(maps, full).tolist() == [0.0, 0.0, 0.0]  # not 1 (the mask's share) for a flat map
+    one_hot = np.zeros((5, 7))
+    one_hot[2, 3] = 1.0
+    bump = np.ones((5, 7))
+    bump[2, 3] += 1e-3
+    assert is_constant(np.concatenate([maps, [one_hot, bump]])).tolist() == [True, True, True, False, False]
+    assert pointing_game(bump, full[0]) and energy_pointing_game(bump, full[0]) == pytest.approx(1.0)
+    partly_nan = np.where(one_hot > 0, 1.0, np.nan)
+    partly_nan[0, 0] = 0.5
+    assert is_constant(np.full((2, 3), np.nan)) and not is_constant(partly_nan)  # NaN ignored, not propagated
+    cell = np.zeros((5, 7), bool)
+    cell[2, 3] = True
+    assert energy_pointing_game(partly_nan, cell) == pytest.approx(1 / 1.5)  # NaN counts as 0, not as "no energy"
+
+
+def test_one_hot_map_hits_exactly_when_its_cell_is_in_the_mask():
+    """Every cell of a non-square (5, 7) grid as a one-hot map, against masks at another, non-square resolution
+    (15, 28: each cell a 3x4 block), two prompts at once with different masks: a hit exactly when the test's own
+    cell set holds that cell. Catches swapped rows and columns, a point computed at the map's size instead of the
+    mask's, an off-by-one cell, and prompts paired with the other prompt's mask."""
+    rng = np.random.default_rng(3)
+    cells = rng.random((2, 5, 7)) < 0.4  # prompt 0 and prompt 1: different cell sets
+    masks = cells.repeat(3, axis=1).repeat(4, axis=2)  # (2, 15, 28)
+    for i in range(5):
+        for j in range(7):
+            maps = np.zeros((2, 5, 7))
+            maps[:, i, j] = 0.8
+            maps[:, (i + 2) % 5, (j + 3) % 7] = 0.1  # not flat elsewhere either
+            assert pointing_game(maps, masks).tolist() == cells[:, i, j].tolist(), (i, j)
+
+
+def test_rank_correlation_is_missing_for_constant_maps():
+    """A constant map plus 1e-12 noise has ranks from its noise alone: its correlation with a mask must be missing
+    (NaN), not a number; an informative map's equals scipy's Spearman. Catches a rank correlation that rewards
+    rounding noise (a constant map with a number) and one computed over the wrong axis."""
+    from scipy.stats import spearmanr
+
+    maps = _constant_maps()
+    mask = np.zeros((5, 7))
+    mask[1:3, 2:6] = 1.0
+    assert np.isnan(rank_correlation(maps, mask)).all()
+    informative = np.random.default_rng(1).random((2, 5, 7))
+    expected = [spearmanr(m.ravel(), mask.ravel())[0] for m in informative]
+    np.testing.assert_allclose(rank_correlation(informative, mask), expected, atol=1e-12)
+    assert np.isnan(rank_correlation(informative[0], np.zeros((5, 7))))  # an empty mask: undefined too
+
+
+def test_deletion_of_a_constant_map_is_missing():
+    """Three prompts on a non-square frame: the region map, an all-zero map and a flat map plus 1e-12 noise. The
+    constant maps' curves and AUCs are NaN (their pixel order would be the raster order), the region map's are the
+    known values of ``test_curves_known_values``'s construction; ``compare_methods`` averages over the defined maps
+    and counts the constant ones. Catches a constant map scored by raster-order deletion (a number for a map that
+    says nothing) and NaN set on the wrong prompt."""
+    pixels = torch.full((1, 3, H, W + 8), 2.0)
+    region = torch.zeros(1, 1, H, W + 8)
+    region[0, 0, REGION[0], REGION[1]] = 1.0
+
+    def scorer(images):
+        s = images[:, 0, REGION[0], REGION[1]].mean(dim=(-1, -2))
+        return torch.stack([s, s, s], dim=1)
+
+    flat = 3.0 + 1e-12 * torch.rand(1, 1, H, W + 8, dtype=torch.float64)
+    maps = torch.cat([region, torch.zeros_like(region), flat.float()], dim=1)
+    result = deletion_insertion(scorer, pixels, maps, steps=24, replacement="black")
+    black = float(replacement_image(pixels, "black")[0, 0, 0, 0])
+    assert result["deletion_auc"][0, 0] == pytest.approx((2.0 + black) / 2 / 24 + black * 23 / 24)
+    for key in ("deletion_auc", "insertion_auc"):
+        assert np.isnan(result[key][0, 1:]).all() and np.isfinite(result[key][0, 0]), key
+    assert np.isnan(result["deletion_curve"][0, 1:]).all() and np.isfinite(result["insertion_curve"][0, 0]).all()
+
+
+def test_compare_methods_counts_constant_maps(model):
+    """A method whose maps are constant on the first frame and a ramp on the second: its AUCs are the means over the
+    second frame's maps (finite), its 2 constant maps counted; a method constant everywhere has missing AUCs ("–",
+    not a number). Catches a plain mean that turns one missing map into NaN for the method, a count of frames
+    instead of maps, and a table printing nan."""
+    from gradeclip.methods.registry import METHODS
+
+    def flat(model, pixels, text_features):  # frame 0: flat; frame 1: a ramp
+        maps = torch.full((pixels.shape[0], text_features.shape[0], 4, 4), 2.0)
+        maps[1] = torch.arange(16.0).view(4, 4)
+        return maps
+
+    frames = np.random.default_rng(3).integers(0, 256, size=(2, 32, 48, 3), dtype=np.uint8)
+    METHODS.register_module(name="test_flat_compare", module=flat)
+    try:
+        rows, _ = compare_methods(model, frames, ["a dog", "a cat"], methods=["grad_eclip", "test_flat_compare"],
+                                  steps=4)
+    finally:
+        METHODS.module_dict.pop("test_flat_compare")
+    by = {r["method"]: r for r in rows}
+    assert by["test_flat_compare"]["constant_maps"] == 2 and by["grad_eclip"]["constant_maps"] == 0
+    assert np.isfinite([by[m][k] for m in by for k in ("deletion_auc", "insertion_auc")]).all()
+    everywhere = dict(by["test_flat_compare"], method="flat_everywhere", deletion_auc=float("nan"),
+                      insertion_auc=float("nan"), constant_maps=4)
+    line = next(li for li in format_comparison([*rows, everywhere]).splitlines() if li.startswith("flat_every"))
+    assert line.split()[1:4] == ["–", "–", "4"] and "nan" not in format_comparison([*rows, everywhere])

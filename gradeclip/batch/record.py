@@ -2,7 +2,7 @@
 status), constant maps, and what its masks covered.
 
 Statuses: ``complete`` (every declared frame decoded), ``partial`` (fewer frames decoded than the container declares,
-or frames that failed to decode; ``reason`` says which), ``failed`` (nothing usable; ``reason`` says why).
+or frames damaged or undecodable; ``reason`` says which), ``failed`` (nothing usable; ``reason`` says why).
 """
 from __future__ import annotations
 
@@ -33,24 +33,15 @@ def frame_status(declared: Optional[int], decoded: int, damaged: int) -> dict:
     if declared is not None and decoded < declared:
         reasons.append(f"decoded {decoded} of {declared} declared frames")
     if damaged:
-        reasons.append(f"{damaged} frame{'s' if damaged != 1 else ''} failed to decode")
+        reasons.append(f"{damaged} frame{'s' if damaged != 1 else ''} damaged or undecodable")
     return {"status": "partial" if reasons else "complete", "reason": "; ".join(reasons)}
-
-
-def _is_constant(maps: np.ndarray) -> np.ndarray:
-    """(...,) bool: maps (..., h, w) that are constant; the metrics module's rule (``is_constant``) when present."""
-    try:
-        from ..eval.metrics import is_constant
-    except ImportError:  # until gradeclip.eval.metrics.is_constant is merged: the same rule, spread below 1e-6
-        maps = np.asarray(maps, np.float64)
-        span = maps.max(axis=(-2, -1)) - maps.min(axis=(-2, -1))
-        return span <= 1e-6 * np.maximum(1.0, np.abs(maps).max(axis=(-2, -1)))
-    return np.asarray(is_constant(maps), bool)
 
 
 def constant_maps(raw: np.ndarray) -> List[int]:
     """Per prompt, how many of the explained frames' maps (raw (N, K, h, w)) are constant (no point to score)."""
-    return [int(n) for n in _is_constant(raw).sum(axis=0)]
+    from ..eval.metrics import is_constant
+
+    return [int(n) for n in np.asarray(is_constant(raw), bool).sum(axis=0)]
 
 
 def mask_record(scored: dict, explained: int) -> dict:

@@ -3,8 +3,11 @@
     python -m gradeclip evaluate --shapes [--n N]                                  # synthetic shape scenes
     python -m gradeclip evaluate --video V (--masks M | --boxes F) --prompt P ...  # your own annotations
 
-One labelled progress bar (the grad-cam package's inner bars are silenced); the table is printed and written as
-CSV and Markdown into ``--out``; for a video also a per-frame CSV and a plot of each metric over time.
+One labelled progress bar (scenes for --shapes, maps for --video; the grad-cam package's inner bars are silenced);
+the table is printed and written as CSV and Markdown into ``--out``; for a video also a per-frame CSV and a plot of
+each metric over time. Every file is written under a temporary name and renamed when complete. ``--shapes`` states
+its expected run time after the first scene, saves each finished scene (``resume.SceneLog``) and resumes on a rerun
+with the same arguments; Ctrl-C in either form raises ``files.Interrupted`` with one line for the user.
 """
 from __future__ import annotations
 
@@ -54,6 +57,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ev.add_argument("--out", "-o", default=DEFAULT_OUT, metavar="DIR",
                     help=f"folder for the table (CSV, Markdown) and, with --video, per-frame CSV and plot "
                          f"(default: {DEFAULT_OUT})")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="with --shapes: start over, discarding the scenes a run with other arguments saved in --out "
+                         "(by default a rerun with the same arguments resumes after the last saved scene)")
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     return ev
 
@@ -71,8 +77,8 @@ def check(args) -> None:
         if given:
             raise ValueError(f"{', '.join(given)} only work with --video, not with --shapes")
     else:
-        if args.n is not None:
-            raise ValueError("--n only works with --shapes (number of scenes)")
+        if args.n is not None or args.overwrite:
+            raise ValueError(f"{'--n' if args.n is not None else '--overwrite'} only works with --shapes")
         if args.masks is None and args.boxes is None:
             raise ValueError("--video needs its annotations: --masks DIR|VIDEO or --boxes JSON")
         if not args.prompt or any(not p.strip() for p in args.prompt):
@@ -117,31 +123,64 @@ def run(args) -> int:
 
 
 def _write_table(table, text: str, out: Path, stem: str) -> list:
+    from ..files import write_text
     from .annotations import write_csv
 
     out.mkdir(parents=True, exist_ok=True)
-    md = out / f"{stem}.md"
-    md.write_text(text + os.linesep)
-    return [write_csv(table, out / f"{stem}.csv"), md]
+    return [write_csv(table, out / f"{stem}.csv"), write_text(out / f"{stem}.md", text + os.linesep)]
 
 
 def _shapes(args) -> int:
+    import time
+
+    from tqdm.auto import tqdm
+
     from ..backbones.base import backbone_of
     from ..backbones.model import load_clip
-    from .evaluate import evaluate_shapes, format_evaluation, pointing_chance, shapes_model
+    from ..files import Interrupted
+    from ..methods.registry import method_names
+    from .evaluate import evaluate_shapes, format_evaluation, held_out_scenes, pointing_chance, shapes_model
+    from .resume import SceneLog
 
     n = args.n or 50
-    model, _ = load_clip(args.model or shapes_model(), device=args.device)
-    rows = evaluate_shapes(model, n=n, methods=args.methods)
+    model_name = args.model or shapes_model()
+    methods = list(args.methods or method_names())
+    model_id = str(Path(model_name).resolve()) if Path(model_name).is_file() else model_name
+    log = SceneLog(args.out, {"model": model_id, "n": n, "methods": methods, "steps": 10},
+                   overwrite=args.overwrite)
+    if log.scenes:
+        print(f"resuming: {len(log.scenes)} of {n} scenes were saved in {log.path}")
+    try:
+        model, _ = load_clip(model_name, device=args.device)
+        size = backbone_of(model).resolution
+        maps_left = [len(s.objects) for s in held_out_scenes(n, size=size)][len(log.scenes):]
+        started = time.perf_counter()
+
+        def saved(index: int, record: dict) -> None:
+            log.save(index, record)
+            if index == n - len(maps_left) and len(maps_left) > 1:  # the first scene of this run: extrapolate
+                seconds = time.perf_counter() - started
+                left = seconds / maps_left[0] * sum(maps_left[1:])
+                tqdm.write(f"expected run time: about {_duration(left)} more for {len(maps_left) - 1} scenes "
+                           f"(the first took {seconds:.1f} s for {maps_left[0]} object(s) x {len(methods)} methods)")
+                sys.stdout.flush()
+
+        rows = evaluate_shapes(model, n=n, methods=methods, done=log.scenes, on_scene=saved)
+    except KeyboardInterrupt:
+        raise Interrupted(f"{len(log.scenes)} of {n} scenes done, saved in {log.path}; rerun the same command to "
+                          f"resume") from None
     text = format_evaluation(rows)
-    print(f"{n} held-out shape scenes, {rows[0]['maps']} maps per method; model "
-          f"{Path(args.model or shapes_model()).name}")
+    print(f"{n} held-out shape scenes, {rows[0]['maps']} maps per method; model {Path(model_name).name}")
     print(text)
-    chance = pointing_chance(n, size=backbone_of(model).resolution)
+    chance = pointing_chance(n, size=size)
     print(f"chance level: a random point falls inside the object {chance:.3f} of the time")
     paths = _write_table(rows, text, Path(args.out), "shapes_evaluation")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _video(args) -> int:
@@ -152,7 +191,7 @@ def _video(args) -> int:
     from ..io.frames import video_info
     from ..io.stream import select_indices
     from ..video import explain_video
-    from ..viz.figures import save_figure
+    from ..files import Interrupted, atomic_path
     from .annotations import format_table, open_masks, plot_metrics_over_time, score_frames, summarize, write_csv
 
     info = video_info(args.video)
@@ -163,22 +202,28 @@ def _video(args) -> int:
     if args.truncate:
         from ..backbones.base import with_truncation
         model = with_truncation(model)
-    total = len(select_indices(info.num_frames, every=args.every, count=args.frames))
-    rows, missing, resized = [], [], None
+    requested = [int(i) for i in select_indices(info.num_frames, every=args.every, count=args.frames)]
+    total = len(requested)
+    rows, missing, resized, done = [], [], None, 0
     stem = Path(args.video).stem
-    with tqdm(total=total * len(methods), desc=f"evaluate {Path(args.video).name}", unit="frame") as bar:
-        for method in methods:
-            bar.set_postfix_str(method)
-            result = explain_video(model, args.video, args.prompt, method=method, every=args.every,
-                                   count=args.frames, input=args.input, scale=args.scale, model_name=model_name,
-                                   progress=bar)
-            bar.update(total - len(result.indices))  # frames that failed to decode, so the bar ends full
-            scored = score_frames(result, source)
-            for row in scored["rows"]:  # which input the numbers belong to
-                row["input"] = f"{result.view.mode} {result.view.size[0]}x{result.view.size[1]}"
-            rows += scored["rows"]
-            missing, resized = scored["missing"], scored["resized"] or resized
-            explained = len(result.indices)
+    try:
+        with tqdm(total=total * len(methods), desc=f"evaluate {Path(args.video).name}: frames x methods",
+                  unit="map") as bar:
+            for method in methods:
+                bar.set_postfix_str(method)
+                result = explain_video(model, args.video, args.prompt, method=method, every=args.every,
+                                       count=args.frames, input=args.input, scale=args.scale, model_name=model_name,
+                                       progress=bar)
+                bar.update(total - len(result.indices))  # frames that failed to decode, so the bar ends full
+                scored = score_frames(result, source)
+                for row in scored["rows"]:  # which input the numbers belong to
+                    row["input"] = f"{result.view.mode} {result.view.size[0]}x{result.view.size[1]}"
+                rows += scored["rows"]
+                missing, resized = scored["missing"], scored["resized"] or resized
+                explained, done = len(result.indices), done + 1
+    except KeyboardInterrupt:
+        raise Interrupted(f"evaluate --video stopped after {done} of {len(methods)} methods; nothing was written "
+                          f"to {args.out}; rerun the same command") from None
     print(f"{Path(args.video).name}: {explained} frames explained, {explained - len(missing)} annotated "
           f"({source.description}); model {Path(model_name).name}; {result.view.label()}")
     if missing:
@@ -193,12 +238,19 @@ def _video(args) -> int:
     table = summarize(rows)
     text = format_table(table)
     print(text)
-    out = Path(args.out)
-    paths = _write_table(table, text, out, f"{stem}_annotations")
-    paths.append(write_csv(rows, out / f"{stem}_frames.csv"))
-    fig = plot_metrics_over_time(rows)
-    paths += save_figure(fig, f"{stem}_metrics", out)
-    plt.close(fig)
+    out, paths = Path(args.out), []
+    try:
+        paths += _write_table(table, text, out, f"{stem}_annotations")
+        paths.append(write_csv(rows, out / f"{stem}_frames.csv"))
+        fig = plot_metrics_over_time(rows, explained=requested)
+        for suffix in ("png", "pdf"):
+            with atomic_path(out / f"{stem}_metrics.{suffix}") as temp:
+                fig.savefig(temp, dpi=150, bbox_inches="tight")
+            paths.append(out / f"{stem}_metrics.{suffix}")
+        plt.close(fig)
+    except KeyboardInterrupt:
+        raise Interrupted(f"evaluate --video stopped while writing; complete files in {out}: "
+                          f"{', '.join(p.name for p in paths) or 'none'}; rerun the same command") from None
     print("wrote " + ", ".join(str(p) for p in paths))
     sys.stdout.flush()
     return 0

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..explain import Explanation, explain
-from .metrics import clip_scorer, deletion_insertion
+from .metrics import clip_scorer, deletion_insertion, is_constant
 from ..backbones.base import backbone_of
 from ..backbones.pixels import FramesLike, as_frames, to_pixels
 from ..methods.registry import get_method, method_names
@@ -26,9 +26,10 @@ def compare_methods(model, frames: FramesLike, prompts: Union[str, Sequence[str]
 
     ``methods``: names (default: every registered method except ``SLOW_METHODS``). ``options``: per-method keyword
     options, e.g. ``{"rise": {"n_masks": 500}}``. ``progress`` shows a bar over the methods. Returns ``(rows, explanations)``: one dict per method with
-    ``method``, ``deletion_auc`` and ``insertion_auc`` (means over frames and prompts) and ``seconds_per_map``,
-    and the ``Explanation`` of each method by name. ``model``, ``tokenizer``, ``input`` and ``scale`` as for
-    ``explain`` (the deletion and insertion curves perturb the same model input the maps were made on).
+    ``method``, ``deletion_auc`` and ``insertion_auc`` (means over frames and prompts whose map is not constant:
+    NaN when all are), ``constant_maps`` (how many maps were constant) and ``seconds_per_map``, and the
+    ``Explanation`` of each method by name. ``model``, ``tokenizer``, ``input`` and ``scale`` as for ``explain``
+    (the deletion and insertion curves perturb the same model input the maps were made on).
     """
     names = list(methods) if methods is not None else [m for m in method_names() if m not in SLOW_METHODS]
     for name in names:
@@ -49,16 +50,25 @@ def compare_methods(model, frames: FramesLike, prompts: Union[str, Sequence[str]
         curves = deletion_insertion(scorer, pixels, torch.from_numpy(result.raw), steps=steps,
                                     replacement=replacement)
         explanations[name] = result
-        rows.append({"method": name, "deletion_auc": float(np.mean(curves["deletion_auc"])),
-                     "insertion_auc": float(np.mean(curves["insertion_auc"])), "seconds_per_map": seconds})
+        rows.append({"method": name, "deletion_auc": _mean(curves["deletion_auc"]),
+                     "insertion_auc": _mean(curves["insertion_auc"]),
+                     "constant_maps": int(is_constant(result.raw).sum()), "seconds_per_map": seconds})
     return rows, explanations
 
 
+def _mean(values) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
 def format_comparison(rows: Sequence[dict]) -> str:
-    """The rows of ``compare_methods`` as a plain-text table."""
+    """The rows of ``compare_methods`` as a plain-text table; a missing AUC (every map constant) is "–"."""
+    def auc(x, width):
+        return f"{'–':>{width}}" if x != x else f"{x:{width}.4f}"
+
     width = max(6, *(len(r["method"]) for r in rows))
-    lines = [f"{'method':<{width}}  deletion AUC ↓  insertion AUC ↑  s / map",
-             f"{'-' * width}  --------------  ---------------  -------"]
-    lines += [f"{r['method']:<{width}}  {r['deletion_auc']:14.4f}  {r['insertion_auc']:15.4f}  "
-              f"{r['seconds_per_map']:7.3f}" for r in rows]
+    lines = [f"{'method':<{width}}  deletion AUC ↓  insertion AUC ↑  constant maps  s / map",
+             f"{'-' * width}  --------------  ---------------  -------------  -------"]
+    lines += [f"{r['method']:<{width}}  {auc(r['deletion_auc'], 14)}  {auc(r['insertion_auc'], 15)}  "
+              f"{r.get('constant_maps', 0):13d}  {r['seconds_per_map']:7.3f}" for r in rows]
     return "\n".join(lines)

@@ -6,11 +6,14 @@ steps the top-ranked fraction is replaced (deletion: from the image towards the 
 (insertion: from the replacement towards the image). The replacement is ``"blur"`` (Gaussian, sigma = 1/20 of the
 longer side), ``"black"`` or ``"noise"`` (uniform, seeded). The curve has ``steps + 1`` points at fractions
 0, 1/steps, ..., 1; its AUC is the trapezoid area over [0, 1]. A faithful map has a low deletion AUC (the score
-falls fast) and a high insertion AUC. All images of all curves are scored in batches, not one forward each.
+falls fast) and a high insertion AUC. All images of all curves are scored in batches, not one forward each. A
+constant map ranks no pixel above another (its order would be the raster order, the image's layout rather than
+the method's), so its curves and AUCs are NaN: missing, not a number.
 
 Pointing game: a hit when the map's point (the centre of its maximal plateau or token, see ``pointing_point``)
-lies in the object's mask (or box). Energy pointing game: the share
-of the map's mass inside it. Randomisation check (Adebayo et al. 2018): re-initialise the last blocks and measure
+lies in the object's mask (or box). Energy pointing game: the share of the map's mass inside it. Neither rewards
+a map that says nothing: a constant map (``is_constant``: all zero, or flat up to rounding noise) is a miss and
+has energy 0, whatever the mask. Randomisation check (Adebayo et al. 2018): re-initialise the last blocks and measure
 the rank correlation between the maps before and after; a method that ignores the model scores high.
 """
 from __future__ import annotations
@@ -77,7 +80,7 @@ def deletion_insertion(score_fn: ScoreFn, pixels: torch.Tensor, maps: torch.Tens
 
     ``score_fn``: images (M, 3, H, W) -> scores (M, K), e.g. ``clip_scorer``; curve (b, k) follows column k.
     Returns ``deletion_curve`` and ``insertion_curve`` (B, K, steps + 1) and ``deletion_auc``, ``insertion_auc``
-    (B, K), as numpy arrays.
+    (B, K), as numpy arrays; NaN for a constant map (``is_constant``), whose pixels have no order.
     """
     positive_int(steps, "steps")
     maps = torch.as_tensor(maps, dtype=torch.float32, device=pixels.device)
@@ -107,6 +110,7 @@ def deletion_insertion(score_fn: ScoreFn, pixels: torch.Tensor, maps: torch.Tens
             out = score_fn(torch.stack(images))
             scores += [float(out[n, j]) for n, (_, j, _) in enumerate(chunk)]
         curves[mode] = np.asarray(scores, dtype=np.float64).reshape(b, k, steps + 1)
+        curves[mode][is_constant(maps.cpu().numpy())] = np.nan
     return {"deletion_curve": curves["deletion"], "insertion_curve": curves["insertion"],
             "deletion_auc": _auc(curves["deletion"]), "insertion_auc": _auc(curves["insertion"])}
 
@@ -127,6 +131,26 @@ def _check_pair(maps, masks):
     if maps.shape != masks.shape:
         raise ValueError(f"maps {maps.shape} and masks {masks.shape} must have the same shape (..., H, W)")
     return maps, masks
+
+
+CONSTANT_TOLERANCE = 1e-6  # the rule of ``explain.normalize_maps``: a range below this share of the magnitude
+
+
+def is_constant(maps) -> np.ndarray:
+    """Whether each map (..., h, w) says nothing: bool (...,), True where the map's range (max - min, NaN
+    ignored) is at most ``CONSTANT_TOLERANCE`` (1e-6) of its magnitude (max |value|), the rule of
+    ``explain.normalize_maps``. An all-zero map, a flat map, a flat map plus 1e-12 noise and an all-NaN map are
+    constant; a one-hot map is not."""
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim < 2:
+        raise ValueError(f"maps must be (..., h, w), got shape {maps.shape}")
+    flat = maps.reshape(*maps.shape[:-2], -1)
+    finite = np.isfinite(flat)
+    low = np.where(finite, flat, np.inf).min(-1)
+    high = np.where(finite, flat, -np.inf).max(-1)
+    with np.errstate(invalid="ignore"):
+        span = high - low  # -inf when no value is finite
+        return ~(span > CONSTANT_TOLERANCE * np.maximum(np.abs(low), np.abs(high)))
 
 
 def pointing_point(heatmap, size=None) -> tuple:
@@ -157,7 +181,8 @@ def pointing_game(maps, masks) -> np.ndarray:
 
     The point follows ``pointing_point``: the centre of the maximal plateau (so bilinear ties at the border do not
     drag it to pixel 0), and a map on a coarser grid (e.g. the raw token grid) points at the centre of its maximal
-    cell in mask pixels. Leading dimensions of maps and masks must match.
+    cell in mask pixels. A constant map (``is_constant``) is a miss, whatever the mask: its plateau is the whole
+    map, and its centre would be the frame's centre. Leading dimensions of maps and masks must match.
     """
     maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool)
     if maps.ndim < 2 or maps.shape[:-2] != masks.shape[:-2] or masks.ndim != maps.ndim:
@@ -165,31 +190,39 @@ def pointing_game(maps, masks) -> np.ndarray:
                          f"leading dimensions")
     size = masks.shape[-2:]
     flat_maps, flat_masks = maps.reshape(-1, *maps.shape[-2:]), masks.reshape(-1, *size)
-    hits = [bool(mask[pointing_point(m, size)]) for m, mask in zip(flat_maps, flat_masks)]
+    constant = is_constant(flat_maps)
+    hits = [not c and bool(mask[pointing_point(m, size)]) for m, mask, c in zip(flat_maps, flat_masks, constant)]
     return np.asarray(hits, dtype=bool).reshape(maps.shape[:-2])
 
 
 def energy_pointing_game(maps, masks) -> np.ndarray:
-    """Share (...,) of each non-negative map's total inside its mask; 0 for an all-zero map."""
+    """Share (...,) in [0, 1] of each map's positive mass (negative values and NaN count as 0) inside its mask
+    (..., H, W, same shape as the maps); 0 for a constant map (``is_constant``: all zero or flat), whatever the
+    mask, and for a map with no positive mass."""
     maps, masks = _check_pair(maps, masks)
-    maps = np.clip(maps, 0, None)
+    constant = is_constant(maps)
+    maps = np.clip(np.nan_to_num(maps, nan=0.0), 0, None)
     total = maps.sum((-2, -1))
     inside = (maps * masks).sum((-2, -1))
-    return np.where(total > 0, inside / np.where(total > 0, total, 1), 0.0)
+    share = np.where(total > 0, inside / np.where(total > 0, total, 1), 0.0)
+    return np.where(constant, 0.0, share)
 
 
 def rank_correlation(a, b) -> np.ndarray:
     """Spearman rank correlation of maps a and b (..., h, w) over their last two axes (ties get mean ranks); the
-    leading axes broadcast against each other. NaN where a map is constant (the correlation is undefined)."""
+    leading axes broadcast against each other. NaN where either map is constant (``is_constant``: the correlation
+    is undefined, and a flat map plus rounding noise would otherwise get ranks from its noise) or holds NaN."""
     from scipy.stats import rankdata
 
     a, b = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    undefined = is_constant(a) | is_constant(b) | np.isnan(a).any((-2, -1)) | np.isnan(b).any((-2, -1))
     a, b = a.reshape(*a.shape[:-2], -1), b.reshape(*b.shape[:-2], -1)
     ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
     ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
     denom = np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (ra * rb).sum(-1) / np.where(denom > 0, denom, 1), np.nan)
+        corr = np.where(denom > 0, (ra * rb).sum(-1) / np.where(denom > 0, denom, 1), np.nan)
+    return np.where(undefined, np.nan, corr)
 
 
 def prompt_sensitivity(raw) -> np.ndarray:
