@@ -261,3 +261,60 @@ def test_dataset_script_layout_found_by_batch(tmp_path):
             types = [str(f.pict_type) for f in container.decode(stream)]
         assert any(t.endswith("B") or t == "3" for t in types), types
     assert areas["001-bg-01-090"] > areas["001-nm-01-090"]
+
+
+def test_mean_maps_at_frame_aspect_one_scale_per_prompt():
+    """The frame-coordinate figure: each panel at the frames' aspect (3:4 here, not square), each prompt's column on
+    its own colour scale (a prompt with 10x larger values does not wash out the other), n in every title. Catches
+    the old shared scale and square panels."""
+    from gradeclip.batch.mean_maps import plot_group_maps
+
+    rng = np.random.default_rng(0)
+    means = {v: {"maps": rng.random((2, 64, 64)) * np.array([1.0, 10.0])[:, None, None], "videos": n,
+                 "frames": 10 * n, "aspect": 0.75} for v, n in (("000", 3), ("090", 4))}
+    fig = plot_group_maps(means, PROMPTS, "view")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 4
+    tops = [ax.images[0].get_clim()[1] for ax in panels]  # row-major: 000/p0, 000/p1, 090/p0, 090/p1
+    assert tops[0] == tops[2] == pytest.approx(max(m["maps"][0].max() for m in means.values()))
+    assert tops[1] == tops[3] == pytest.approx(max(m["maps"][1].max() for m in means.values()))
+    assert all(ax.get_aspect() == pytest.approx(0.75) for ax in panels)
+    assert "n=3 videos, 30 frames" in panels[0].get_title() and "n=4 videos, 40 frames" in panels[3].get_title()
+
+
+def test_batch_on_generated_dataset(tmp_path, model, monkeypatch, capfd):
+    """`batch` (its engine replaced by a loop in this process) on the dataset script's folder: masks for every
+    video, the band-share columns in the group table, aligned maps and galleries written; a rerun asking for one
+    grouping fewer removes that grouping's figures. Catches the figure step not wired into the command, shares
+    missing from the group rows, and stale figures kept across runs."""
+    from gradeclip.batch.runner import process_video
+    from gradeclip.cli import main
+
+    def run(jobs, settings, out, **_):
+        return [process_video(model, job, settings, Path(out)) for job in jobs]
+
+    monkeypatch.setattr("gradeclip.batch.engine.run_on_ray", run)
+    checkpoint = tmp_path / "tiny.pt"
+    import torch
+
+    torch.save(model.state_dict(), checkpoint)
+    _dataset_module().make_dataset(tmp_path / "gait", subjects=1, conditions=("nm", "bg"), views=("000", "090"),
+                                   frames=6)
+    casia = r"(?P<condition>nm|bg|cl)-\d{2}-(?P<view>\d{3})"
+    args = ["batch", str(tmp_path / "gait" / "videos"), "--masks-root", str(tmp_path / "gait" / "silhouettes"),
+            "-p", "a person", "-p", "a bag", "--model", str(checkpoint), "--out", str(tmp_path / "run"),
+            "--frames", "2", "--quiet", "--gallery-k", "2"]
+    assert main(args + ["--group-by", casia]) == 0
+    text = capfd.readouterr().out
+    assert "masks found for 4 of 4 videos" in text
+    out = tmp_path / "run"
+    with open(out / "summary_groups.csv", newline="") as f:
+        groups = list(csv.DictReader(f))
+    view = [g for g in groups if g["group"] == "view"]
+    assert len(view) == 4 and all(0 <= float(g["head_share"]) <= 1 for g in view)
+    for g in view:  # shares of the relevance inside the box add up to 1
+        assert float(g["head_share"]) + float(g["torso_share"]) + float(g["legs_share"]) == pytest.approx(1, abs=1e-4)
+    assert (out / "aligned_maps_condition.png").is_file() and (out / "galleries" / "gallery_view.csv").is_file()
+    assert main(args + [r"--group-by=(?P<view>\d{3})\.avi$"]) == 0
+    assert not (out / "aligned_maps_condition.png").exists() and (out / "aligned_maps_view.png").is_file()
+    assert not list((out / "galleries").glob("gallery_condition*"))
