@@ -191,7 +191,7 @@ def test_band_shares_in_group_rows(run_dir):
 def test_galleries_pick_lowest_and_highest_and_stale_figures_go(run_dir):
     """Per group and prompt the CSV lists exactly the k lowest and k highest energies of the group's frames (by
     numpy in the test), with the frames' true times; a rerun without a grouping removes that grouping's figures
-    and keeps the others and files the command did not make. Catches a gallery over one video only, prompts
+    and keeps the others and files the command did not make; a cross of two columns has a cell per pair. Catches a gallery over one video only, prompts
     mixed up, ascending order for 'highest', times from the index instead of the record, and stale figures kept."""
     out, videos, rows = run_dir
     k = 3
@@ -209,8 +209,11 @@ def test_galleries_pick_lowest_and_highest_and_stale_figures_go(run_dir):
             assert [(r["video"], int(r["frame"])) for r in got] == [(v, i) for _, v, i in expected]
             assert [float(r["time_s"]) for r in got] == pytest.approx([i / 25 for _, _, i in expected])
     (out / "notes.png").write_bytes(b"mine")
-    again = write_figures(out, rows, ["cond"], PROMPTS, "grad_eclip", k=k)
+    again = write_figures(out, rows, ["cond", ("cond", "all")], PROMPTS, "grad_eclip", k=k)
     assert not (out / "mean_maps_all.png").exists() and not (out / "galleries" / "gallery_all.csv").exists()
+    with open(out / "galleries" / "gallery_cond_all.csv", newline="") as f:  # a cross: one cell per pair of values
+        assert {r["value"] for r in csv.DictReader(f)} == {"nm × x", "bg × x"}
+    assert (out / "aligned_maps_cond_all.png").is_file()
     assert not list((out / "galleries").glob("gallery_all-*"))
     assert (out / "mean_maps_cond.png").is_file() and (out / "notes.png").read_bytes() == b"mine"
     assert all(p.is_file() for p in again)

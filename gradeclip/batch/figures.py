@@ -67,10 +67,11 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")[:60] or "_"
 
 
-def write_figures(out: Path, rows: List[dict], columns: List[str], prompts: List[str], method: str,
+def write_figures(out: Path, rows: List[dict], columns: list, prompts: List[str], method: str,
                   include_partial: bool = False, k: int = 6) -> List[Path]:
     """Write every figure of the run (see the module docstring) and ``figures.json``; remove the figures of the
-    earlier list not written now. Returns the paths written."""
+    earlier list not written now. ``columns``: group column names, or tuples of names for their cross (cells
+    ``bg × 090``, files ``..._condition_view...``). Returns the paths written."""
     from ..eval.annotations import write_csv
     from ..viz.gallery import gallery_csv_rows
     from .mean_maps import group_mean_maps, plot_group_maps
@@ -78,22 +79,24 @@ def write_figures(out: Path, rows: List[dict], columns: List[str], prompts: List
     out = Path(out)
     records = _records(out, rows, prompts[0], include_partial)
     written: List[Path] = []
-    for column in columns:
+    for entry in columns:
+        names = [entry] if isinstance(entry, str) else list(entry)
+        column = " × ".join(names)
         members: Dict[str, List[str]] = {}
         for row in rows:
-            if row["prompt"] == prompts[0] and row["id"] in records and column in row:
-                members.setdefault(str(row[column]), []).append(row["id"])
+            if row["prompt"] == prompts[0] and row["id"] in records and all(n in row for n in names):
+                members.setdefault(" × ".join(str(row[n]) for n in names), []).append(row["id"])
         if not members:
             continue
         members = dict(sorted(members.items()))
         means = group_mean_maps(out, members, records)
-        written.append(_save(plot_group_maps(means, prompts, column), out / f"mean_maps_{column}.png"))
+        written.append(_save(plot_group_maps(means, prompts, column), out / f"mean_maps_{_safe(column)}.png"))
         masked = {value: [i for i in ids if records[i].get("masks")] for value, ids in members.items()}
         aligned = {value: group_aligned([cached_aligned(out, records[i]) for i in ids])
                    for value, ids in masked.items()}
         aligned = {value: found for value, found in aligned.items() if found is not None}
         if aligned:
-            written.append(_save(plot_aligned(aligned, prompts, column), out / f"aligned_maps_{column}.png"))
+            written.append(_save(plot_aligned(aligned, prompts, column), out / f"aligned_maps_{_safe(column)}.png"))
         listing = []
         for value, ids in masked.items():
             for j, prompt in enumerate(prompts):
