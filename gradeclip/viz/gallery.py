@@ -42,7 +42,8 @@ def plot_gallery(lowest: Sequence[dict], highest: Sequence[dict], title: str, *,
                  alpha: float = 0.5):
     """Two rows of panels (lowest energy, then highest), one per item. Each item: ``image`` (H, W, 3) uint8 RGB,
     ``map`` (H, W) float in [0, 1], ``mask`` (H, W) bool, ``video``, ``frame`` (0-based index), ``time_s``,
-    ``energy``. Returns a matplotlib Figure (about 1.6 inches per panel: readable at a paper's width)."""
+    ``energy``. Returns a matplotlib Figure, 1.2 inches per panel (6 columns fit a paper's full width at 100 %,
+captions at 7 pt)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,9 +53,9 @@ def plot_gallery(lowest: Sequence[dict], highest: Sequence[dict], title: str, *,
 
     columns = max(len(lowest), len(highest), 1)
     h, w = (lowest or highest)[0]["image"].shape[:2] if (lowest or highest) else (3, 4)
-    panel = 1.6
+    panel = 1.2
     fig, axes = plt.subplots(2, columns, squeeze=False, layout="constrained",
-                             figsize=(panel * columns, 2 * (panel * h / w + 0.55) + 0.4))
+                             figsize=(panel * columns + 0.3, 2 * (panel * h / w + 0.6) + 0.35))
     for r, (label, items) in enumerate((("lowest energy in mask", lowest), ("highest energy in mask", highest))):
         for c in range(columns):
             ax = axes[r, c]
@@ -68,11 +69,11 @@ def plot_gallery(lowest: Sequence[dict], highest: Sequence[dict], title: str, *,
             if np.asarray(item["mask"]).any():
                 ax.contour(np.asarray(item["mask"], np.float32), levels=[0.5], colors="white", linewidths=0.8)
             ax.set_xlabel(f"{_short(item['video'])}\nframe {int(item['frame'])} · {float(item['time_s']):.2f} s\n"
-                          f"energy {float(item['energy']):.3f}", fontsize=6.5)
-        axes[r, 0].set_ylabel(label, fontsize=7)
+                          f"energy {float(item['energy']):.3f}", fontsize=7)
+        axes[r, 0].set_ylabel(label.replace(" in ", "\nin "), fontsize=7)
     fig.suptitle(title, fontsize=8)
     return fig
 
 
-def _short(text: str, width: int = 24) -> str:
+def _short(text: str, width: int = 20) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1):]
