@@ -4,7 +4,8 @@
     python -m gradeclip evaluate --video V (--masks M | --boxes F) --prompt P ...  # your own annotations
 
 One labelled progress bar (the grad-cam package's inner bars are silenced); the table is printed and written as
-CSV and Markdown into ``--out``; for a video also a per-frame CSV and a plot of each metric over time.
+CSV and Markdown into ``--out``; for a video also a per-frame CSV, a plot of each metric over time and a failure
+gallery per method and prompt (``viz.gallery``).
 """
 from __future__ import annotations
 
