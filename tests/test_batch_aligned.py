@@ -209,6 +209,7 @@ def test_galleries_pick_lowest_and_highest_and_stale_figures_go(run_dir):
             assert [(r["video"], int(r["frame"])) for r in got] == [(v, i) for _, v, i in expected]
             assert [float(r["time_s"]) for r in got] == pytest.approx([i / 25 for _, _, i in expected])
     (out / "notes.png").write_bytes(b"mine")
+    (out / "mean_maps_legacy.png").write_bytes(b"an older run's, before figures.json")
     again = write_figures(out, rows, ["cond", ("cond", "all")], PROMPTS, "grad_eclip", k=k)
     assert not (out / "mean_maps_all.png").exists() and not (out / "galleries" / "gallery_all.csv").exists()
     with open(out / "galleries" / "gallery_cond_all.csv", newline="") as f:  # a cross: one cell per pair of values
@@ -216,6 +217,7 @@ def test_galleries_pick_lowest_and_highest_and_stale_figures_go(run_dir):
     assert (out / "aligned_maps_cond_all.png").is_file()
     assert not list((out / "galleries").glob("gallery_all-*"))
     assert (out / "mean_maps_cond.png").is_file() and (out / "notes.png").read_bytes() == b"mine"
+    assert not (out / "mean_maps_legacy.png").exists()
     assert all(p.is_file() for p in again)
     assert json.loads((out / "figures.json").read_text())["files"] == sorted(
         p.relative_to(out).as_posix() for p in again)

@@ -10,8 +10,8 @@ Per group column (``--group-by`` named group or manifest column), over the video
   the ``k`` with the highest energy in the mask (``viz.gallery``), and ``galleries/gallery_<column>.csv`` listing
   them.
 
-``figures.json`` lists the files this step wrote; files of an earlier run's list that this run does not write again
-(a grouping no longer asked for) are removed, and nothing else is.
+``figures.json`` lists the files this step wrote; files of an earlier run's list (or named by these patterns) that
+this run does not write again (a grouping no longer asked for) are removed, and nothing else is.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from .aligned import RecordMaps, cached_aligned, group_aligned, plot_aligned, sh
 from .summary import included
 
 MANIFEST = "figures.json"
+PATTERNS = ("mean_maps_*.png", "aligned_maps_*.png", "galleries/gallery_*.png", "galleries/gallery_*.csv")
 
 
 def _records(out: Path, rows: List[dict], prompt: str, include_partial: bool) -> Dict[str, dict]:
@@ -151,12 +152,14 @@ def _gallery(out: Path, ids: List[str], records: Dict[str, dict], prompt: str, m
 
 
 def _forget_stale(out: Path, written: List[Path]) -> None:
-    """Remove the files listed in the earlier ``figures.json`` that were not written now; write the new list."""
+    """Remove the files listed in the earlier ``figures.json``, or named by this step's patterns (``PATTERNS``, for
+    folders of runs made before the list existed), that were not written now; write the new list."""
     manifest = out / MANIFEST
     now = sorted({p.relative_to(out).as_posix() for p in written})
-    if manifest.is_file():
-        for name in json.loads(manifest.read_text()).get("files", []):
-            path = out / name
-            if name not in now and ".." not in Path(name).parts and path.is_file():
-                path.unlink()
+    before = json.loads(manifest.read_text()).get("files", []) if manifest.is_file() else []
+    before += [p.relative_to(out).as_posix() for pattern in PATTERNS for p in out.glob(pattern)]
+    for name in sorted(set(before) - set(now)):
+        path = out / name
+        if ".." not in Path(name).parts and path.is_file():
+            path.unlink()
     write_json(manifest, {"files": now})
