@@ -4,8 +4,7 @@
     python -m gradeclip evaluate --video V (--masks M | --boxes F) --prompt P ...  # your own annotations
 
 One labelled progress bar (the grad-cam package's inner bars are silenced); the table is printed and written as
-CSV and Markdown into ``--out``; for a video also a per-frame CSV, a plot of each metric over time and a failure
-gallery per method and prompt (``viz.gallery``).
+CSV and Markdown into ``--out``; for a video also a per-frame CSV and a plot of each metric over time.
 """
 from __future__ import annotations
 
@@ -40,6 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ev.add_argument("--first", type=int, choices=(0, 1), default=None,
                     help="number of the first frame in mask names / image_ids (default: 0 if present, else 1)")
     ev.add_argument("--prompt", "-p", action="append", metavar="TEXT", help="with --video: a prompt; repeat")
+    ev.add_argument("--gallery-k", type=positive_int_arg, default=6, metavar="K",
+                    help="with --video: the K frames with the lowest and the K with the highest energy in the mask "
+                         "per method and prompt, drawn as a gallery (default: 6)")
     ev.add_argument("--truncate", action="store_true",
                     help="with --video: cut prompts longer than the tokenizer's context length instead of refusing")
     choose = ev.add_mutually_exclusive_group()
@@ -55,9 +57,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ev.add_argument("--out", "-o", default=DEFAULT_OUT, metavar="DIR",
                     help=f"folder for the table (CSV, Markdown) and, with --video, per-frame CSV and plot "
                          f"(default: {DEFAULT_OUT})")
-    ev.add_argument("--gallery-k", type=positive_int_arg, default=6, metavar="K",
-                    help="with --video: the K frames with the lowest and the K with the highest energy in the mask "
-                         "per method and prompt, drawn as a gallery (default: 6)")
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     return ev
 
@@ -162,13 +161,14 @@ def _video(args) -> int:
     info = video_info(args.video)
     source = open_masks(args.masks, boxes=args.boxes, frame_size=(info.height, info.width), first=args.first)
     methods = args.methods or ["grad_eclip"]
+    results = {}  # method -> VideoExplanation, for the galleries
     model_name = args.model or os.environ.get("GRADECLIP_MODEL", "ViT-B/32")
     model, _ = load_clip(model_name, device=args.device)
     if args.truncate:
         from ..backbones.base import with_truncation
         model = with_truncation(model)
     total = len(select_indices(info.num_frames, every=args.every, count=args.frames))
-    rows, missing, resized, results = [], [], None, {}
+    rows, missing, resized = [], [], None
     stem = Path(args.video).stem
     with tqdm(total=total * len(methods), desc=f"evaluate {Path(args.video).name}", unit="frame") as bar:
         for method in methods:
