@@ -1,8 +1,8 @@
 """The ``batch`` command: a dataset of videos explained on Ray Data, resumable, with a dataset summary.
 
     python -m gradeclip batch INPUT... --prompt P [...] --out DIR [--masks-root DIR [--masks-template T]]
-                              [--group-by REGEX ...] [--include-partial] [--address ADDR] [--num-workers N]
-                              [--overwrite] [--retry-failed]
+                              [--group-by REGEX ...] [--gallery-k K] [--include-partial] [--address ADDR]
+                              [--num-workers N] [--overwrite] [--retry-failed]
 """
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="named groups on the video path form the summary's groups, e.g. "
                         r"'(?P<subject>\d{3})-(?P<condition>nm|bg|cl)-(?P<seq>\d{2})-(?P<view>\d{3})'; repeat "
                         "for more groupings (each kept, one block of summary_groups.csv per named group)")
+    b.add_argument("--gallery-k", type=positive_int_arg, default=6, metavar="K",
+                   help="with masks: frames per failure gallery, the K lowest and K highest energy in the mask per "
+                        "group, method and prompt (default: 6)")
     b.add_argument("--include-partial", action="store_true",
                    help="count partial videos (frames missing or damaged) in the group statistics (default: only "
                         "complete videos)")
@@ -151,10 +154,13 @@ def write_summaries(args, settings: dict, jobs: list, out: Path) -> int:
     the exit status (1 when some video is not complete)."""
     from ..files import atomic_path, write_json
     from ..eval.annotations import write_csv
-    from .summary import format_summary, group_mean_maps, group_rows, plot_group_maps, run_counts, summary_rows
+    from .figures import add_band_shares, write_figures
+    from .summary import format_summary, group_rows, run_counts, summary_rows
 
     prompts, masks_asked = settings["prompts"], bool(args.masks_root)
     rows = summary_rows(out, jobs, prompts, args.group_by, masks_asked)
+    if masks_asked:
+        add_band_shares(out, rows, prompts)
     paths = [out / "summary.csv"]
     with atomic_path(paths[0]) as temp:
         write_csv(rows, temp)
@@ -164,16 +170,8 @@ def write_summaries(args, settings: dict, jobs: list, out: Path) -> int:
         paths.append(out / "summary_groups.csv")
         with atomic_path(paths[-1]) as temp:
             write_csv(groups, temp)
-        import matplotlib.pyplot as plt
-
-        from ..viz.figures import save_figure
-
-        for column in columns:
-            means = group_mean_maps(out, rows, column, prompts, args.include_partial)
-            if means:
-                fig = plot_group_maps(means, prompts, column)
-                paths += save_figure(fig, f"mean_maps_{column}", out, formats=("png",))
-                plt.close(fig)
+    figures = write_figures(out, rows, columns if groups else [], prompts, settings["method"], args.include_partial,
+                            getattr(args, "gallery_k", 6))
     counts = run_counts(rows, prompts, args.include_partial, masks_asked)
     paths.append(write_json(out / "summary.json", counts))
     print(format_summary(groups or rows))
@@ -183,5 +181,6 @@ def write_summaries(args, settings: dict, jobs: list, out: Path) -> int:
           (f"; not in the group statistics: {', '.join(e['id'] + ' (' + e['status'] + ')' for e in excluded)}"
            if excluded and groups else "") +
           (f"; masks found for {counts['with_masks']} of {counts['videos']} videos" if masks_asked else ""))
-    print("wrote " + ", ".join(str(p) for p in paths))
+    print("wrote " + ", ".join(str(p) for p in paths) +
+          (f" and {len(figures)} figures and lists (named in {out / 'figures.json'})" if figures else ""))
     return 1 if counts["complete"] < counts["videos"] else 0

@@ -7,8 +7,7 @@ found, annotated and missing frames, masks resized, chance level, pointing / ene
 ``summary_groups.csv``: per group column (named groups of each ``--group-by`` regex, or manifest columns) and value,
 per prompt: videos counted by status, those included, and the means of the per-video values over the included
 videos (complete ones; partial ones too with ``--include-partial``). ``summary.json``: the run's counts and what was
-excluded. ``mean_maps_<column>.png``: each prompt's mean relevance map per value of the column, in
-normalised frame coordinates (x and y from 0 to 1 across the frame).
+excluded. The figures are ``figures``'s.
 """
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 VALUES = ("frames", "mean_cos", "max_cos", "stability", "constant_maps", "annotated_frames", "chance", "pointing",
-          "energy", "rank_corr")
+          "energy", "rank_corr", "head_share", "torso_share", "legs_share")
 COUNTS = ("declared_frames", "decoded_frames", "damaged_frames")
 
 
@@ -115,46 +114,6 @@ def run_counts(rows: List[dict], prompts: List[str], include_partial: bool, mask
         counts["masks_resized"] = sorted({r["masks_resized"] for r in videos if r["masks_resized"]})
         counts["missing_frames"] = sum(r["missing_frames"] for r in videos)
     return counts
-
-
-def group_mean_maps(out: Path, rows: List[dict], column: str, prompts: List[str], include_partial: bool = False
-                    ) -> Dict[str, np.ndarray]:
-    """value -> (K, 64, 64) mean over the included videos (``included``) of that value of their ``mean_map.npy``."""
-    maps: Dict[str, list] = {}
-    for row in rows:
-        if row["prompt"] == prompts[0] and included(row["status"], include_partial) and column in row:
-            maps.setdefault(row[column], []).append(np.load(Path(out) / "videos" / row["id"] / "mean_map.npy"))
-    return {value: np.mean(items, axis=0) for value, items in sorted(maps.items())}
-
-
-def plot_group_maps(means: Dict[str, np.ndarray], prompts: List[str], column: str):
-    """A grid: a row per group value, a column per prompt, each the mean relevance map over the frame in
-    normalised coordinates (colour scale shared by the whole figure). Returns a matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    values = list(means)
-    top = max(float(m.max()) for m in means.values()) if means else 1.0
-    fig, axes = plt.subplots(len(values), len(prompts), figsize=(2.4 * len(prompts) + 0.8, 2.2 * len(values) + 0.4),
-                             squeeze=False, layout="constrained")
-    image = None
-    for r, value in enumerate(values):
-        for c, prompt in enumerate(prompts):
-            ax = axes[r, c]
-            image = ax.imshow(means[value][c], extent=(0, 1, 1, 0), cmap="jet", vmin=0, vmax=top)
-            ax.set_xticks([0, 0.5, 1])
-            ax.set_yticks([0, 0.5, 1])
-            ax.tick_params(labelsize=6)
-            if r == 0:
-                ax.set_title(prompt, fontsize=8)
-            if c == 0:
-                ax.set_ylabel(f"{column} = {value}", fontsize=8)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8, label="mean relevance (per-frame min-max)")
-    fig.suptitle(f"mean relevance map per {column} (x, y: normalised frame coordinates)", fontsize=9)
-    return fig
 
 
 def format_summary(rows: List[dict], limit: int = 20) -> str:

@@ -42,6 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ev.add_argument("--first", type=int, choices=(0, 1), default=None,
                     help="number of the first frame in mask names / image_ids (default: 0 if present, else 1)")
     ev.add_argument("--prompt", "-p", action="append", metavar="TEXT", help="with --video: a prompt; repeat")
+    ev.add_argument("--gallery-k", type=positive_int_arg, default=6, metavar="K",
+                    help="with --video: the K frames with the lowest and the K with the highest energy in the mask "
+                         "per method and prompt, drawn as a gallery (default: 6)")
     ev.add_argument("--truncate", action="store_true",
                     help="with --video: cut prompts longer than the tokenizer's context length instead of refusing")
     choose = ev.add_mutually_exclusive_group()
@@ -197,6 +200,7 @@ def _video(args) -> int:
     info = video_info(args.video)
     source = open_masks(args.masks, boxes=args.boxes, frame_size=(info.height, info.width), first=args.first)
     methods = args.methods or ["grad_eclip"]
+    results = {}  # method -> VideoExplanation, for the galleries
     model_name = args.model or os.environ.get("GRADECLIP_MODEL", "ViT-B/32")
     model, _ = load_clip(model_name, device=args.device)
     if args.truncate:
@@ -219,6 +223,7 @@ def _video(args) -> int:
                 for row in scored["rows"]:  # which input the numbers belong to
                     row["input"] = f"{result.view.mode} {result.view.size[0]}x{result.view.size[1]}"
                 rows += scored["rows"]
+                results[method] = result
                 missing, resized = scored["missing"], scored["resized"] or resized
                 explained, done = len(result.indices), done + 1
     except KeyboardInterrupt:
@@ -248,6 +253,7 @@ def _video(args) -> int:
                 fig.savefig(temp, dpi=150, bbox_inches="tight")
             paths.append(out / f"{stem}_metrics.{suffix}")
         plt.close(fig)
+        paths += _galleries(results, rows, source, args.gallery_k, out, stem)
     except KeyboardInterrupt:
         raise Interrupted(f"evaluate --video stopped while writing; complete files in {out}: "
                           f"{', '.join(p.name for p in paths) or 'none'}; rerun the same command") from None
@@ -266,3 +272,49 @@ def _ranges(indices) -> str:
             parts.append(f"{start}" if start == value else f"{start}-{value}")
             start = None
     return ", ".join(parts[:10]) + (f", ... ({len(parts) - 10} more ranges)" if len(parts) > 10 else "")
+
+
+def _galleries(results: dict, rows: list, source, k: int, out: Path, stem: str) -> list:
+    """Per method and prompt, the ``k`` annotated frames with the lowest and the ``k`` with the highest energy in
+    the mask (``viz.gallery``), re-decoded frame-exactly: ``{stem}_gallery_{method}_{prompt}.png`` and the frame
+    list ``{stem}_gallery.csv``. Returns the paths."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..files import atomic_path
+    from ..io.frames import read_frames
+    from ..viz.figures import _safe_name
+    from ..viz.gallery import extremes, gallery_csv_rows, plot_gallery
+    from .annotations import write_csv
+
+    paths, listing = [], []
+    for method, result in results.items():
+        where = {int(i): n for n, i in enumerate(result.indices.tolist())}
+        size = tuple(result.frame_size)
+        for j, prompt in enumerate(result.prompts):
+            chosen = [{**r, "video": stem} for r in rows if r["method"] == method and r["prompt"] == prompt]
+            lowest, highest = extremes(chosen, k)
+            if not lowest:
+                continue
+            frames = sorted({int(r["frame"]) for r in lowest + highest})
+            drawn = {}
+            for frame, image in zip(frames, read_frames(str(result.video), frames)):
+                maps, (top, left, bottom, right) = result.frame_maps(where[frame], size)
+                canvas = np.zeros(size, np.float32)
+                canvas[top:bottom, left:right] = maps[j]
+                drawn[frame] = {"image": image, "map": canvas, "mask": source.mask(frame, size)}
+            lowest = [{**r, **drawn[int(r["frame"])]} for r in lowest]
+            highest = [{**r, **drawn[int(r["frame"])]} for r in highest]
+            fig = plot_gallery(lowest, highest, f"{stem} · {method} · “{prompt}” · lowest / highest energy in mask")
+            path = out / f"{_safe_name(f'{stem}_gallery_{method}_{prompt}')}.png"
+            with atomic_path(path) as temp:
+                fig.savefig(temp, dpi=150, bbox_inches="tight", format="png")
+            plt.close(fig)
+            paths.append(path)
+            listing += gallery_csv_rows(lowest, highest, method=method, prompt=prompt, figure=path.name)
+    if listing:
+        paths.append(out / f"{stem}_gallery.csv")
+        with atomic_path(paths[-1]) as temp:
+            write_csv(listing, temp)
+    return paths
+
