@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
 
 from ..files import atomic_path, write_json
 from .aligned import RecordMaps, cached_aligned, group_aligned, plot_aligned, share_values
