@@ -1,7 +1,8 @@
 """The ``batch`` command: a dataset of videos explained on Ray Data, resumable, with a dataset summary.
 
     python -m gradeclip batch INPUT... --prompt P [...] --out DIR [--masks-root DIR [--masks-template T]]
-                              [--group-by REGEX ...] [--include-partial] [--address ADDR] [--num-workers N]
+                              [--group-by REGEX ...] [--cross A,B ...] [--paired FACTOR:BASELINE --unit NAME]
+                              [--seed S] [--resamples B] [--include-partial] [--address ADDR] [--num-workers N]
                               [--overwrite] [--retry-failed]
 """
 from __future__ import annotations
@@ -48,6 +49,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="named groups on the video path form the summary's groups, e.g. "
                         r"'(?P<subject>\d{3})-(?P<condition>nm|bg|cl)-(?P<seq>\d{2})-(?P<view>\d{3})'; repeat "
                         "for more groupings (each kept, one block of summary_groups.csv per named group)")
+    b.add_argument("--cross", action="append", metavar="A,B",
+                   help="a cross of group names tabulated in stats.csv/stats.md, e.g. condition,view; repeat for more "
+                        "(default: the cross of all named groups of each --group-by with several; 'none': no cross)")
+    b.add_argument("--paired", action="append", metavar="FACTOR:BASELINE",
+                   help="paired differences of each other level of FACTOR minus BASELINE within each --unit, e.g. "
+                        "condition:nm (bg - nm, cl - nm per subject); repeat for more factors")
+    b.add_argument("--unit", metavar="NAME[,NAME]",
+                   help="the unit the --paired differences are taken within and resampled over, e.g. subject")
+    b.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap intervals (default: 0)")
+    b.add_argument("--resamples", type=positive_int_arg, default=2000, metavar="B",
+                   help="bootstrap resamples of the videos per interval (default: 2000)")
     b.add_argument("--include-partial", action="store_true",
                    help="count partial videos (frames missing or damaged) in the group statistics (default: only "
                         "complete videos)")
@@ -74,6 +86,7 @@ def check(args) -> dict:
     get_method(args.method)
     check_input_options(args)
     group_names(args.group_by)
+    stats_options(args)
     if args.masks_root and not Path(args.masks_root).is_dir():
         raise FileNotFoundError(f"--masks-root not found: {args.masks_root}")
     if args.masks_template is not None and not args.masks_root:
@@ -105,6 +118,60 @@ def group_names(patterns) -> list:
     return names
 
 
+def stats_options(args) -> dict:
+    """``--cross``, ``--paired`` and ``--unit`` parsed: ``{"crosses": None | [[names]], "paired": [(factor,
+    baseline)], "unit": [names]}``; ValueError (one line) for a malformed one. Names are checked against the groups
+    once the videos are found (``check_stats``)."""
+    crosses = None
+    if getattr(args, "cross", None):
+        crosses = [] if args.cross == ["none"] else [[n.strip() for n in c.split(",") if n.strip()] for c in args.cross]
+        if any(len(c) < 2 for c in crosses):
+            raise ValueError(f"--cross {args.cross!r}: give two or more group names separated by commas, or 'none'")
+    paired = []
+    for text in getattr(args, "paired", None) or []:
+        factor, _, baseline = text.partition(":")
+        if not factor or not baseline:
+            raise ValueError(f"--paired {text!r}: give FACTOR:BASELINE, e.g. condition:nm")
+        paired.append((factor, baseline))
+    unit = [n.strip() for n in (getattr(args, "unit", None) or "").split(",") if n.strip()]
+    if paired and not unit:
+        raise ValueError("--paired needs --unit NAME: the group the differences are taken within, e.g. subject")
+    if unit and not paired:
+        raise ValueError("--unit is used by --paired only: add --paired FACTOR:BASELINE, e.g. condition:nm")
+    return {"crosses": crosses, "paired": paired, "unit": unit}
+
+
+def check_stats(args, jobs: list) -> list:
+    """Before the work: the groupings to tabulate (``stats.groupings``), with --cross, --paired and --unit names
+    and the --paired baseline level checked against the videos' groups. Returns the groupings."""
+    from .stats import groupings
+    from .summary import groups_of
+
+    options = stats_options(args)
+    per_pattern = [group_names([p]) for p in args.group_by or []]
+    columns = list(dict.fromkeys(k for j in jobs for k in j["columns"]))
+    chosen = groupings(per_pattern, columns, options["crosses"])
+    fields = [{**j["columns"], **groups_of(j["path"], args.group_by)} for j in jobs]
+    if options["crosses"] is None:  # a default cross whose every cell is one video is summary.csv again: left out
+        chosen = [g for g in chosen if len(g) == 1 or _shared_cell(fields, g)]
+    for factor, baseline in options["paired"]:
+        for name in (factor, *options["unit"]):
+            if (name,) not in chosen:
+                raise ValueError(f"--paired/--unit: {name!r} is not a group name (named groups of --group-by and "
+                                 f"manifest columns: {', '.join(g[0] for g in chosen if len(g) == 1) or 'none'})")
+        levels = sorted({f[factor] for f in fields if factor in f})
+        if baseline not in levels:
+            raise ValueError(f"--paired {factor}:{baseline}: no video has {factor} {baseline!r} "
+                             f"(found {', '.join(levels) or 'none'})")
+    return chosen
+
+
+def _shared_cell(fields: list, names) -> bool:
+    """Whether some cell of the cross of ``names`` holds two or more of the videos (``fields``: their groups)."""
+    cells = [tuple(f[n] for n in names) for f in fields if all(n in f for n in names)]
+    return len(set(cells)) < len(cells)
+
+
 def run(args) -> int:
     """Run ``batch`` for parsed ``args``; returns the exit status (1 when some video is not complete). Ctrl-C:
     temporary folders removed, then ``Interrupted`` with what is complete and how to resume."""
@@ -123,6 +190,7 @@ def run(args) -> int:
         raise ValueError(f"--masks-root {args.masks_root}: no masks found for any of the {len(jobs)} videos "
                          f"(for {Path(jobs[0]['path']).name} looked for {' and '.join(looked)}); "
                          "see --masks-template")
+    check_stats(args, jobs)
     out = Path(args.out).resolve()
     check_run(out, settings, args.overwrite)
     try:
@@ -147,11 +215,14 @@ def run(args) -> int:
 
 
 def write_summaries(args, settings: dict, jobs: list, out: Path) -> int:
-    """Write summary.csv, summary_groups.csv, summary.json and the mean map figures; print the summary; returns
-    the exit status (1 when some video is not complete)."""
+    """Write summary.csv, summary_groups.csv, stats.csv/stats.md (and paired.csv with --paired), summary.json and
+    the mean map figures; print the statistics table (the video x prompt table without groups), or past
+    ``stats.PRINT_ROWS`` rows the file's name; returns the exit status (1 when some video is not complete)."""
     from ..files import atomic_path, write_json
     from ..eval.annotations import write_csv
-    from .summary import format_summary, group_mean_maps, group_rows, plot_group_maps, run_counts, summary_rows
+    from .stats import PRINT_ROWS, table_rows, write_tables
+    from .summary import (format_summary, group_mean_maps, group_rows, included, plot_group_maps, run_counts,
+                          summary_rows)
 
     prompts, masks_asked = settings["prompts"], bool(args.masks_root)
     rows = summary_rows(out, jobs, prompts, args.group_by, masks_asked)
@@ -164,6 +235,14 @@ def write_summaries(args, settings: dict, jobs: list, out: Path) -> int:
         paths.append(out / "summary_groups.csv")
         with atomic_path(paths[-1]) as temp:
             write_csv(groups, temp)
+    else:  # none asked for this time: none left from an earlier run
+        (out / "summary_groups.csv").unlink(missing_ok=True)
+    options = stats_options(args)
+    written, table, counts_stats = write_tables(
+        out, rows, check_stats(args, jobs), options["paired"], options["unit"], prompts, settings["method"],
+        lambda status: included(status, args.include_partial), args.seed, args.resamples)
+    paths += written
+    if groups:
         import matplotlib.pyplot as plt
 
         from ..viz.figures import save_figure
@@ -175,8 +254,12 @@ def write_summaries(args, settings: dict, jobs: list, out: Path) -> int:
                 paths += save_figure(fig, f"mean_maps_{column}", out, formats=("png",))
                 plt.close(fig)
     counts = run_counts(rows, prompts, args.include_partial, masks_asked)
+    if table:
+        counts["statistics"] = counts_stats
     paths.append(write_json(out / "summary.json", counts))
-    print(format_summary(groups or rows))
+    table = table or format_summary(rows)
+    named = out / ("stats.md" if groups else "summary.csv")
+    print(table if table_rows(table) <= PRINT_ROWS else f"({table_rows(table)} table rows: see {named})")
     excluded = counts["excluded"]
     print(f"{counts['complete']} of {counts['videos']} videos complete, {counts['partial']} partial, "
           f"{counts['failed'] + counts['missing']} failed" +

@@ -1,0 +1,237 @@
+"""Group statistics of a batch run that a paper can use: counts, mean, standard deviation and a bootstrap interval
+over videos, per grouping (one factor, or a cross of several) x prompt x method x metric; and paired differences
+between the levels of one factor within units named by another (per subject: bg - nm).
+
+The unit of independence is the video: each per-video value (``summary_rows``: a video's mean over its frames) is
+one observation, and the bootstrap resamples videos (for paired differences, units) with replacement. The interval
+is the percentile interval of the resampled means (``level`` 0.95: the 2.5th and 97.5th percentiles), from a
+generator seeded by ``seed`` and the cell's own key, so a cell's interval does not depend on which other cells or
+groupings were asked for, and a rerun gives the same numbers. A value that is missing (no masks, rank correlation
+undefined for constant maps, a video left out as partial or failed) is not an observation: its ``n`` says how many
+videos had one, and a cell with none reports NaN, never 0. ``sd`` (ddof 1) and the interval need 2 observations.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+METRICS = ("mean_cos", "pointing", "energy", "rank_corr", "stability")
+LABELS = {"mean_cos": "cosine", "pointing": "pointing", "energy": "energy", "rank_corr": "rank corr.",
+          "stability": "stability"}
+SEED, RESAMPLES, LEVEL = 0, 2000, 0.95
+CROSS = " x "  # joins factor names and values of a cross: "condition x view", "bg x 090"
+PRINT_ROWS = 200  # past this many table rows the run names stats.md instead of printing it
+
+
+def cell_rng(seed: int, *key: str) -> np.random.Generator:
+    """A generator seeded by ``seed`` and a stable hash of ``key`` (the cell's names), independent of call order."""
+    return np.random.default_rng([int(seed), zlib.crc32("|".join(key).encode())])
+
+
+def bootstrap_interval(values, resamples: int, rng: np.random.Generator, level: float = LEVEL
+                       ) -> Tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the mean. ``values`` (..., n) float, finite, the last axis the units
+    (videos); ``resamples`` draws of n units with replacement (one set of draws shared by the leading axes).
+    Returns (low, high), each of shape (...,); NaN when n < 2."""
+    values = np.asarray(values, np.float64)
+    n = values.shape[-1]
+    if n < 2:
+        nan = np.full(values.shape[:-1], np.nan)
+        return nan, nan.copy()
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)  # (resamples, n): how often each unit is drawn
+    means = values @ counts.T / n  # (..., resamples)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2], axis=-1)
+    return low, high
+
+
+def describe(values: Sequence[float], resamples: int, rng: np.random.Generator, level: float = LEVEL) -> dict:
+    """``n`` (finite values), ``mean``, ``sd`` (ddof 1), ``ci_low``, ``ci_high`` of ``values``; NaN values are
+    missing and left out, NaN statistics where there are too few (mean: 1, sd and interval: 2)."""
+    x = np.asarray([v for v in values if v is not None], np.float64)
+    x = x[np.isfinite(x)]
+    low, high = bootstrap_interval(x, resamples, rng, level)
+    return {"n": int(x.size), "mean": float(x.mean()) if x.size else float("nan"),
+            "sd": float(x.std(ddof=1)) if x.size > 1 else float("nan"), "ci_low": float(low), "ci_high": float(high)}
+
+
+def groupings(names_per_pattern: Sequence[Sequence[str]], columns: Sequence[str] = (),
+              crosses: Optional[Sequence[Sequence[str]]] = None) -> List[Tuple[str, ...]]:
+    """The groupings to tabulate: each factor alone (every named group of every pattern, then manifest
+    ``columns``), then the crosses: ``crosses`` when given, else the cross of all names of each pattern with two
+    or more. Each is a tuple of factor names; duplicates dropped, order kept."""
+    factors = list(dict.fromkeys([n for names in names_per_pattern for n in names] + list(columns)))
+    chosen = crosses if crosses is not None else [names for names in names_per_pattern if len(names) > 1]
+    for cross in chosen:
+        unknown = [n for n in cross if n not in factors]
+        if unknown:
+            raise ValueError(f"--cross {','.join(cross)}: {unknown[0]!r} is not a group name "
+                             f"(named groups of --group-by and manifest columns: {', '.join(factors) or 'none'})")
+    return list(dict.fromkeys([(f,) for f in factors] + [tuple(c) for c in chosen if len(c) > 1]))
+
+
+def group_stats(rows: List[dict], groupings_: Sequence[Tuple[str, ...]], prompts: Sequence[str], method: str,
+                include: callable, seed: int = SEED, resamples: int = RESAMPLES, level: float = LEVEL) -> List[dict]:
+    """One row per grouping x cell x prompt x metric from ``summary_rows``'s rows (video x prompt): ``grouping``
+    and ``cell`` (names and values joined by `` x ``), the factor columns, ``prompt``, ``method``, ``metric``,
+    ``videos`` (included videos in the cell: ``include(status)``), ``frames`` and ``annotated_frames`` (counts
+    summed over them; the latter only where masks were asked for), then ``describe``'s ``n``, ``mean``, ``sd``,
+    ``ci_low``, ``ci_high`` and the ``resamples``. Metrics no row has are left out; cells in sorted order."""
+    metrics = [m for m in METRICS if any(m in r for r in rows)]
+    out = []
+    for names in groupings_:
+        cells = sorted({tuple(r[n] for n in names) for r in rows if all(n in r for n in names)})
+        for cell in cells:
+            for prompt in prompts:
+                used = [r for r in rows if r["prompt"] == prompt and include(r["status"])
+                        and all(r.get(n) == v for n, v in zip(names, cell))]
+                base = {"grouping": CROSS.join(names), "cell": CROSS.join(cell), **dict(zip(names, cell)),
+                        "prompt": prompt, "method": method}
+                counts = {"videos": len(used), "frames": int(sum(_count(r.get("frames")) for r in used))}
+                if any("annotated_frames" in r for r in rows):
+                    counts["annotated_frames"] = int(sum(_count(r.get("annotated_frames")) for r in used))
+                for metric in metrics:
+                    rng = cell_rng(seed, base["grouping"], base["cell"], prompt, method, metric)
+                    stats = describe([r.get(metric) for r in used], resamples, rng, level)
+                    out.append({**base, "metric": metric, **counts, **stats, "resamples": resamples})
+    return out
+
+
+def _count(value) -> int:
+    """A frame count from a summary row: NaN, None and "" (a failed video) count 0."""
+    try:
+        return int(value) if np.isfinite(float(value)) else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def paired_stats(rows: List[dict], factor: str, baseline: str, unit: Sequence[str], prompts: Sequence[str],
+                 method: str, include: callable, seed: int = SEED, resamples: int = RESAMPLES,
+                 level: float = LEVEL) -> List[dict]:
+    """Paired differences ``level - baseline`` of ``factor`` within units (the values of the ``unit`` names, e.g.
+    ``["subject"]``): per unit, the mean over its included videos at that level minus the mean over its videos at
+    the baseline (videos with the metric missing left out); then over the units that have both, ``pairs``,
+    ``mean_diff``, ``sd`` (ddof 1) and the bootstrap interval resampling units. One row per other level x prompt
+    x metric. ValueError (one line) when the factor, a unit name or the baseline level is not in the rows."""
+    names = [factor, *unit]
+    known = [n for n in names if any(n in r for r in rows)]
+    if len(known) < len(names):
+        missing = next(n for n in names if n not in known)
+        raise ValueError(f"--paired/--unit: no video has a group {missing!r}; give a name of --group-by or a "
+                         "manifest column")
+    levels = sorted({r[factor] for r in rows if factor in r})
+    if baseline not in levels:
+        raise ValueError(f"--paired {factor}:{baseline}: no video has {factor} {baseline!r} "
+                         f"(found {', '.join(levels)})")
+    metrics = [m for m in METRICS if any(m in r for r in rows)]
+    out = []
+    for level_ in (v for v in levels if v != baseline):
+        for prompt in prompts:
+            used = [r for r in rows if r["prompt"] == prompt and include(r["status"]) and all(n in r for n in names)]
+            for metric in metrics:
+                diffs = _unit_differences(used, factor, level_, baseline, unit, metric)
+                rng = cell_rng(seed, "paired", factor, level_, baseline, ",".join(unit), prompt, method, metric)
+                stats = describe(list(diffs.values()), resamples, rng, level)
+                out.append({"factor": factor, "level": level_, "baseline": baseline, "unit": ",".join(unit),
+                            "prompt": prompt, "method": method, "metric": metric, "pairs": stats.pop("n"),
+                            "mean_diff": stats.pop("mean"), **stats, "resamples": resamples})
+    return out
+
+
+def _unit_differences(rows: List[dict], factor: str, level: str, baseline: str, unit: Sequence[str],
+                      metric: str) -> Dict[tuple, float]:
+    """unit values -> mean of ``metric`` over the unit's rows at ``level`` minus at ``baseline`` (finite values
+    only); units lacking either side are left out."""
+    sides: Dict[tuple, Dict[str, list]] = {}
+    for r in rows:
+        value = r.get(metric)
+        if r[factor] in (level, baseline) and value is not None and np.isfinite(float(value)):
+            sides.setdefault(tuple(r[n] for n in unit), {}).setdefault(r[factor], []).append(float(value))
+    return {u: float(np.mean(s[level]) - np.mean(s[baseline])) for u, s in sorted(sides.items())
+            if level in s and baseline in s}
+
+
+def markdown(stats_rows: List[dict], paired_rows: List[dict], resamples: int, seed: int, level: float = LEVEL) -> str:
+    """The tables as Markdown: per grouping, a row per cell x prompt with videos, frames, annotated frames and per
+    metric ``mean ± sd [low, high]`` (``(n k)`` added where fewer videos than the cell's have the value, ``–`` for
+    none); then the paired differences. A first line says what the interval is."""
+    lines = [f"Intervals: {level:.0%} percentile bootstrap over videos (paired: over units), {resamples} resamples, "
+             f"seed {seed}. mean ± sd [low, high]; (n k): only k videos have the value; –: none."]
+    keys = list(dict.fromkeys((r["grouping"], r["cell"], r["prompt"]) for r in stats_rows))
+    metrics = list(dict.fromkeys(r["metric"] for r in stats_rows))
+    by_key = {(r["grouping"], r["cell"], r["prompt"], r["metric"]): r for r in stats_rows}
+    for grouping in dict.fromkeys(k[0] for k in keys):
+        first = by_key[next((k + (metrics[0],) for k in keys if k[0] == grouping))]
+        counts = [c for c in ("videos", "frames", "annotated_frames") if c in first]
+        lines += ["", f"### {grouping} ({first['method']})", "",
+                  "| " + " | ".join([grouping, "prompt", *counts, *(LABELS[m] for m in metrics)]) + " |",
+                  "|" + "---|" * (2 + len(counts) + len(metrics))]
+        for key in (k for k in keys if k[0] == grouping):
+            rows = [by_key[key + (m,)] for m in metrics]
+            cells = [key[1], key[2], *(str(rows[0][c]) for c in counts)]
+            cells += [_estimate(r["mean"], r["sd"], r["ci_low"], r["ci_high"], r["n"], r["videos"]) for r in rows]
+            lines.append("| " + " | ".join(cells) + " |")
+    if paired_rows:
+        lines += ["", "### paired differences", "",
+                  "| difference | within | prompt | " + " | ".join(LABELS[m] for m in metrics) + " |",
+                  "|" + "---|" * (3 + len(metrics))]
+        pairs = {(r["factor"], r["level"], r["baseline"], r["unit"], r["prompt"], r["metric"]): r for r in paired_rows}
+        for key in dict.fromkeys(k[:5] for k in pairs):
+            rows = [pairs[key + (m,)] for m in metrics if key + (m,) in pairs]
+            top = max(r["pairs"] for r in rows)
+            cells = [f"{key[0]} {key[1]} − {key[2]}", key[3], key[4]]
+            cells += [_estimate(r["mean_diff"], r["sd"], r["ci_low"], r["ci_high"], r["pairs"], top, "pairs")
+                      for r in rows]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _estimate(mean, sd, low, high, n, of, what="n") -> str:
+    """``mean ± sd [low, high]`` with 3 decimals; ``–`` for NaN parts; ``(n k)`` when k < ``of``."""
+    if not np.isfinite(mean):
+        return f"– ({what} 0)"
+    text = f"{mean:.3f}" + (f" ± {sd:.3f}" if np.isfinite(sd) else "")
+    text += f" [{low:.3f}, {high:.3f}]" if np.isfinite(low) else ""
+    return text + (f" ({what} {n})" if n < of or what == "pairs" else "")
+
+
+def table_rows(text: str) -> int:
+    """How many table rows (lines starting with ``|``, headers excluded) a ``markdown`` text holds."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return max(0, len(lines) - 2 * sum(line.startswith("|---") for line in lines))
+
+
+def write_tables(out, rows: List[dict], groupings_: Sequence[Tuple[str, ...]], paired: Sequence[Tuple[str, str]],
+                 unit: Sequence[str], prompts: Sequence[str], method: str, include: callable, seed: int = SEED,
+                 resamples: int = RESAMPLES) -> Tuple[list, str, dict]:
+    """Write ``out/stats.csv`` (``group_stats``), ``out/paired.csv`` (``paired_stats`` per ``(factor,
+    baseline)``) and ``out/stats.md`` (``markdown``), each atomically; a table not asked for this time is removed,
+    so none is left from an earlier run's options. Returns (paths written, the Markdown, what summary.json
+    records about the statistics)."""
+    from pathlib import Path
+
+    from ..eval.annotations import write_csv
+    from ..files import atomic_path, write_text
+
+    out = Path(out)
+    stats_rows = group_stats(rows, groupings_, prompts, method, include, seed, resamples)
+    paired_rows = [r for factor, baseline in paired
+                   for r in paired_stats(rows, factor, baseline, unit, prompts, method, include, seed, resamples)]
+    paths = []
+    for name, table in (("stats.csv", stats_rows), ("paired.csv", paired_rows)):
+        if table:
+            with atomic_path(out / name) as temp:
+                write_csv(table, temp)
+            paths.append(out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    text = markdown(stats_rows, paired_rows, resamples, seed) if stats_rows else ""
+    if text:
+        paths.append(write_text(out / "stats.md", text + "\n"))
+    else:
+        (out / "stats.md").unlink(missing_ok=True)
+    meta = {"interval": f"{LEVEL:.0%} percentile bootstrap of the mean, resampling videos (paired: units)",
+            "resamples": resamples, "seed": seed, "groupings": [CROSS.join(g) for g in groupings_],
+            "paired": [f"{f}:{b} within {','.join(unit)}" for f, b in paired]}
+    return paths, text, meta
