@@ -176,6 +176,8 @@ def test_missing_metric_is_nan_with_n_zero(run_folder):
     text = stats.markdown(got, [], 400, 0)
     line = next(x for x in text.splitlines() if x.startswith("| 004 x 090 | a bag |"))
     assert "– (n 0)" in line and " 0.000 " not in line
+    rank = next(x for x in text.splitlines() if x.startswith("| 001 | a bag |")).split(" | ")
+    assert rank[-2].endswith("(n 5)") and "(n" not in rank[-3]  # rank corr. 5 of 6 videos; energy all 6
 
 
 def test_bootstrap_interval_coverage():
@@ -285,6 +287,18 @@ def test_run_writes_tables_prints_them_whole_and_drops_stale_ones(run_folder, ca
     assert [r["mean"] for r in again] == [r["mean"] for r in rows]
     assert [r["ci_low"] for r in again] != [r["ci_low"] for r in rows]
     assert not (out / "paired.csv").exists() and "paired differences" not in (out / "stats.md").read_text()
+
+
+def test_video_table_printed_whole_without_groups(run_folder):
+    """Without groups the video x prompt table is what is printed: all 60 rows, not the first 20. Catches a row
+    limit left in `format_summary`."""
+    from gradeclip.batch.summary import format_summary
+
+    out, jobs = run_folder
+    rows = summary_rows(out, jobs, PROMPTS, None, masks_asked=True)
+    text = format_summary(rows)
+    assert stats.table_rows(text) == len(rows) == 2 * len(VIDEOS)
+    assert all(f"| {name} |" in text for name in VIDEOS)
 
 
 def test_default_crosses_and_option_errors(run_folder):
