@@ -210,7 +210,7 @@ def test_bootstrap_interval_equals_scipy_percentile():
         x, 500, stats.cell_rng(0, "a"))
     assert stats.bootstrap_interval(x, 500, stats.cell_rng(1, "a")) != stats.bootstrap_interval(
         x, 500, stats.cell_rng(0, "a"))
-    one = stats.describe([0.4], 100, stats.cell_rng(0))
+    one = stats.describe([[0.4]], 100, stats.cell_rng(0))[0]
     assert one["n"] == 1 and one["mean"] == 0.4 and np.isnan(one["sd"]) and np.isnan(one["ci_low"])
 
 

@@ -30,30 +30,48 @@ def cell_rng(seed: int, *key: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32("|".join(key).encode())])
 
 
+def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(resamples, n) int: how often each of n units is drawn in each of ``resamples`` draws of n units with
+    replacement."""
+    draws = rng.integers(0, n, size=(resamples, n)) + n * np.arange(resamples)[:, None]
+    return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n)
+
+
 def bootstrap_interval(values, resamples: int, rng: np.random.Generator, level: float = LEVEL
                        ) -> Tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of the mean. ``values`` (..., n) float, finite, the last axis the units
-    (videos); ``resamples`` draws of n units with replacement (one set of draws shared by the leading axes).
-    Returns (low, high), each of shape (...,); NaN when n < 2."""
+    """Percentile bootstrap interval of the mean. ``values`` (..., n) float, the last axis the units (videos),
+    NaN where a unit has no value; ``resamples`` draws of the n units with replacement, shared by the leading
+    axes, each resample's mean taken over its drawn units that have a value. Returns (low, high), each of shape
+    (...,); NaN where fewer than 2 units have a value."""
     values = np.asarray(values, np.float64)
-    n = values.shape[-1]
-    if n < 2:
+    finite = np.isfinite(values)
+    enough = finite.sum(axis=-1) >= 2
+    if not enough.any():
         nan = np.full(values.shape[:-1], np.nan)
         return nan, nan.copy()
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)  # (resamples, n): how often each unit is drawn
-    means = values @ counts.T / n  # (..., resamples)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2], axis=-1)
-    return low, high
+    counts = resample_counts(values.shape[-1], resamples, rng).T.astype(np.float64)  # (n, resamples)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (np.where(finite, values, 0.0) @ counts) / (finite @ counts)  # (..., resamples); NaN: none drawn
+    means[~enough] = 0.0  # keeps nanquantile quiet; replaced by NaN below
+    low, high = np.nanquantile(means, [(1 - level) / 2, (1 + level) / 2], axis=-1)
+    return np.where(enough, low, np.nan), np.where(enough, high, np.nan)
 
 
-def describe(values: Sequence[float], resamples: int, rng: np.random.Generator, level: float = LEVEL) -> dict:
-    """``n`` (finite values), ``mean``, ``sd`` (ddof 1), ``ci_low``, ``ci_high`` of ``values``; NaN values are
-    missing and left out, NaN statistics where there are too few (mean: 1, sd and interval: 2)."""
-    x = np.asarray([v for v in values if v is not None], np.float64)
-    x = x[np.isfinite(x)]
+def describe(values, resamples: int, rng: np.random.Generator, level: float = LEVEL) -> List[dict]:
+    """Per row of ``values`` (m, n) (NaN or None: missing), ``n`` (finite values), ``mean``, ``sd`` (ddof 1),
+    ``ci_low``, ``ci_high`` (``bootstrap_interval``, one set of draws of the n units for all rows); NaN
+    statistics where there are too few values (mean: 1, sd and interval: 2)."""
+    if not len(values):
+        return []
+    x = np.array([[np.nan if v is None else v for v in row] for row in values], np.float64)
     low, high = bootstrap_interval(x, resamples, rng, level)
-    return {"n": int(x.size), "mean": float(x.mean()) if x.size else float("nan"),
-            "sd": float(x.std(ddof=1)) if x.size > 1 else float("nan"), "ci_low": float(low), "ci_high": float(high)}
+    out = []
+    for row, lo, hi in zip(x, low, high):
+        row = row[np.isfinite(row)]
+        out.append({"n": int(row.size), "mean": float(row.mean()) if row.size else float("nan"),
+                    "sd": float(row.std(ddof=1)) if row.size > 1 else float("nan"),
+                    "ci_low": float(lo), "ci_high": float(hi)})
+    return out
 
 
 def groupings(names_per_pattern: Sequence[Sequence[str]], columns: Sequence[str] = (),
@@ -77,24 +95,34 @@ def group_stats(rows: List[dict], groupings_: Sequence[Tuple[str, ...]], prompts
     and ``cell`` (names and values joined by `` x ``), the factor columns, ``prompt``, ``method``, ``metric``,
     ``videos`` (included videos in the cell: ``include(status)``), ``frames`` and ``annotated_frames`` (counts
     summed over them; the latter only where masks were asked for), then ``describe``'s ``n``, ``mean``, ``sd``,
-    ``ci_low``, ``ci_high`` and the ``resamples``. Metrics no row has are left out; cells in sorted order."""
+    ``ci_low``, ``ci_high`` and the ``resamples``. Metrics no row has are left out; cells in sorted order. One set of
+    draws of a cell's videos serves all its prompts and metrics (seeded by the cell)."""
     metrics = [m for m in METRICS if any(m in r for r in rows)]
     out = []
     for names in groupings_:
-        cells = sorted({tuple(r[n] for n in names) for r in rows if all(n in r for n in names)})
-        for cell in cells:
+        members: Dict[tuple, List[dict]] = {}  # (cell, prompt) -> included rows, in one pass over the rows
+        for r in rows:
+            if all(n in r for n in names):
+                cell = tuple(r[n] for n in names)
+                members.setdefault((cell, None), [])
+                if include(r["status"]):
+                    members.setdefault((cell, r["prompt"]), []).append(r)
+        for cell in sorted(c for c, p in members if p is None):
+            ids = list(dict.fromkeys(r["id"] for p in prompts for r in members.get((cell, p), [])))
+            value = {(r["id"], r["prompt"], m): r.get(m) for p in prompts for r in members.get((cell, p), [])
+                     for m in metrics}
+            matrix = [[value.get((i, p, m)) for i in ids] for p in prompts for m in metrics]  # one draw of videos
+            described = iter(describe(matrix, resamples, cell_rng(seed, CROSS.join(names), CROSS.join(cell),
+                                                                  method), level))
             for prompt in prompts:
-                used = [r for r in rows if r["prompt"] == prompt and include(r["status"])
-                        and all(r.get(n) == v for n, v in zip(names, cell))]
+                used = members.get((cell, prompt), [])
                 base = {"grouping": CROSS.join(names), "cell": CROSS.join(cell), **dict(zip(names, cell)),
                         "prompt": prompt, "method": method}
                 counts = {"videos": len(used), "frames": int(sum(_count(r.get("frames")) for r in used))}
                 if any("annotated_frames" in r for r in rows):
                     counts["annotated_frames"] = int(sum(_count(r.get("annotated_frames")) for r in used))
                 for metric in metrics:
-                    rng = cell_rng(seed, base["grouping"], base["cell"], prompt, method, metric)
-                    stats = describe([r.get(metric) for r in used], resamples, rng, level)
-                    out.append({**base, "metric": metric, **counts, **stats, "resamples": resamples})
+                    out.append({**base, "metric": metric, **counts, **next(described), "resamples": resamples})
     return out
 
 
@@ -126,13 +154,17 @@ def paired_stats(rows: List[dict], factor: str, baseline: str, unit: Sequence[st
                          f"(found {', '.join(levels)})")
     metrics = [m for m in METRICS if any(m in r for r in rows)]
     out = []
+    used = [r for r in rows if include(r["status"]) and all(n in r for n in names)]
     for level_ in (v for v in levels if v != baseline):
+        diffs = {(p, m): _unit_differences([r for r in used if r["prompt"] == p], factor, level_, baseline, unit, m)
+                 for p in prompts for m in metrics}
+        units = sorted({u for d in diffs.values() for u in d})
+        matrix = [[diffs[p, m].get(u) for u in units] for p in prompts for m in metrics]  # one draw of units
+        described = iter(describe(matrix, resamples, cell_rng(seed, "paired", factor, level_, baseline,
+                                                              ",".join(unit), method), level))
         for prompt in prompts:
-            used = [r for r in rows if r["prompt"] == prompt and include(r["status"]) and all(n in r for n in names)]
             for metric in metrics:
-                diffs = _unit_differences(used, factor, level_, baseline, unit, metric)
-                rng = cell_rng(seed, "paired", factor, level_, baseline, ",".join(unit), prompt, method, metric)
-                stats = describe(list(diffs.values()), resamples, rng, level)
+                stats = next(described)
                 out.append({"factor": factor, "level": level_, "baseline": baseline, "unit": ",".join(unit),
                             "prompt": prompt, "method": method, "metric": metric, "pairs": stats.pop("n"),
                             "mean_diff": stats.pop("mean"), **stats, "resamples": resamples})
