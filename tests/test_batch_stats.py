@@ -198,8 +198,10 @@ def test_bootstrap_interval_coverage():
 
 def test_bootstrap_interval_equals_scipy_percentile():
     """On one sample, our interval equals scipy.stats.bootstrap's percentile interval within Monte Carlo error
-    (0.1 standard errors at 20000 resamples each); the same seed gives the same interval, another seed another.
-    Catches quantiles of the wrong tail, resampling with the wrong count, an unseeded generator."""
+    (0.1 standard errors at 20000 resamples each), also with 8 videos lacking the value among them (0.15: their
+    number in a resample varies); the same seed gives the same interval, another seed another. Catches quantiles
+    of the wrong tail, resampling with the wrong count, missing values counted as 0 in a resample's mean, an
+    unseeded generator."""
     x = np.random.default_rng(3).lognormal(0, 0.7, size=15)
     ours = stats.bootstrap_interval(x, 20000, stats.cell_rng(0, "a"))
     ref = scipy.stats.bootstrap((x,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95,
@@ -210,6 +212,9 @@ def test_bootstrap_interval_equals_scipy_percentile():
         x, 500, stats.cell_rng(0, "a"))
     assert stats.bootstrap_interval(x, 500, stats.cell_rng(1, "a")) != stats.bootstrap_interval(
         x, 500, stats.cell_rng(0, "a"))
+    gaps = np.concatenate([x, np.full(8, np.nan)])[np.random.default_rng(4).permutation(23)]
+    ours = stats.bootstrap_interval(gaps, 20000, stats.cell_rng(0, "b"))  # videos without the value drop out
+    assert ours[0] == pytest.approx(ref.low, abs=0.15 * se) and ours[1] == pytest.approx(ref.high, abs=0.15 * se)
     one = stats.describe([[0.4]], 100, stats.cell_rng(0))[0]
     assert one["n"] == 1 and one["mean"] == 0.4 and np.isnan(one["sd"]) and np.isnan(one["ci_low"])
 
