@@ -4,7 +4,8 @@ between the levels of one factor within units named by another (per subject: bg 
 
 The unit of independence is the video: each per-video value (``summary_rows``: a video's mean over its frames) is
 one observation, and the bootstrap resamples videos (for paired differences, units) with replacement. The interval
-is the percentile interval of the resampled means (``level`` 0.95: the 2.5th and 97.5th percentiles), from a
+is the expanded percentile interval of the resampled means (``level`` 0.95: for many videos the 2.5th and 97.5th
+percentiles; for few, further out, ``expanded_tail``, so that it still holds the mean about 95 % of the time), from a
 generator seeded by ``seed`` and the cell's own key, so a cell's interval does not depend on which other cells or
 groupings were asked for, and a rerun gives the same numbers. A value that is missing (no masks, rank correlation
 undefined for constant maps, a video left out as partial or failed) is not an observation: its ``n`` says how many
@@ -39,7 +40,8 @@ def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndar
 
 def bootstrap_interval(values, resamples: int, rng: np.random.Generator, level: float = LEVEL
                        ) -> Tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of the mean. ``values`` (..., n) float, the last axis the units (videos),
+    """Expanded percentile bootstrap interval of the mean (quantile levels ``expanded_tail`` of the number of
+    units with a value, not ``(1 - level) / 2``). ``values`` (..., n) float, the last axis the units (videos),
     NaN where a unit has no value; ``resamples`` draws of the n units with replacement, shared by the leading
     axes, each resample's mean taken over its drawn units that have a value. Returns (low, high), each of shape
     (...,); NaN where fewer than 2 units have a value."""
@@ -53,8 +55,23 @@ def bootstrap_interval(values, resamples: int, rng: np.random.Generator, level: 
     with np.errstate(invalid="ignore", divide="ignore"):
         means = (np.where(finite, values, 0.0) @ counts) / (finite @ counts)  # (..., resamples); NaN: none drawn
     means[~enough] = 0.0  # keeps nanquantile quiet; replaced by NaN below
-    low, high = np.nanquantile(means, [(1 - level) / 2, (1 + level) / 2], axis=-1)
-    return np.where(enough, low, np.nan), np.where(enough, high, np.nan)
+    low, high = np.full(values.shape[:-1], np.nan), np.full(values.shape[:-1], np.nan)
+    n = finite.sum(axis=-1)
+    for size in np.unique(n[enough]):  # rows with the same number of values share their quantile levels
+        rows = n == size
+        tail = expanded_tail(int(size), level)
+        low[rows], high[rows] = np.nanquantile(means[rows], [tail, 1 - tail], axis=-1)
+    return low, high
+
+
+def expanded_tail(n: int, level: float = LEVEL) -> float:
+    """The lower quantile level of the expanded percentile interval for n units (Hesterberg 2015, "What teachers
+    should know about the bootstrap", sec. 5): Phi(sqrt(n / (n - 1)) t_{(1 - level) / 2, n - 1}) in place of
+    (1 - level) / 2, which widens the percentile interval by the t/z and n/(n-1) factors it lacks with few units.
+    E.g. 0.025 -> 0.0010 at n 5, 0.0159 at n 20, 0.0231 at n 100; 0 (the extremes) at n 2."""
+    from scipy.stats import norm, t
+
+    return float(norm.cdf(np.sqrt(n / (n - 1)) * t.ppf((1 - level) / 2, n - 1)))
 
 
 def describe(values, resamples: int, rng: np.random.Generator, level: float = LEVEL) -> List[dict]:
@@ -188,7 +205,7 @@ def markdown(stats_rows: List[dict], paired_rows: List[dict], resamples: int, se
     """The tables as Markdown: per grouping, a row per cell x prompt with videos, frames, annotated frames and per
     metric ``mean ± sd [low, high]`` (``(n k)`` added where fewer videos than the cell's have the value, ``–`` for
     none); then the paired differences. A first line says what the interval is."""
-    lines = [f"Intervals: {level:.0%} percentile bootstrap over videos (paired: over units), {resamples} resamples, "
+    lines = [f"Intervals: {level:.0%} expanded percentile bootstrap over videos (paired: over units), {resamples} resamples, "
              f"seed {seed}. mean ± sd [low, high]; (n k): only k videos have the value; –: none."]
     keys = list(dict.fromkeys((r["grouping"], r["cell"], r["prompt"]) for r in stats_rows))
     metrics = list(dict.fromkeys(r["metric"] for r in stats_rows))
@@ -263,7 +280,7 @@ def write_tables(out, rows: List[dict], groupings_: Sequence[Tuple[str, ...]], p
         paths.append(write_text(out / "stats.md", text + "\n"))
     else:
         (out / "stats.md").unlink(missing_ok=True)
-    meta = {"interval": f"{LEVEL:.0%} percentile bootstrap of the mean, resampling videos (paired: units)",
+    meta = {"interval": f"{LEVEL:.0%} expanded percentile bootstrap of the mean, resampling videos (paired: units)",
             "resamples": resamples, "seed": seed, "groupings": [CROSS.join(g) for g in groupings_],
             "paired": [f"{f}:{b} within {','.join(unit)}" for f, b in paired]}
     return paths, text, meta
