@@ -265,7 +265,8 @@ def test_run_writes_tables_prints_them_whole_and_drops_stale_ones(run_folder, ca
     row per grouping x cell x prompt x metric), paired.csv, stats.md, the whole Markdown printed (more than 20
     rows), the seed and resamples in summary.json; summary_groups.csv's frames are sums. The same seed rewrites
     identical bytes; another seed changes the intervals, not the means; a rerun without --paired removes
-    paired.csv. Catches the 20-row print limit, unseeded intervals, a stale table left from an earlier run."""
+    paired.csv, one without --cross drops the cross, one without groups removes the group tables. Catches the
+    20-row print limit, unseeded intervals, a stale table or grouping left from an earlier run."""
     out, jobs = run_folder
     args = _args(out, "--cross", "condition,view", "--paired", "condition:nm", "--unit", "subject",
                  "--seed", "3", "--resamples", "300")
@@ -296,6 +297,13 @@ def test_run_writes_tables_prints_them_whole_and_drops_stale_ones(run_folder, ca
     assert [r["mean"] for r in again] == [r["mean"] for r in rows]
     assert [r["ci_low"] for r in again] != [r["ci_low"] for r in rows]
     assert not (out / "paired.csv").exists() and "paired differences" not in (out / "stats.md").read_text()
+    write_summaries(_args(out), {"prompts": PROMPTS, "method": "grad_eclip"}, jobs, out)  # no --cross now
+    assert {r["grouping"] for r in read_csv(out / "stats.csv")} == groupings - {"condition x view"}
+    plain = build_parser().parse_args(["batch", "/data", "-o", str(out), "--masks-root", "/m", "-p", PROMPTS[0],
+                                       "-p", PROMPTS[1]])
+    write_summaries(plain, {"prompts": PROMPTS, "method": "grad_eclip"}, jobs, out)  # no groups at all
+    assert not any((out / name).exists() for name in ("stats.csv", "stats.md", "summary_groups.csv"))
+    assert "statistics" not in json.loads((out / "summary.json").read_text())
 
 
 def test_video_table_printed_whole_without_groups(run_folder):
