@@ -335,6 +335,7 @@ def test_default_crosses_and_option_errors(run_folder):
            ("--paired", "condition:xx", "--unit", "subject"): "no video has condition 'xx' (found bg, cl, nm)",
            ("--paired", "condition:nm", "--unit", "person"): "'person' is not a group name",
            ("--paired", "condition:nm"): "--paired needs --unit",
+           ("--paired", "condition:nm", "--unit", "subject,condition"): "cannot also be the unit",
            ("--paired", "condition", "--unit", "subject"): "give FACTOR:BASELINE"}
     for extra, message in bad.items():
         with pytest.raises(ValueError, match=re.escape(message)) as err:

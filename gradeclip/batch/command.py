@@ -24,7 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Explain every video of folders or a CSV manifest on Ray Data (a local Ray unless --address). "
                     "Per video: maps (.npz + JSON), scores, and with masks the annotation metrics, each video's "
                     "folder renamed into place when complete; a rerun skips complete videos. Then summary.csv "
-                    "(video x prompt), summary_groups.csv and a mean relevance map figure per group.")
+                    "(video x prompt), summary_groups.csv, stats.csv/stats.md (n, mean, sd and a bootstrap "
+                    "interval over videos per group and cross; paired differences with --paired) and a mean "
+                    "relevance map figure per group.")
     b.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="folders of videos (searched recursively), video files, or a CSV manifest with columns "
                         "path[,masks][,group columns...]")
@@ -136,6 +138,10 @@ def stats_options(args) -> dict:
     unit = [n.strip() for n in (getattr(args, "unit", None) or "").split(",") if n.strip()]
     if paired and not unit:
         raise ValueError("--paired needs --unit NAME: the group the differences are taken within, e.g. subject")
+    clash = [f for f, _ in paired if f in unit]
+    if clash:
+        raise ValueError(f"--paired {clash[0]}:... --unit {','.join(unit)}: the factor compared cannot also be the "
+                         "unit; name the unit the levels are compared within, e.g. subject")
     if unit and not paired:
         raise ValueError("--unit is used by --paired only: add --paired FACTOR:BASELINE, e.g. condition:nm")
     return {"crosses": crosses, "paired": paired, "unit": unit}

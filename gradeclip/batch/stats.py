@@ -9,7 +9,8 @@ percentiles; for few, further out, ``expanded_tail``, so that it still holds the
 generator seeded by ``seed`` and the cell's own key, so a cell's interval does not depend on which other cells or
 groupings were asked for, and a rerun gives the same numbers. A value that is missing (no masks, rank correlation
 undefined for constant maps, a video left out as partial or failed) is not an observation: its ``n`` says how many
-videos had one, and a cell with none reports NaN, never 0. ``sd`` (ddof 1) and the interval need 2 observations.
+videos had one, a resample's mean is over its drawn videos that have it, and a cell with none reports NaN, never 0.
+``sd`` (ddof 1) and the interval need 2 observations.
 """
 from __future__ import annotations
 
@@ -205,8 +206,9 @@ def markdown(stats_rows: List[dict], paired_rows: List[dict], resamples: int, se
     """The tables as Markdown: per grouping, a row per cell x prompt with videos, frames, annotated frames and per
     metric ``mean ± sd [low, high]`` (``(n k)`` added where fewer videos than the cell's have the value, ``–`` for
     none); then the paired differences. A first line says what the interval is."""
-    lines = [f"Intervals: {level:.0%} expanded percentile bootstrap over videos (paired: over units), {resamples} resamples, "
-             f"seed {seed}. mean ± sd [low, high]; (n k): only k videos have the value; –: none."]
+    lines = [f"Intervals: {level:.0%} expanded percentile bootstrap over videos (paired: over units), "
+             f"{resamples} resamples, seed {seed}. mean ± sd [low, high]; (n k): only k videos have the value; "
+             "–: none."]
     keys = list(dict.fromkeys((r["grouping"], r["cell"], r["prompt"]) for r in stats_rows))
     metrics = list(dict.fromkeys(r["metric"] for r in stats_rows))
     by_key = {(r["grouping"], r["cell"], r["prompt"], r["metric"]): r for r in stats_rows}

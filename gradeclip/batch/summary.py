@@ -7,9 +7,9 @@ found, annotated and missing frames, masks resized, chance level, pointing / ene
 ``summary_groups.csv``: per group column (named groups of each ``--group-by`` regex, or manifest columns) and value,
 per prompt: videos counted by status, those included, frames and annotated frames summed over the included videos
 (complete ones; partial ones too with ``--include-partial``) and the means of the other per-video values over them.
-``stats.csv``/``stats.md`` (module ``stats``): counts, mean, sd and bootstrap intervals per grouping and cross. ``summary.json``: the run's counts and what was
-excluded. ``mean_maps_<column>.png``: each prompt's mean relevance map per value of the column, in
-normalised frame coordinates (x and y from 0 to 1 across the frame).
+``stats.csv``/``stats.md`` (module ``stats``): counts, mean, sd and bootstrap intervals per grouping and cross.
+``summary.json``: the run's counts and what was excluded. ``mean_maps_<column>.png``: each prompt's mean relevance
+map per value of the column, in normalised frame coordinates (x and y from 0 to 1 across the frame).
 """
 from __future__ import annotations
 
