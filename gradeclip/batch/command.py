@@ -1,7 +1,8 @@
 """The ``batch`` command: a dataset of videos explained on Ray Data, resumable, with a dataset summary.
 
     python -m gradeclip batch INPUT... --prompt P [...] --out DIR [--masks-root DIR [--masks-template T]]
-                              [--group-by REGEX ...] [--gallery-k K] [--include-partial] [--address ADDR]
+                              [--group-by REGEX ...] [--cross A,B ...] [--paired FACTOR:BASELINE --unit NAME]
+                              [--seed S] [--resamples B] [--gallery-k K] [--include-partial] [--address ADDR]
                               [--num-workers N] [--overwrite] [--retry-failed]
 """
 from __future__ import annotations
@@ -23,7 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Explain every video of folders or a CSV manifest on Ray Data (a local Ray unless --address). "
                     "Per video: maps (.npz + JSON), scores, and with masks the annotation metrics, each video's "
                     "folder renamed into place when complete; a rerun skips complete videos. Then summary.csv "
-                    "(video x prompt), summary_groups.csv and a mean relevance map figure per group.")
+                    "(video x prompt), summary_groups.csv, stats.csv/stats.md (n, mean, sd and a bootstrap "
+                    "interval over videos per group and cross; paired differences with --paired) and a mean "
+                    "relevance map figure per group.")
     b.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="folders of videos (searched recursively), video files, or a CSV manifest with columns "
                         "path[,masks][,group columns...]")
@@ -51,6 +54,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--gallery-k", type=positive_int_arg, default=6, metavar="K",
                    help="with masks: frames per failure gallery, the K lowest and K highest energy in the mask per "
                         "group, method and prompt (default: 6)")
+    b.add_argument("--cross", action="append", metavar="A,B",
+                   help="a cross of group names tabulated in stats.csv/stats.md, e.g. condition,view; repeat for more "
+                        "(default: the cross of all named groups of each --group-by with several; 'none': no cross)")
+    b.add_argument("--paired", action="append", metavar="FACTOR:BASELINE",
+                   help="paired differences of each other level of FACTOR minus BASELINE within each --unit, e.g. "
+                        "condition:nm (bg - nm, cl - nm per subject); repeat for more factors")
+    b.add_argument("--unit", metavar="NAME[,NAME]",
+                   help="the unit the --paired differences are taken within and resampled over, e.g. subject")
+    b.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap intervals (default: 0)")
+    b.add_argument("--resamples", type=positive_int_arg, default=2000, metavar="B",
+                   help="bootstrap resamples of the videos per interval (default: 2000)")
     b.add_argument("--include-partial", action="store_true",
                    help="count partial videos (frames missing or damaged) in the group statistics (default: only "
                         "complete videos)")
@@ -77,6 +91,7 @@ def check(args) -> dict:
     get_method(args.method)
     check_input_options(args)
     group_names(args.group_by)
+    stats_options(args)
     if args.masks_root and not Path(args.masks_root).is_dir():
         raise FileNotFoundError(f"--masks-root not found: {args.masks_root}")
     if args.masks_template is not None and not args.masks_root:
@@ -108,6 +123,64 @@ def group_names(patterns) -> list:
     return names
 
 
+def stats_options(args) -> dict:
+    """``--cross``, ``--paired`` and ``--unit`` parsed: ``{"crosses": None | [[names]], "paired": [(factor,
+    baseline)], "unit": [names]}``; ValueError (one line) for a malformed one. Names are checked against the groups
+    once the videos are found (``check_stats``)."""
+    crosses = None
+    if getattr(args, "cross", None):
+        crosses = [] if args.cross == ["none"] else [[n.strip() for n in c.split(",") if n.strip()] for c in args.cross]
+        if any(len(c) < 2 for c in crosses):
+            raise ValueError(f"--cross {args.cross!r}: give two or more group names separated by commas, or 'none'")
+    paired = []
+    for text in getattr(args, "paired", None) or []:
+        factor, _, baseline = text.partition(":")
+        if not factor or not baseline:
+            raise ValueError(f"--paired {text!r}: give FACTOR:BASELINE, e.g. condition:nm")
+        paired.append((factor, baseline))
+    unit = [n.strip() for n in (getattr(args, "unit", None) or "").split(",") if n.strip()]
+    if paired and not unit:
+        raise ValueError("--paired needs --unit NAME: the group the differences are taken within, e.g. subject")
+    clash = [f for f, _ in paired if f in unit]
+    if clash:
+        raise ValueError(f"--paired {clash[0]}:... --unit {','.join(unit)}: the factor compared cannot also be the "
+                         "unit; name the unit the levels are compared within, e.g. subject")
+    if unit and not paired:
+        raise ValueError("--unit is used by --paired only: add --paired FACTOR:BASELINE, e.g. condition:nm")
+    return {"crosses": crosses, "paired": paired, "unit": unit}
+
+
+def check_stats(args, jobs: list) -> list:
+    """Before the work: the groupings to tabulate (``stats.groupings``), with --cross, --paired and --unit names
+    and the --paired baseline level checked against the videos' groups. Returns the groupings."""
+    from .stats import groupings
+    from .summary import groups_of
+
+    options = stats_options(args)
+    per_pattern = [group_names([p]) for p in args.group_by or []]
+    columns = list(dict.fromkeys(k for j in jobs for k in j["columns"]))
+    chosen = groupings(per_pattern, columns, options["crosses"])
+    fields = [{**j["columns"], **groups_of(j["path"], args.group_by)} for j in jobs]
+    if options["crosses"] is None:  # a default cross whose every cell is one video is summary.csv again: left out
+        chosen = [g for g in chosen if len(g) == 1 or _shared_cell(fields, g)]
+    for factor, baseline in options["paired"]:
+        for name in (factor, *options["unit"]):
+            if (name,) not in chosen:
+                raise ValueError(f"--paired/--unit: {name!r} is not a group name (named groups of --group-by and "
+                                 f"manifest columns: {', '.join(g[0] for g in chosen if len(g) == 1) or 'none'})")
+        levels = sorted({f[factor] for f in fields if factor in f})
+        if baseline not in levels:
+            raise ValueError(f"--paired {factor}:{baseline}: no video has {factor} {baseline!r} "
+                             f"(found {', '.join(levels) or 'none'})")
+    return chosen
+
+
+def _shared_cell(fields: list, names) -> bool:
+    """Whether some cell of the cross of ``names`` holds two or more of the videos (``fields``: their groups)."""
+    cells = [tuple(f[n] for n in names) for f in fields if all(n in f for n in names)]
+    return len(set(cells)) < len(cells)
+
+
 def run(args) -> int:
     """Run ``batch`` for parsed ``args``; returns the exit status (1 when some video is not complete). Ctrl-C:
     temporary folders removed, then ``Interrupted`` with what is complete and how to resume."""
@@ -126,6 +199,7 @@ def run(args) -> int:
         raise ValueError(f"--masks-root {args.masks_root}: no masks found for any of the {len(jobs)} videos "
                          f"(for {Path(jobs[0]['path']).name} looked for {' and '.join(looked)}); "
                          "see --masks-template")
+    check_stats(args, jobs)
     out = Path(args.out).resolve()
     check_run(out, settings, args.overwrite)
     try:
@@ -150,12 +224,14 @@ def run(args) -> int:
 
 
 def write_summaries(args, settings: dict, jobs: list, out: Path) -> int:
-    """Write summary.csv, summary_groups.csv, summary.json and the mean map figures; print the summary; returns
-    the exit status (1 when some video is not complete)."""
+    """Write summary.csv, summary_groups.csv, stats.csv/stats.md (and paired.csv with --paired), summary.json and
+    the mean map figures; print the statistics table (the video x prompt table without groups), or past
+    ``stats.PRINT_ROWS`` rows the file's name; returns the exit status (1 when some video is not complete)."""
     from ..files import atomic_path, write_json
     from ..eval.annotations import write_csv
     from .figures import add_band_shares, write_figures
-    from .summary import format_summary, group_rows, run_counts, summary_rows
+    from .stats import PRINT_ROWS, table_rows, write_tables
+    from .summary import format_summary, group_rows, included, run_counts, summary_rows
 
     prompts, masks_asked = settings["prompts"], bool(args.masks_root)
     rows = summary_rows(out, jobs, prompts, args.group_by, masks_asked)
@@ -170,11 +246,22 @@ def write_summaries(args, settings: dict, jobs: list, out: Path) -> int:
         paths.append(out / "summary_groups.csv")
         with atomic_path(paths[-1]) as temp:
             write_csv(groups, temp)
+    else:  # none asked for this time: none left from an earlier run
+        (out / "summary_groups.csv").unlink(missing_ok=True)
+    options = stats_options(args)
+    written, table, counts_stats = write_tables(
+        out, rows, check_stats(args, jobs), options["paired"], options["unit"], prompts, settings["method"],
+        lambda status: included(status, args.include_partial), args.seed, args.resamples)
+    paths += written
     figures = write_figures(out, rows, columns if groups else [], prompts, settings["method"], args.include_partial,
                             getattr(args, "gallery_k", 6))
     counts = run_counts(rows, prompts, args.include_partial, masks_asked)
+    if table:
+        counts["statistics"] = counts_stats
     paths.append(write_json(out / "summary.json", counts))
-    print(format_summary(groups or rows))
+    table = table or format_summary(rows)
+    named = out / ("stats.md" if groups else "summary.csv")
+    print(table if table_rows(table) <= PRINT_ROWS else f"({table_rows(table)} table rows: see {named})")
     excluded = counts["excluded"]
     print(f"{counts['complete']} of {counts['videos']} videos complete, {counts['partial']} partial, "
           f"{counts['failed'] + counts['missing']} failed" +

@@ -5,22 +5,24 @@ uninterrupted one give the same summary).
 decoded / damaged / explained, mean/max cosine, temporal stability, constant maps, and with masks whether they were
 found, annotated and missing frames, masks resized, chance level, pointing / energy / rank correlation).
 ``summary_groups.csv``: per group column (named groups of each ``--group-by`` regex, or manifest columns) and value,
-per prompt: videos counted by status, those included, and the means of the per-video values over the included
-videos (complete ones; partial ones too with ``--include-partial``). ``summary.json``: the run's counts and what was
-excluded. The figures are ``figures``'s.
+per prompt: videos counted by status, those included, frames and annotated frames summed over the included videos
+(complete ones; partial ones too with ``--include-partial``) and the means of the other per-video values over them.
+``stats.csv``/``stats.md`` (module ``stats``): counts, mean, sd and bootstrap intervals per grouping and cross.
+``summary.json``: the run's counts and what was excluded. The figures are ``figures``'s.
 """
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 VALUES = ("frames", "mean_cos", "max_cos", "stability", "constant_maps", "annotated_frames", "chance", "pointing",
           "energy", "rank_corr", "head_share", "torso_share", "legs_share")
 COUNTS = ("declared_frames", "decoded_frames", "damaged_frames")
+SUMMED = ("frames", "annotated_frames")  # group rows give their total over the included videos
 
 
 def groups_of(path: str, patterns) -> Dict[str, str]:
@@ -78,7 +80,8 @@ def summary_rows(out: Path, jobs: List[dict], prompts: List[str], group_by=None,
 def group_rows(rows: List[dict], columns: List[str], include_partial: bool = False) -> List[dict]:
     """Per column, value and prompt: ``videos``, how many are ``complete``, ``partial``, ``failed`` (or missing),
     ``included`` in the means (complete, and partial with ``include_partial``), ``with_masks``/``without_masks``
-    (when masks were asked for), and the NaN-ignoring mean of each value over the included videos."""
+    (when masks were asked for), ``frames`` and ``annotated_frames`` summed over the included videos, and the
+    NaN-ignoring mean of each other value over them (spread and intervals: ``stats.group_stats``)."""
     out = []
     for column in columns:
         keys = sorted({(r[column], r["prompt"]) for r in rows if column in r})
@@ -94,7 +97,10 @@ def group_rows(rows: List[dict], columns: List[str], include_partial: bool = Fal
                 row["without_masks"] = len(items) - row["with_masks"]
             for key in (k for k in VALUES if any(k in r for r in items)):
                 numbers = np.array([r.get(key, float("nan")) for r in used], float)
-                row[key] = round(float(np.nanmean(numbers)), 6) if np.isfinite(numbers).any() else float("nan")
+                if key in SUMMED:  # counts of frames over the included videos, not a per-video mean
+                    row[key] = int(np.nansum(numbers))
+                else:
+                    row[key] = round(float(np.nanmean(numbers)), 6) if np.isfinite(numbers).any() else float("nan")
             out.append(row)
     return out
 
@@ -116,12 +122,13 @@ def run_counts(rows: List[dict], prompts: List[str], include_partial: bool, mask
     return counts
 
 
-def format_summary(rows: List[dict], limit: int = 20) -> str:
-    """The first ``limit`` rows of a summary (video x prompt or group) as a Markdown table."""
+def format_summary(rows: List[dict], limit: Optional[int] = None) -> str:
+    """A summary (video x prompt or group) as a Markdown table: every row, or the first ``limit``."""
     if not rows:
         return "(no rows)"
     keys = [k for k in rows[0] if k not in ("path", "reason")]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    limit = len(rows) if limit is None else limit
     for row in rows[:limit]:
         cells = [f"{row[k]:.3f}" if isinstance(row[k], float) and k != "frames" else f"{row[k]:g}"
                  if isinstance(row[k], float) else str(row[k]) for k in keys]
