@@ -124,7 +124,7 @@ class ResNetImage:
         forward is its ``encode_image``), the decomposed pool with interpolated positions elsewhere."""
         spatial = x[:, 1:]
         if self._grids.get(spatial.shape[1]) == self.trained_grid:
-            fmap = spatial.transpose(1, 2).reshape(x.shape[0], x.shape[2], *self.trained_grid)
+            fmap = spatial.transpose(1, 2).contiguous().reshape(x.shape[0], x.shape[2], *self.trained_grid)
             return self.attnpool(fmap)
         q, k, v = self.pool_qkv(x)
         o, _ = attend(q, k, v, self.pool_heads())
