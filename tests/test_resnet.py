@@ -209,6 +209,26 @@ def test_grad_cam_is_layer4_grad_cam(rn):
     assert (expected > 0).any() and (expected == 0).any()  # the ReLU matters on this fixture
 
 
+def test_layercam_reads_layer4_with_gradients_through_the_mean_token(rn):
+    """Bugs caught: the pool taking the mean token's row as given (per-position gradients then miss the path through
+    the pool's query), the package hooking another tensor than layer4's output, the mean token kept as a position:
+    the grad-cam package's LayerCAM must equal ReLU(sum_c ReLU(d cos / d A_cij) A_cij), min-max scaled per map as
+    the package scales, with the gradient computed by autograd here."""
+    x, text = pixels(96, 160), text_features()
+    with torch.no_grad():
+        fmap = layer4_output(rn.visual, x)
+    a = fmap.clone().requires_grad_(True)
+    cos = F.normalize(library_pool(rn.visual.attnpool, a), dim=-1) @ F.normalize(text, dim=-1).T  # (B, K)
+    expected = torch.zeros(2, 3, 3, 5)
+    for kk in range(3):
+        (g,) = torch.autograd.grad(cos[:, kk].sum(), a, retain_graph=True)
+        cam = (g.relu() * fmap).sum(1).relu()  # (B, 3, 5)
+        cam = cam - cam.amin(dim=(1, 2), keepdim=True)
+        expected[:, kk] = cam / (1e-7 + cam.amax(dim=(1, 2), keepdim=True))
+    got = run_method("layercam", rn, x, text)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_maskclip_is_the_value_path_through_c_proj(rn):
     """Bugs caught: the positional embedding left out of the values, the mean token's value mapped, c_proj's bias
     dropped, the ReLU left out: each spatial token's c_proj(v_proj(A_i + pos_i)) compared with the prompt."""
