@@ -5,6 +5,7 @@ the library's own, transformer-only methods refused in one line.
 References are computed from the library's own modules (stem, stages, q/k/v/c_proj projections) with
 ``F.multi_head_attention_forward`` or explicit loops, never through gradeclip's backbone."""
 import copy
+import json
 import warnings
 
 import numpy as np
@@ -292,14 +293,33 @@ def test_transformer_only_methods_refuse_in_one_line(rn, method):
     assert "ResNet image tower (ModifiedResNet)" in message
 
 
-def test_load_clip_accepts_a_resnet_checkpoint(tmp_path, rn):
-    """Bug caught: an OpenAI-format RN checkpoint refused at load or explain ("this method needs a ViT image
-    encoder"): it loads, explains and scores as the model it was saved from."""
+def save_open_clip_resnet(model, folder):
+    """``model`` (the tiny RN CLIP) saved as an open_clip folder: open_clip_config.json with a ResNet vision_cfg
+    (``layers`` a list: open_clip builds a ModifiedResNet) and the converted weights."""
+    cfg = {"embed_dim": 32, "quick_gelu": True,
+           "vision_cfg": {"image_size": 96, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    torch.save(as_open_clip(model).state_dict(), folder / "open_clip_pytorch_model.bin")
+    return str(folder)
+
+
+def test_load_clip_accepts_resnet_checkpoints_and_folders(tmp_path, rn):
+    """Bug caught: a ResNet CLIP refused at load ("this method needs open_clip's own ViT image tower ...") or at
+    explain ("this method needs a ViT image encoder"): an OpenAI-format state dict and an open_clip folder load,
+    explain and score as the model they were saved from."""
     path = tmp_path / "rn.pt"
     torch.save(rn.state_dict(), path)
-    loaded, _ = gradeclip.load_clip(str(path), device="cpu")
     x, text = pixels(96, 128), text_features()
-    torch.testing.assert_close(grad_eclip_image(loaded, x, text), grad_eclip_image(rn, x, text))
+    expected = grad_eclip_image(rn, x, text)
+    loaded, _ = gradeclip.load_clip(str(path), device="cpu")
+    torch.testing.assert_close(grad_eclip_image(loaded, x, text), expected)
+    folder, _ = gradeclip.load_clip("open_clip:" + save_open_clip_resnet(rn, tmp_path / "oc"), device="cpu")
+    assert type(folder).__name__ == "OpenClipResNetBackbone"
+    torch.testing.assert_close(grad_eclip_image(folder, x, text), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gradeclip.similarity(folder, np.zeros((96, 96, 3), np.uint8), PROMPTS)[0],
+                               gradeclip.similarity(rn, np.zeros((96, 96, 3), np.uint8), PROMPTS)[0], atol=1e-6)
 
 
 def test_transformers_refusal_names_the_class_honestly():
