@@ -272,8 +272,8 @@ def test_library_input_scores_are_the_librarys_own(rn, rn_open_clip):
     for model in (rn, rn_open_clip):
         cosine, probs = gradeclip.similarity(model, frame, PROMPTS, input="library")
         np.testing.assert_allclose(cosine, expected, atol=1e-6)
-        np.testing.assert_allclose(probs, (rn.logit_scale.exp().detach() * torch.from_numpy(expected)).softmax(-1).numpy(),
-                                   atol=1e-5)
+        scale = rn.logit_scale.exp().detach()
+        np.testing.assert_allclose(probs, (scale * torch.from_numpy(expected)).softmax(-1).numpy(), atol=1e-5)
     result = gradeclip.explain(rn, frame, PROMPTS, input="library", progress=False)
     np.testing.assert_allclose(result.cosine, expected, atol=1e-6)
     assert result.raw.shape == (1, 3, 3, 3)
