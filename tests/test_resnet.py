@@ -118,13 +118,19 @@ def test_dense_forward_is_the_librarys_encode_image(rn, rn_open_clip, library):
 
 def test_pool_at_a_non_square_grid_interpolates_positions(rn):
     """Bugs caught: the interpolated positional embedding laid out (w, h) instead of (h, w), or not interpolated at
-    all (a crash or a wrong embedding), the mean token taken over the wrong axis: the 96x160 (3x5) embedding must
-    equal torch's multi-head attention over positions interpolated here."""
+    all (a crash or a wrong embedding), the mean token taken over the wrong axis, the trained grid recognised by its
+    token count alone (1x9 read as 3x3): the 96x160 (3x5) and 32x288 (1x9) embeddings must equal torch's
+    multi-head attention over positions interpolated here, and the trained 3x3 the library's own after them."""
     bb, x = backbone_of(rn), pixels(96, 160)
     with torch.no_grad():
         expected = library_pool(rn.visual.attnpool, layer4_output(rn.visual, x))
     got = bb.encode_pixels(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    strip = pixels(32, 288)  # a 1x9 grid: as many tokens as the trained 3x3, other positions
+    with torch.no_grad():
+        expected = library_pool(rn.visual.attnpool, layer4_output(rn.visual, strip))
+    torch.testing.assert_close(bb.encode_pixels(strip), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bb.encode_pixels(pixels(96, 96)), rn.encode_image(pixels(96, 96)), rtol=0, atol=0)
     with torch.no_grad():  # the decomposed pool at the trained grid equals the library's too
         q, k, v = bb.pool_qkv(bb.embed_image(pixels(96, 96)))
         o, _ = gradeclip.backbones.base.attend(q, k, v, bb.pool_heads())
