@@ -1,8 +1,9 @@
 """Grad-ECLIP on every supported backbone against the library's own image forward, ViT-B sizes, random weights.
 
 Per backbone (openai-clip ViT-B/32, open_clip ViT-B-32, transformers CLIPModel ViT-B/32, transformers SiglipModel
-base patch16 224, open_clip ViT-B-16-SigLIP with its timm tower, open_clip coca_ViT-B-32): the library's own image
-forward (``encode_image`` / ``get_image_features``, no autograd) on a batch of frames at the native resolution, then
+base patch16 224, open_clip ViT-B-16-SigLIP with its timm tower, open_clip coca_ViT-B-32, openai-clip and open_clip
+RN50): the library's own image forward (``encode_image`` / ``get_image_features``, no autograd) on a batch of frames
+at the native resolution, then
 Grad-ECLIP as ``explain`` runs it (``run_method``: maps and image features of one forward) with 1 and 16 prompts on
 the same batch. Targets: 1 prompt <= 1.3x the forward, 16 prompts <= 1.5x 1 prompt. Timings are medians of
 --repeats rounds in one process (the three take turns); each backbone ends with a line
@@ -41,6 +42,18 @@ def open_clip_coca_b32():
     return open_clip.create_model("coca_ViT-B-32", pretrained=None)  # open_clip's ViT with the attentional pooler
 
 
+def openai_rn50():
+    from clip.model import CLIP
+    return CLIP(embed_dim=1024, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=64,
+                vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=512,
+                transformer_heads=8, transformer_layers=12)  # clip.load("RN50")'s configuration
+
+
+def open_clip_rn50():
+    import open_clip
+    return open_clip.create_model("RN50", pretrained=None)  # open_clip's ModifiedResNet, random weights
+
+
 def hf_clip_b32():
     from transformers import CLIPConfig, CLIPModel
     return CLIPModel(CLIPConfig())  # the default configuration is ViT-B/32 at 224
@@ -55,7 +68,9 @@ BACKBONES = {"openai": ("openai-clip ViT-B/32", openai_b32), "open_clip": ("open
              "hf_clip": ("transformers CLIPModel ViT-B/32", hf_clip_b32),
              "hf_siglip": ("transformers SiglipModel B/16-224", hf_siglip_b16),
              "open_clip_siglip": ("open_clip ViT-B-16-SigLIP (timm tower)", open_clip_siglip_b16),
-             "open_clip_coca": ("open_clip coca_ViT-B-32", open_clip_coca_b32)}
+             "open_clip_coca": ("open_clip coca_ViT-B-32", open_clip_coca_b32),
+             "openai_rn50": ("openai-clip RN50 (ModifiedResNet)", openai_rn50),
+             "open_clip_rn50": ("open_clip RN50 (ModifiedResNet)", open_clip_rn50)}
 
 
 def median_times(fns, repeats):

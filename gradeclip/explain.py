@@ -89,7 +89,7 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
             **options) -> Explanation:
     """Explain a CLIP-family model's match of each frame with each prompt.
 
-    ``model``: an openai-clip ``clip.model.CLIP`` (ViT), an open_clip ``CLIP`` or ``CustomTextCLIP``, a
+    ``model``: an openai-clip ``clip.model.CLIP`` (ViT or ResNet), an open_clip ``CLIP`` or ``CustomTextCLIP``, a
     transformers ``CLIPModel`` or ``SiglipModel``, or what ``load_clip`` returns. ``tokenizer``: needed only where
     the model carries none (transformers models, open_clip models with a non-CLIP vocabulary): a callable from a
     list of strings to a (K, T) tensor of token ids, or a transformers tokenizer or processor.

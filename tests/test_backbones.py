@@ -206,7 +206,7 @@ def test_bad_models_and_missing_tokenizers(trio, siglip, frames):
                                                                                    intermediate_size=64,
                                                                                    num_hidden_layers=1,
                                                                                    num_attention_heads=1))):
-        with pytest.raises(TypeError, match="expected an openai-clip clip.model.CLIP .ViT., an open_clip CLIP"):
+        with pytest.raises(TypeError, match="expected an openai-clip clip.model.CLIP .ViT or ResNet., an open_clip CLIP"):
             explain(bad, frames, PROMPTS, progress=False)
     for model in (trio[2][0], siglip):
         with pytest.raises(TypeError, match="carries no tokenizer: pass tokenizer="):

@@ -268,10 +268,14 @@ def test_text_bad_inputs(model):
         grad_eclip_text(model, torch.randn(1, 3, 32, 32), torch.cat([tokens, tokens[:, :3]], dim=1))
 
 
-def test_resnet_clip_is_refused():
+def test_resnet_clip_is_explained():
+    """Bug caught: ResNet CLIPs refused as before issue 18 (references: tests/test_resnet.py); the other encoders
+    openai-clip could hold are still refused in one line."""
     from clip.model import CLIP
     rn = CLIP(embed_dim=32, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=64,
               vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=64,
               transformer_heads=1, transformer_layers=1).eval()
-    with pytest.raises(TypeError, match="needs a ViT image encoder"):
+    assert grad_eclip_image(rn, torch.randn(1, 3, 64, 96), torch.randn(1, 32)).shape == (1, 1, 2, 3)
+    rn.visual = torch.nn.Identity()
+    with pytest.raises(TypeError, match=r"cannot explain this openai-clip image encoder \(Identity\)"):
         grad_eclip_image(rn, torch.randn(1, 3, 64, 64), torch.randn(1, 32))

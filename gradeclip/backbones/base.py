@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from .tokens import call_tokenizer, check_prompts, tokenizer_inputs  # noqa: F401 (call_tokenizer: public name)
 
-ACCEPTED_MODELS = ("an openai-clip clip.model.CLIP (ViT), an open_clip CLIP, CustomTextCLIP or CoCa, a transformers "
-                   "CLIPModel or SiglipModel, or a gradeclip Backbone")
+ACCEPTED_MODELS = ("an openai-clip clip.model.CLIP (ViT or ResNet), an open_clip CLIP, CustomTextCLIP or CoCa, "
+                   "a transformers CLIPModel or SiglipModel, or a gradeclip Backbone")
 
 
 def interpolate_grid(patches: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
@@ -235,6 +235,9 @@ def backbone_of(model, tokenizer=None) -> Backbone:
         return twin
     module = type(model).__module__
     if module.startswith("clip."):
+        if type(getattr(model, "visual", None)).__name__ == "ModifiedResNet":
+            from .resnet import OpenAIResNetBackbone
+            return OpenAIResNetBackbone(model, tokenizer)
         from .openai import OpenAIBackbone
         return OpenAIBackbone(model, tokenizer)
     if module.startswith("open_clip"):

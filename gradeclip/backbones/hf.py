@@ -41,6 +41,9 @@ def hf_backbone(model, tokenizer=None, name: str = "") -> Backbone:
     if "SiglipModel" in names:
         return HFSiglipBackbone(model, tokenizer, name)
     from .base import ACCEPTED_MODELS
+    if hasattr(model, "get_text_features") and hasattr(model, "get_image_features"):  # both towers, another class
+        raise TypeError(f"expected {ACCEPTED_MODELS}; got transformers {type(model).__name__}, which has both towers "
+                        f"but is neither a CLIPModel nor a SiglipModel, whose layers gradeclip decomposes")
     raise TypeError(f"expected {ACCEPTED_MODELS}; got transformers {type(model).__name__} (use the full CLIPModel "
                     f"or SiglipModel, which has both towers)")
 

@@ -216,8 +216,8 @@ def check_vit(model) -> None:
     if not isinstance(model, CLIP):
         raise TypeError(f"expected an openai-clip clip.model.CLIP, got {type(model).__name__}")
     if not hasattr(model.visual, "transformer"):
-        raise TypeError(f"this method needs a ViT image encoder; this model has {type(model.visual).__name__} "
-                        f"(a ResNet CLIP). Use a ViT model such as ViT-B/32")
+        raise TypeError(f"gradeclip cannot explain this openai-clip image encoder ({type(model.visual).__name__}): "
+                        f"it explains openai-clip's ViT (VisionTransformer) and ResNet (ModifiedResNet) encoders")
 
 
 def tokenize_with_clip_bpe(prompts: Sequence[str], length: int, truncate: bool = False) -> torch.Tensor:

@@ -41,6 +41,9 @@ def preprocess_constants(visual):
 def open_clip_backbone(model, tokenizer=None, name: str = "") -> Backbone:
     """The adapter for an open_clip model: open_clip's own ViT tower, or a timm tower with an attention-pooling
     head (open_clip's SigLIP, ``timm_tower.py``)."""
+    if type(getattr(model, "visual", None)).__name__ == "ModifiedResNet":
+        from .resnet import OpenClipResNetBackbone
+        return OpenClipResNetBackbone(model, tokenizer, name)
     if type(getattr(model, "visual", None)).__name__ == "TimmModel":
         from .timm_tower import TimmTowerBackbone
         return TimmTowerBackbone(model, tokenizer, name)
@@ -57,8 +60,8 @@ class OpenClipBackbone(Backbone):
         visual = getattr(model, "visual", None)
         kind = type(visual).__name__
         if kind != "VisionTransformer" or not hasattr(visual, "transformer"):
-            raise TypeError(f"this method needs open_clip's own ViT image tower or a timm ViT with an attention-"
-                            f"pooling head (SigLIP); this model has {kind} (ResNet towers are not supported)")
+            raise TypeError(f"gradeclip cannot explain this open_clip image tower ({kind}): it explains open_clip's "
+                            f"own ViT, its ModifiedResNet, or a timm ViT with an attention-pooling head (SigLIP)")
         pooler = getattr(visual, "attn_pool", None) is not None
         if pooler != self.pooled_by_head or getattr(visual, "pool_type", "tok") != "tok" \
                 or getattr(visual, "attn_pool_contrastive", None) is not None:
