@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch import command as batch_command
 
     batch_command.add_parser(sub)
+    __import__(f"{__package__}.clip_command", fromlist=["add_parser"]).add_parser(sub)
     return parser
 
 
@@ -295,7 +296,8 @@ def _main(argv: Optional[List[str]]) -> int:
         if args.command is None:
             parser.print_help()
             return 1
-        commands = {"explain": _explain, "video": _video, "demo": _demo, "evaluate": _evaluate, "batch": _batch}
+        commands = {"explain": _explain, "video": _video, "demo": _demo, "evaluate": _evaluate, "batch": _batch,
+                    "clip": lambda a: __import__(f"{__package__}.clip_command", fromlist=["run"]).run(a)}
         return commands[args.command](args)
     except Interrupted as err:  # a command caught Ctrl-C and says what was completed and how to resume
         print(f"gradeclip: interrupted: {' '.join(str(err).split())}", file=sys.stderr)
