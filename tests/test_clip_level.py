@@ -24,7 +24,8 @@ PROMPTS = ["a dog running", "a red car"]
 
 
 @pytest.fixture(scope="module")
-def model():
+def clip_model():
+    """A tiny random CLIP of its own (seed 3), so that these tests do not share the session model's numbers."""
     return tiny_clip(seed=3)
 
 
@@ -63,9 +64,10 @@ def naive_clip_score(feats, text):
     return cosine, importance
 
 
-def test_cosine_and_importance_match_encode_image_loop(model, frames):
+def test_cosine_and_importance_match_encode_image_loop(clip_model, frames):
     """Catches: pooling unnormalised features (mean of f_t instead of f_t/|f_t|), a missing 1/T or 1/|v| in the
     importance, T and K axes swapped in frame_importance, probs from per-frame instead of the clip cosine."""
+    model = clip_model
     result = explain_clip(model, frames, PROMPTS, input="library", batch_size=3, progress=False)
     cosine, importance = naive_clip_score(naive_features(model, frames), naive_text(model, PROMPTS))
     assert result.cosine.shape == (2,) and result.frame_importance.shape == (4, 2)
@@ -137,10 +139,11 @@ def ref_clip_grad_eclip(model, pixels, text):
     return out.reshape(pixels.shape[0], len(text), gh, gw), torch.tensor(cosines)
 
 
-def test_grad_eclip_maps_equal_clip_score_reference(model, frames):
+def test_grad_eclip_maps_equal_clip_score_reference(clip_model, frames):
     """T = 4, K = 2, non-square frames. Catches: maps of each frame's own cosine instead of the clip score (a
     missing gain |d_k|/T or the per-frame direction), T and K swapped in raw, a lost ReLU, a wrong frame order
     across batches (batch_size 3 splits the clip)."""
+    model = clip_model
     result = explain_clip(model, frames, PROMPTS, input="native", batch_size=3, progress=False)
     pixels = gradeclip.to_pixels(model, frames, input="native")
     text = naive_text(model, PROMPTS).float()
@@ -157,9 +160,10 @@ def test_grad_eclip_maps_equal_clip_score_reference(model, frames):
     assert np.allclose(peaks.max(axis=0), 1.0) and (peaks < 1 - 1e-3).sum() >= 4, peaks
 
 
-def test_deleting_the_top_frame_lowers_the_score_more(model, frames):
+def test_deleting_the_top_frame_lowers_the_score_more(clip_model, frames):
     """Faithfulness, exact under mean pooling: the frame with the highest importance is the one whose removal
     costs most. Catches: importance ranked with the wrong sign, or read along the wrong axis."""
+    model = clip_model
     result = explain_clip(model, frames, PROMPTS, input="library", progress=False)
     feats, text = naive_features(model, frames), naive_text(model, PROMPTS)
     for k in range(len(PROMPTS)):
@@ -171,8 +175,9 @@ def test_deleting_the_top_frame_lowers_the_score_more(model, frames):
         assert drops[0] > drops[1], (k, drops)
 
 
-def test_methods_that_cannot_explain_a_clip_refuse_in_one_line(model, frames):
+def test_methods_that_cannot_explain_a_clip_refuse_in_one_line(clip_model, frames):
     """Catches: a perturbation method silently explaining each frame's own score as if it were the clip's."""
+    model = clip_model
     for method in ("rise", "maskclip", "gradcam_pp"):
         with pytest.raises(ValueError, match=f"method '{method}' cannot explain a clip score") as err:
             explain_clip(model, frames, PROMPTS, method=method, progress=False)
@@ -181,10 +186,11 @@ def test_methods_that_cannot_explain_a_clip_refuse_in_one_line(model, frames):
         explain_clip(model, frames, PROMPTS, pooling="max")
 
 
-def test_grad_cam_through_the_clip_score_is_proportional_to_per_frame_grad_cam_on_the_direction(model, frames):
+def test_grad_cam_through_the_clip_score_is_proportional_to_per_frame_grad_cam_on_the_direction(clip_model, frames):
     """Grad-CAM of the clip score: the gradient of the clip cosine w.r.t. the last block's input tokens, by autograd
     through all T frames at once (reference), averaged over tokens, times the tokens, ReLU.
     Catches: Grad-CAM run against the prompt instead of the clip score."""
+    model = clip_model
     result = explain_clip(model, frames, PROMPTS, method="grad_cam", input="native", progress=False)
     bb = gradeclip.backbones.backbone_of(model)
     pixels = gradeclip.to_pixels(model, frames, input="native")
@@ -241,3 +247,61 @@ def test_shapes_clip_ranks_the_circle_frames_and_maps_the_circle(circle_clip):
     # normalisation would put every peak at 1)
     peaks = result.maps[:, 1].max(axis=(1, 2))
     assert np.isclose(peaks.max(), 1.0) and (peaks < 0.99).sum() >= 25, peaks
+
+
+# ----- the clip command end to end
+
+def test_clip_command_end_to_end(avi, checkpoint, model, tmp_path):
+    """In a subprocess, as a user runs it. Catches: a JSON whose cosine is not the clip's (e.g. per-frame scores),
+    frame indices or times not the sampled frames', a figure or export missing for a prompt, an MP4 whose frame
+    count is not the clip's."""
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+    from gradeclip.io.frames import read_frames
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "gradeclip", "clip", avi, "-p", "a red car", "-p", "a tree",
+                           "--frames", "uniform:5", "--model", str(checkpoint), "--input", "library", "--out",
+                           str(out), "--device", "cpu", "--dpi", "40"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    stem = "numbered_clip_grad_eclip"
+    for name in (".npz", ".json", ".mp4", ".gif", "_prompt-0.png", "_prompt-1.png"):
+        assert (out / f"{stem}{name}").is_file(), name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial file left
+    record = json.loads((out / f"{stem}.json").read_text())
+    indices = record["frame_indices"]
+    assert len(indices) == 5 and indices[0] == 0 and indices[-1] == 29 and indices == sorted(set(indices))
+    np.testing.assert_allclose(record["timestamps_s"], np.array(indices) / 25, atol=1e-6)
+    cosine, importance = naive_clip_score(naive_features(model, read_frames(avi, indices)),
+                                          naive_text(model, ["a red car", "a tree"]))
+    np.testing.assert_allclose(record["cosine"], cosine.numpy(), atol=2e-5)
+    np.testing.assert_allclose(record["frame_importance"], importance.numpy(), atol=2e-5)
+    data = np.load(out / f"{stem}.npz")
+    assert data["raw"].shape[:2] == (5, 2) and np.array_equal(data["indices"], indices)
+    capture = cv2.VideoCapture(str(out / f"{stem}.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    capture.release()
+    assert "a red car" in proc.stdout and "clip cos" in proc.stdout
+
+
+def test_clip_command_errors_and_interrupt(avi, checkpoint, tmp_path, monkeypatch, capfd):
+    """Catches: a refused method printed as a traceback instead of one line and status 1; Ctrl-C during the
+    export leaving a partial file under a final name, or exiting with anything but 130 and one line."""
+    from gradeclip import clip_command
+    from gradeclip.cli import main
+    code = main(["clip", avi, "-p", "x", "--method", "rise", "--model", str(checkpoint), "--out", str(tmp_path)])
+    err = capfd.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "cannot explain a clip score" in err
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clip_command, "_write_overlays", interrupted)
+    out = tmp_path / "cut"
+    code = main(["clip", avi, "-p", "x", "--frames", "uniform:3", "--model", str(checkpoint), "--out", str(out),
+                 "--device", "cpu", "--dpi", "30"])
+    err = capfd.readouterr().err
+    assert code == 130 and err.count("\n") == 1 and "interrupted" in err and "numbered_clip_grad_eclip.npz" in err
+    assert not list(out.glob("*.mp4")) and not [p for p in out.iterdir() if p.name.startswith(".")]
