@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 from .checks import output_folder, positive_int_arg
 from .files import Interrupted, atomic_path, write_json
@@ -91,9 +92,8 @@ def run(args) -> int:
     stem = f"{Path(args.video).stem}_clip_{args.method}"
     written = []
     try:
-        written += _write_data(result, out, stem, args)
-        written += _write_figures(result, frames, out, stem, args)
-        written += _write_overlays(result, frames, out, stem, args)
+        write_clip_outputs(result, frames, out, stem, video=args.video, model=args.model, cmap=args.cmap,
+                           alpha=args.alpha, dpi=args.dpi, gif=not args.no_gif, written=written)
     except KeyboardInterrupt:
         done = ", ".join(p.name for p in written) or "nothing"
         raise Interrupted(f"clip {args.video}: finished {done} in {out}; run the same command again to write the "
@@ -103,7 +103,25 @@ def run(args) -> int:
     return 0
 
 
-def _write_data(result, out: Path, stem: str, args) -> list:
+def write_clip_outputs(result, frames, out, stem: str, *, video: str = "", model: str = "", cmap: str = "jet",
+                       alpha: float = 0.5, dpi: int = 150, gif: bool = True, written: Optional[list] = None) -> list:
+    """Write a ``ClipExplanation``'s files into the folder ``out``: ``STEM.npz`` and ``STEM.json`` (maps, scores,
+    importance, indices, times), ``STEM_prompt-K.png`` per prompt (``plot_clip``), ``STEM.mp4`` and, with ``gif``,
+    ``STEM.gif`` (overlays on the clip's shared scale). ``frames``: the clip's frames, uint8 RGB (T, H, W, 3).
+    ``video``, ``model``: recorded in the JSON. Each file is complete or absent; ``written`` (a list) collects the
+    paths as they are finished. Returns the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [] if written is None else written
+    options = argparse.Namespace(video=video, model=model or result.model, cmap=cmap, alpha=alpha, dpi=dpi,
+                                 no_gif=not gif)
+    for step in (_write_data, _write_figures, _write_overlays):
+        for path in step(result, frames, out, stem, options):
+            written.append(path)
+    return written
+
+
+def _write_data(result, frames, out: Path, stem: str, args) -> list:
     import numpy as np
 
     npz = out / f"{stem}.npz"
