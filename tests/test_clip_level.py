@@ -305,3 +305,25 @@ def test_clip_command_errors_and_interrupt(avi, checkpoint, tmp_path, monkeypatc
     err = capfd.readouterr().err
     assert code == 130 and err.count("\n") == 1 and "interrupted" in err and "numbered_clip_grad_eclip.npz" in err
     assert not list(out.glob("*.mp4")) and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_explorer_clip_view_bars_follow_importance_and_move_the_slider(avi, model):
+    """The explorer's clip view: one bar per sampled frame, heights ordered as the selected prompt's frame
+    importance, and a click on a bar moves the frame slider to that frame. Catches: bars drawn from the wrong
+    prompt's column (T and K swapped), a click that moves to the bar's position instead of its frame index."""
+    from gradeclip.viz.explorer import Explorer
+    from gradeclip.viz.explorer_clip import add_clip_view
+    explorer = Explorer(model, avi, ["a red car", "a tree"], input="native", words=False)
+    view = add_clip_view(explorer, frames="uniform:6")
+    assert explorer.children[0].children[1] is view  # right under the slider row
+    result = view.result
+    assert list(result.indices) == list(np.round(np.linspace(0, 29, 6)).astype(int))  # 0, 6, 12, 17, 23, 29
+    for k in (0, 1):
+        view.prompt.value = k
+        heights = np.array([int(bar.layout.height[:-2]) for bar in view.bars.children])
+        shares = np.abs(result.frame_importance[:, k])
+        assert len(heights) == 6 and heights.argmax() == shares.argmax()
+        np.testing.assert_allclose(heights, np.maximum(3, np.round(70 * shares / shares.max())), atol=1)
+    view.bars.children[3].click()
+    assert explorer.slider.value == result.indices[3] != 3
+    assert view.bars.children[3].description == "▲"
