@@ -127,10 +127,25 @@ def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], 
                              **options)
     bb = backbone_of(model, tokenizer)
     check_clip_method(method, options)
-    positive_int(batch_size, "batch_size")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    return explain_clip_encoded(bb, frames, prompts, bb.encode_prompts(prompts), method=method, input=input,
+                                scale=scale, batch_size=batch_size, progress=progress, **options)
+
+
+def explain_clip_encoded(model, frames: FramesLike, prompts: Sequence[str], text_features: torch.Tensor, *,
+                         method: str = "grad_eclip", input: Optional[str] = None, scale: float = 1.0,
+                         batch_size: int = 16, progress: bool = True, **options) -> ClipExplanation:
+    """``explain_clip`` under mean pooling with the prompts already encoded: ``text_features`` (K, D), the
+    library's own (``encode_prompts``), for ``prompts`` (K strings, used as labels); for callers that explain many
+    clips against one prompt set. Returns a ``ClipExplanation``."""
+    bb = backbone_of(model)
+    check_clip_method(method, options)
+    positive_int(batch_size, "batch_size")
     frames = as_frames(frames)
-    text_features = bb.encode_prompts(prompts)
+    prompts = list(prompts)
+    if text_features.ndim != 2 or text_features.shape[0] != len(prompts):
+        raise ValueError(f"text_features must be (K, D) with K = {len(prompts)} prompts; got "
+                         f"{tuple(text_features.shape)}")
     view = input_view(bb, frames.shape[1], frames.shape[2], input, scale)
     warn_token_count(bb, view)
     starts = list(range(0, len(frames), batch_size))
@@ -143,7 +158,9 @@ def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], 
         for s in starts:
             pixels = model_pixels(bb, frames[s:s + batch_size], view)
             x = bb.tokens_before(pixels, start)
-            features.append(bb.pool(bb.run_blocks(x, start, bb.depth)))
+            # only the rows the embedding depends on go through the last block (``readout``)
+            features.append(bb.pool(x) if start == bb.depth else
+                            bb.readout(bb.run_blocks(x, start, bb.depth - 1), bb.depth - 1))
             kept.append(x if decomposed else None)
             bar.update()
     cosine, importance, direction, gain = mean_pooling(torch.cat(features), text_features)

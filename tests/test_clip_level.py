@@ -327,3 +327,30 @@ def test_explorer_clip_view_bars_follow_importance_and_move_the_slider(avi, mode
     view.bars.children[3].click()
     assert explorer.slider.value == result.indices[3] != 3
     assert view.bars.children[3].description == "▲"
+
+
+def test_siglip_clip_score_and_probs_are_the_libraries_own(frames):
+    """A transformers SiglipModel (attention-pooling head, Grad-ECLIP on the head): the clip cosine from
+    ``get_image_features`` per frame, probs the per-prompt sigmoid of exp(logit_scale) * cos + logit_bias (not a
+    softmax over prompts). Catches: CLIP's softmax applied to SigLIP, the pooling-head path reading features of the
+    wrong rows, maps that are constant or non-finite."""
+    from backbone_models import clip_tokenizer, tiny_siglip
+    model, tokenizer = tiny_siglip(5), clip_tokenizer(16)
+    result = explain_clip(model, frames, PROMPTS, tokenizer=tokenizer, input="native", batch_size=3,
+                          progress=False)
+    pixels = gradeclip.to_pixels(model, frames, input="native")
+    def tensor(out):  # transformers 5 returns the pooled output in a model-output object
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    with torch.no_grad():
+        feats = torch.cat([tensor(model.get_image_features(pixel_values=pixels[t:t + 1],
+                                                           interpolate_pos_encoding=True))
+                           for t in range(len(frames))]).double()
+        text = tensor(model.get_text_features(input_ids=tokenizer(PROMPTS))).double()
+    cosine, importance = naive_clip_score(feats, text)
+    np.testing.assert_allclose(result.cosine, cosine.numpy(), atol=1e-5)
+    np.testing.assert_allclose(result.frame_importance, importance.numpy(), atol=1e-6)
+    expected = torch.sigmoid(model.logit_scale.detach().exp().double() * cosine + model.logit_bias.detach().double())
+    np.testing.assert_allclose(result.probs, expected.numpy(), atol=1e-5)
+    assert result.raw.shape == (4, 2, 5, 7) and np.isfinite(result.raw).all()
+    assert all(np.ptp(result.raw[:, k]) > 0 for k in range(2))
