@@ -210,7 +210,8 @@ def test_grad_cam_through_the_clip_score_is_proportional_to_per_frame_grad_cam_o
 @pytest.fixture(scope="module")
 def circle_clip(tmp_path_factory):
     """30 frames 64 x 80 (rows 8:72 of an 80-pixel scene): a blue square and a yellow triangle drift along the
-    top in every frame; a red circle drifts along the bottom in frames 10-19 only. Returns (video path, circle masks (30, 64, 80))."""
+    top in every frame; a red circle drifts along the bottom in frames 10-19 only. Returns (video path, circle
+    masks (30, 64, 80))."""
     from gradeclip.eval.shapes import ShapeObject, render_scene
     frames, masks = [], []
     for i in range(30):
