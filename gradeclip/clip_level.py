@@ -122,7 +122,13 @@ def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], 
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
     if pooling == "xclip" or _is_xclip(model):
-        from .xclip_level import explain_xclip  # its own module: it lands separately
+        try:
+            from .xclip_level import explain_xclip  # its own module: it lands separately
+        except ModuleNotFoundError as err:
+            if err.name != f"{__package__}.xclip_level":
+                raise
+            raise ValueError("pooling 'xclip' needs gradeclip.xclip_level, which this installation lacks; use "
+                             "pooling 'mean'") from None
         return explain_xclip(model, frames, prompts, method=method, tokenizer=tokenizer, progress=progress,
                              **options)
     bb = backbone_of(model, tokenizer)

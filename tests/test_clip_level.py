@@ -355,3 +355,14 @@ def test_siglip_clip_score_and_probs_are_the_libraries_own(frames):
     np.testing.assert_allclose(result.probs, expected.numpy(), atol=1e-5)
     assert result.raw.shape == (4, 2, 5, 7) and np.isfinite(result.raw).all()
     assert all(np.ptp(result.raw[:, k]) > 0 for k in range(2))
+
+
+def test_two_decomposed_blocks_add_the_earlier_block_to_the_last(clip_model, frames):
+    """layers=2: the last block's term is the layers=1 map (the clip gradient at its attention output is the same),
+    so the difference is the earlier block's ReLU'd term: non-negative and not zero; the scores do not change.
+    Catches: a scoring pass that starts at the wrong block when more than one is decomposed."""
+    one = explain_clip(clip_model, frames, PROMPTS, input="native", progress=False)
+    two = explain_clip(clip_model, frames, PROMPTS, input="native", progress=False, layers=2)
+    np.testing.assert_allclose(two.cosine, one.cosine, atol=1e-6)
+    extra = two.raw - one.raw
+    assert extra.min() > -1e-6 * np.abs(one.raw).max() and extra.max() > 1e-3 * np.abs(one.raw).max()
