@@ -178,8 +178,10 @@ def _write_overlays(result, frames, out: Path, stem: str, args) -> list:
             try:
                 for t, frame in enumerate(frames):
                     writer.append(clip_picture(result, t, frame, cmap=args.cmap, alpha=args.alpha))
-            finally:
-                writer.close()
+            except BaseException:  # Ctrl-C included: stop the encoder without finishing the file
+                getattr(writer, "abort", writer.close)()
+                raise
+            writer.close()
         written.append(path)
     return written
 
