@@ -41,14 +41,17 @@ def vit_b32(device):
                 transformer_layers=12).eval().to(device)
 
 
-def timed(fn, sync, repeats):
-    best = float("inf")
+def timed(fns, sync, repeats):
+    """Best time of each of ``fns`` over ``repeats`` rounds, the functions alternating within each round, so that a
+    change of the machine's load during the run weighs on all of them alike."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
+        for i, fn in enumerate(fns):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -138,8 +141,7 @@ def main():
 
         encode()
         explain()  # warm-up
-        t_encode, t_explain = timed(encode, sync, args.repeats), timed(explain, sync, args.repeats)
-        t_whole = timed(explain_with_text, sync, 1)
+        t_encode, t_explain, t_whole = timed([encode, explain, explain_with_text], sync, args.repeats)
         out = subprocess.run([sys.executable, __file__, "--child", str(count), "--prompts", str(args.prompts),
                               "--batch-size", str(args.batch_size), "--device", args.device],
                              capture_output=True, text=True, check=True)
