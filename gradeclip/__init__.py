@@ -26,6 +26,7 @@ _EXPORTS = {
                      "prompt_sensitivity", "randomization_check", "rank_correlation"], ".eval.metrics"),
     **dict.fromkeys(["encode_prompts", "load_clip", "tokenize"], ".backbones.model"),
     "to_pixels": ".backbones.pixels",
+    **dict.fromkeys(["ClipExplanation", "explain_clip", "explain_clip_video"], ".clip_level"),
     **dict.fromkeys(["METHODS", "get_method", "method_names"], ".methods.registry"),
     **dict.fromkeys(["FrameBatch", "select_indices", "stream_frames"], ".io.stream"),
     **dict.fromkeys(["VideoExplanation", "explain_video", "save_video_maps"], ".video"),

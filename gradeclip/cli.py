@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch import command as batch_command
 
     batch_command.add_parser(sub)
+    __import__(f"{__package__}.clip_command", fromlist=["add_parser"]).add_parser(sub)
     return parser
 
 
@@ -340,7 +341,8 @@ def _main(argv: Optional[List[str]]) -> int:
         if args.command is None:
             parser.print_help()
             return 1
-        commands = {"explain": _explain, "video": _video, "demo": _demo, "evaluate": _evaluate, "batch": _batch}
+        commands = {"explain": _explain, "video": _video, "demo": _demo, "evaluate": _evaluate, "batch": _batch,
+                    "clip": lambda a: __import__(f"{__package__}.clip_command", fromlist=["run"]).run(a)}
         with noting_sigint():
             if args.command not in ("explain", "video", "demo"):  # these keep args.progress, for Ctrl-C's line
                 return commands[args.command](args)

@@ -25,6 +25,8 @@ EXPECTED = {
                               "sample_walk_grad_eclip_maps.npz", "sample_walk_grad_eclip_maps.json"],
     "06_failure_cases": ["absent_object.png", "negation.png", "same_colour.png", "tiny_object.png",
                          "text_in_the_image.png", "unrelated_prompts.pdf"],
+    "07_video_level": ["sample_walk_clip.png", "sample_clip.mp4", "sample_clip.gif", "sample_clip.json",
+                       "sample_clip.npz", "sample_clip_prompt-1.png", "shapes_clip_prompt-1.png"],
 }
 # Names the issue asks every notebook to keep where it has them
 KEPT = {"VIDEO", "MODEL", "FRAME", "PROMPTS", "METHOD", "OUT_DIR"}

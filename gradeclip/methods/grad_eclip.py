@@ -85,17 +85,38 @@ def grad_eclip_image_with_features(model, pixels: torch.Tensor, text_features: t
     Returns ``(maps, image_features)``."""
     bb = backbone_of(model)
     grid = bb.check_pixels(pixels)
-    explain = _class_token if bb.has_class_token else _pooling_head
-    maps, features = explain(bb, pixels, text_features, layers, single_head, spatial_weight, grid)
+    start = decomposition_start(bb, layers)
+    maps, features = grad_eclip_tokens(bb, bb.tokens_before(pixels, start), grid, text_features, start=start,
+                                       single_head=single_head, spatial_weight=spatial_weight)
     return maps, (bb.encode_pixels(pixels) if single_head else features)
 
 
-def _class_token(bb, pixels, text_features, layers, single_head, spatial_weight, grid):
-    """Grad-ECLIP where the embedding is the class token's row: the last ``layers`` blocks decomposed."""
-    n = _layer_count(layers, bb.depth, "image")
-    text = bb.unit_text(text_features)
+def decomposition_start(bb, layers: int = 1) -> int:
+    """Index of the first image block Grad-ECLIP decomposes with ``layers`` last blocks (``bb.depth`` where an
+    attention-pooling head is decomposed: its input is the output of the last block). Refuses bad ``layers``."""
+    if bb.has_class_token:
+        return bb.depth - _layer_count(layers, bb.depth, "image")
+    positive_int(layers, "layers", " (number of last image blocks to decompose)")
+    if layers != 1:
+        raise ValueError(f"layers={layers}: on {type(bb.model).__name__} (no class token) Grad-ECLIP decomposes the "
+                         f"attention-pooling head only; layers must be 1")
+    return bb.depth
 
-    x = bb.tokens_before(pixels, bb.depth - n)
+
+def grad_eclip_tokens(bb, x: torch.Tensor, grid, text_features: torch.Tensor, *, start: int,
+                      single_head: bool = False, spatial_weight: bool = True):
+    """Grad-ECLIP from the tokens ``x`` (B, L, W) entering block ``start`` (``decomposition_start``; they carry no
+    graph), for callers that keep those tokens between a scoring pass and an explaining pass (``clip_level``).
+    ``grid``: the patch grid (h, w). Returns ``(maps (B, K, h, w) float32, image features (B, D))``."""
+    if bb.has_class_token:
+        return _class_token(bb, x, text_features, bb.depth - start, single_head, spatial_weight, grid)
+    return _pooling_head(bb, x, text_features, single_head, spatial_weight, grid)
+
+
+def _class_token(bb, x, text_features, n, single_head, spatial_weight, grid):
+    """Grad-ECLIP where the embedding is the class token's row: the last ``n`` blocks decomposed, ``x`` the tokens
+    entering the first of them."""
+    text = bb.unit_text(text_features)
     records = []  # (q of the class token, k, v, o) per decomposed block
     with torch.enable_grad():
         for j, i in enumerate(range(bb.depth - n, bb.depth)):
@@ -121,15 +142,11 @@ def _class_token(bb, pixels, text_features, layers, single_head, spatial_weight,
     return maps.reshape(*maps.shape[:2], *grid).float().detach(), features.detach()
 
 
-def _pooling_head(bb, pixels, text_features, layers, single_head, spatial_weight, grid):
+def _pooling_head(bb, x, text_features, single_head, spatial_weight, grid):
     """Grad-ECLIP on an attention-pooling head (SigLIP): the probe's row of the pooling attention is decomposed,
-    H_i = ReLU(sum_c w_c v_ic lambda_i) with w = dcos/do at the probe's row and lambda from the probe's query."""
-    positive_int(layers, "layers", " (number of last image blocks to decompose)")
-    if layers != 1:
-        raise ValueError(f"layers={layers}: on {type(bb.model).__name__} (no class token) Grad-ECLIP decomposes the "
-                         f"attention-pooling head only; layers must be 1")
+    H_i = ReLU(sum_c w_c v_ic lambda_i) with w = dcos/do at the probe's row and lambda from the probe's query;
+    ``x`` the tokens after the last block."""
     text = bb.unit_text(text_features)
-    x = bb.tokens_before(pixels, bb.depth)
     with torch.enable_grad():
         q, k, v = bb.pool_qkv(x)  # q (B, 1, W): the probe's query; k, v (B, P, W)
         o, _ = attend(q, k, v, 1 if single_head else bb.pool_heads())

@@ -1,0 +1,226 @@
+"""Video-level explanations: which frames, and where in them, made a whole clip match a prompt.
+
+Mean pooling (CLIP4Clip's zero-shot baseline) scores a clip of T frames against prompt k as
+
+    v = mean_t f_t / |f_t|,    cosine_k = cos(v, g_k)
+
+with f_t the model's image features of frame t and g_k its text features. Frame t's exact additive share of that
+cosine is ``frame_importance[t, k] = <f_t/|f_t|, g_k> / (T |v| |g_k|)`` (summed over t it is the cosine).
+
+Gradient methods explain the clip score through the pooling: its gradient with respect to frame t's features is
+``d cosine_k / d f_t = (|d_k| / T) * d cos(f_t, d_k) / d f_t`` with the clip direction
+``d_k = (g_k/|g_k| - cosine_k v/|v|) / |v|`` (one vector per prompt, the same for every frame). So each frame's
+Grad-ECLIP map for the clip score is exactly its per-frame Grad-ECLIP map against d_k (the gradient reaching the
+class-token attention output is the clip score's), times the per-prompt constant |d_k| / T. The same holds for
+every method that is positively homogeneous in the gradient (Grad-CAM, GAME over one block). Frames go through the
+model in batches, twice: a scoring pass (which keeps the tokens entering the decomposed blocks) and an explaining
+pass over those blocks only; memory grows linearly with T.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .backbones.base import backbone_of
+from .backbones.inputs import input_view, model_pixels, warn_token_count
+from .backbones.pixels import FramesLike, as_frames
+from .checks import positive_int
+from .methods.baselines import run_method  # noqa: F401 (importing it registers every method)
+from .methods.grad_eclip import decomposition_start, grad_eclip_tokens
+from .methods.registry import check_options, get_method
+
+POOLINGS = ("mean", "xclip")
+# methods through the clip score's gradient: exact, because each is positively homogeneous in the gradient
+GRADIENT_METHODS = ("grad_eclip", "grad_eclip_no_spatial", "grad_cam", "game")
+# methods that never look at the score: each frame's map is its per-frame map, the same for every prompt
+SCORE_FREE_METHODS = ("self_attention", "rollout")
+_REFUSED = {
+    "maskclip": "it scores each patch against the prompt directly, so no clip score reaches it",
+    "rise": "it perturbs one image and reads its own score; masking frames of a clip is not implemented",
+    "scorecam": "it perturbs one image and reads its own score; masking frames of a clip is not implemented",
+}
+_CAM_PACKAGE = "the grad-cam package normalises each frame's map on its own, which erases the difference between frames"
+
+
+@dataclass
+class ClipExplanation:
+    """What explain_clip returns for T frames and K prompts of one clip (or window)."""
+    cosine: np.ndarray            # (K,) float32 video-level score, exactly as the model defines it
+    probs: np.ndarray             # (K,) float32, the library's own probabilities
+    maps: np.ndarray              # (T, K, H, W) float32 in [0, 1], ONE scale per prompt shared over its T frames
+    raw: np.ndarray               # (T, K, h, w) float32 token-grid relevance, not normalised
+    frame_importance: np.ndarray  # (T, K) each frame's additive share of the explained video score
+    relevance_mass: np.ndarray    # (T, K) the method's relevance summed per frame (raw, ReLU'd), beside it
+    indices: np.ndarray           # (T,) frame indices in the video (0..T-1 for in-memory frames)
+    times: np.ndarray             # (T,) true presentation times in seconds (NaN for in-memory frames)
+    prompts: List[str]
+    method: str
+    pooling: str                  # "mean" or "xclip"
+    library: str = ""
+    model: str = ""
+    input: str = ""               # input mode and size fed to the model, e.g. "native 320x240"
+    windows: List[dict] = field(default_factory=list)  # X-CLIP: [{"start": i, "stop": j, "cosine": [K], "probs": [K]}]
+    frames: Optional[np.ndarray] = None  # (T, H, W, 3) uint8 RGB when the caller passed frames in memory
+
+
+def mean_pooling(image_features: torch.Tensor, text_features: torch.Tensor):
+    """The mean-pooled clip score and its pieces, in float64, from image features (T, D) and text features (K, D)
+    (both the library's own, not normalised). Returns ``(cosine (K,), frame_importance (T, K), direction (K, D),
+    gain (K,))``: the clip cosine, each frame's additive share of it, the clip direction d_k and |d_k| / T (see the
+    module docstring), so that d cosine_k / d f_t = gain_k * d cos(f_t, direction_k) / d f_t."""
+    f = F.normalize(image_features.double(), dim=-1)
+    g = F.normalize(text_features.double(), dim=-1)
+    v = f.mean(dim=0)
+    norm = v.norm()
+    cosine = g @ v / norm
+    importance = (f @ g.T) / (len(f) * norm)
+    direction = (g - cosine[:, None] * (v / norm)[None]) / norm
+    return cosine, importance, direction, direction.norm(dim=-1) / len(f)
+
+
+def check_clip_method(method: str, options: dict) -> None:
+    """One-line ValueError for a method (or option) that cannot explain a clip score; see ``GRADIENT_METHODS``."""
+    check_options(method, options)
+    if method in _REFUSED:
+        raise ValueError(f"method {method!r} cannot explain a clip score: {_REFUSED[method]}; use one of "
+                         f"{', '.join(GRADIENT_METHODS + SCORE_FREE_METHODS)}")
+    if method not in GRADIENT_METHODS + SCORE_FREE_METHODS:
+        raise ValueError(f"method {method!r} cannot explain a clip score: {_CAM_PACKAGE}; use one of "
+                         f"{', '.join(GRADIENT_METHODS + SCORE_FREE_METHODS)}")
+    if method == "game" and options.get("start_layer", -1) != -1:
+        raise ValueError(f"game start_layer={options['start_layer']!r} cannot explain a clip score exactly (its "
+                         f"relevance over several blocks is not proportional to the gradient); use start_layer=-1")
+
+
+def _is_xclip(model) -> bool:
+    inner = getattr(model, "model", model)
+    return "XCLIP" in type(model).__name__ or "XCLIP" in type(inner).__name__
+
+
+def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, pooling: str = "mean",
+                 method: str = "grad_eclip", tokenizer=None, input: Optional[str] = None, scale: float = 1.0,
+                 batch_size: int = 16, progress: bool = True, **options) -> ClipExplanation:
+    """Explain a clip-level score: which of the T frames, and where in them, made the clip match each prompt.
+
+    ``model``: any model ``explain`` takes (mean pooling over its frame embeddings), or a transformers
+    ``XCLIPModel`` (then, or with ``pooling="xclip"``, ``gradeclip.xclip_level.explain_xclip`` explains it).
+    ``frames``: uint8 RGB (T, H, W, 3) array or a list of frames, in time order. ``prompts``: a string or K strings.
+    ``pooling``: ``"mean"`` or ``"xclip"``. ``method``: one of ``GRADIENT_METHODS`` (through the clip score's
+    gradient) or ``SCORE_FREE_METHODS`` (per-frame maps, which no score reaches); others are refused in one line.
+    ``options`` go to the method (Grad-ECLIP: ``layers``, ``single_head``). ``input``, ``scale``, ``tokenizer``:
+    as for ``explain``. Frames go through the model ``batch_size`` at a time.
+
+    Returns a ``ClipExplanation``: ``cosine``/``probs`` (K,) of the clip, ``maps`` (T, K, H, W) in [0, 1] on one
+    scale per prompt over all T frames, ``raw`` (T, K, h, w) the clip score's relevance, ``frame_importance``
+    (T, K) summing to ``cosine``, ``relevance_mass`` (T, K); indices 0..T-1 and NaN times (in-memory frames).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
+    if pooling == "xclip" or _is_xclip(model):
+        try:
+            from .xclip_level import explain_xclip  # its own module: it lands separately
+        except ModuleNotFoundError as err:
+            if err.name != f"{__package__}.xclip_level":
+                raise
+            raise ValueError("pooling 'xclip' needs gradeclip.xclip_level, which this installation lacks; use "
+                             "pooling 'mean'") from None
+        return explain_xclip(model, frames, prompts, method=method, tokenizer=tokenizer, progress=progress,
+                             **options)
+    bb = backbone_of(model, tokenizer)
+    check_clip_method(method, options)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    return explain_clip_encoded(bb, frames, prompts, bb.encode_prompts(prompts), method=method, input=input,
+                                scale=scale, batch_size=batch_size, progress=progress, **options)
+
+
+def explain_clip_encoded(model, frames: FramesLike, prompts: Sequence[str], text_features: torch.Tensor, *,
+                         method: str = "grad_eclip", input: Optional[str] = None, scale: float = 1.0,
+                         batch_size: int = 16, progress: bool = True, **options) -> ClipExplanation:
+    """``explain_clip`` under mean pooling with the prompts already encoded: ``text_features`` (K, D), the
+    library's own (``encode_prompts``), for ``prompts`` (K strings, used as labels); for callers that explain many
+    clips against one prompt set. Returns a ``ClipExplanation``."""
+    bb = backbone_of(model)
+    check_clip_method(method, options)
+    positive_int(batch_size, "batch_size")
+    frames = as_frames(frames)
+    prompts = list(prompts)
+    if text_features.ndim != 2 or text_features.shape[0] != len(prompts):
+        raise ValueError(f"text_features must be (K, D) with K = {len(prompts)} prompts; got "
+                         f"{tuple(text_features.shape)}")
+    view = input_view(bb, frames.shape[1], frames.shape[2], input, scale)
+    warn_token_count(bb, view)
+    starts = list(range(0, len(frames), batch_size))
+    bar = tqdm(total=2 * len(starts), desc=f"explaining clip ({method})", unit="batch",
+               disable=not progress or len(starts) < 2)
+    decomposed = method.startswith("grad_eclip")
+    start = decomposition_start(bb, options.get("layers", 1)) if decomposed else bb.depth
+    kept, features = [], []
+    with torch.no_grad():  # scoring pass: the clip score needs every frame before any frame can be explained
+        for s in starts:
+            pixels = model_pixels(bb, frames[s:s + batch_size], view)
+            x = bb.tokens_before(pixels, start)
+            # only the rows the embedding depends on go through the last block (``readout``)
+            features.append(bb.pool(x) if start == bb.depth else
+                            bb.readout(bb.run_blocks(x, start, bb.depth - 1), bb.depth - 1))
+            kept.append(x if decomposed else None)
+            bar.update()
+    cosine, importance, direction, gain = mean_pooling(torch.cat(features), text_features)
+    direction = direction.to(text_features.dtype)
+    raws = []
+    for s, x in zip(starts, kept):  # explaining pass, against the clip direction
+        if decomposed:
+            grid = (view.size[0] // bb.patch_size, view.size[1] // bb.patch_size)
+            raw, _ = grad_eclip_tokens(bb, x, grid, direction, start=start,
+                                       single_head=options.get("single_head", False),
+                                       spatial_weight=options.get("spatial_weight", True) and method == "grad_eclip")
+        else:
+            raw = get_method(method)(bb, model_pixels(bb, frames[s:s + batch_size], view), direction, **options)
+        raws.append(raw.float())
+        bar.update()
+    bar.close()
+    raw = torch.cat(raws)
+    if method in GRADIENT_METHODS:
+        raw = raw * gain.to(raw)[None, :, None, None]
+    raw = torch.nan_to_num(raw.cpu(), nan=0.0, posinf=0.0, neginf=0.0)
+    return ClipExplanation(
+        cosine=cosine.float().cpu().numpy(), probs=bb.probabilities(cosine[None].float())[0].cpu().numpy(),
+        maps=shared_scale(view, raw).numpy(), raw=raw.numpy(), frame_importance=importance.float().cpu().numpy(),
+        relevance_mass=raw.sum(dim=(2, 3)).numpy(), indices=np.arange(len(frames)),
+        times=np.full(len(frames), np.nan), prompts=prompts, method=method, pooling="mean",
+        **bb.describe(), input=f"{view.mode} {view.size[1]}x{view.size[0]}", frames=frames)
+
+
+def shared_scale(view, raw: torch.Tensor) -> torch.Tensor:
+    """Token-grid maps (T, K, h, w) -> (T, K, H, W) float32 in [0, 1] at frame size: upsampled onto the seen part of
+    the frame, then min-max normalised with ONE scale per prompt over all T frames (a prompt whose maps are all
+    equal gives zeros), 0 outside the seen part."""
+    fitted = view.fit(raw.float())
+    low = fitted.amin(dim=(0, 2, 3), keepdim=True)
+    span = fitted.amax(dim=(0, 2, 3), keepdim=True) - low
+    scaled = torch.where(span > 0, (fitted - low) / span.clamp_min(torch.finfo(span.dtype).tiny),
+                         torch.zeros_like(fitted))
+    return view.place(scaled)
+
+
+def explain_clip_video(model, video, prompts: Union[str, Sequence[str]], *, frames="uniform:8",
+                       max_side: Optional[int] = None, **kwargs) -> ClipExplanation:
+    """``explain_clip`` on frames read from the video file ``video``: ``frames`` is a selection as ``read_frames``
+    takes it (``"uniform:N"``, an index or a list of indices, in time order). The result carries the frames'
+    indices in the video and their true presentation times (seconds, from the container); ``frames`` is None
+    (decode them again with ``read_frames(video, result.indices)``). ``kwargs`` go to ``explain_clip``."""
+    from .io.frames import read_frames, resolve_indices, video_info
+
+    info = video_info(video)
+    wanted = resolve_indices(frames, info.num_frames)
+    result = explain_clip(model, read_frames(video, wanted, max_side=max_side), prompts, **kwargs)
+    times = np.asarray(info.times, dtype=np.float64)
+    positions = np.asarray(result.indices)  # positions in ``wanted`` (X-CLIP may explain a subset)
+    result.indices = wanted[positions]
+    result.times = times[result.indices] if len(times) == info.num_frames else np.full(len(positions), np.nan)
+    result.frames = None
+    return result
