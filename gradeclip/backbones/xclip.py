@@ -58,7 +58,7 @@ class XClipBackbone(Backbone):
                          f"not defined for it)")
 
     embed_image = run_blocks = qkv = finish = pool = pool_rows = encode_image = _per_frame
-    text_embed = _per_frame
+    text_embed = check_pixels = _per_frame
 
     def heads(self, i):
         return self.layers[i].self_attn.num_heads
