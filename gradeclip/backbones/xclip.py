@@ -20,7 +20,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .base import Backbone, attend
+from .base import Backbone, attend, interpolate_grid
+from .hf import _run_layer
 from .inputs import InputView, input_view, resolve_input
 from .library_input import crop_geometry, shortest_side
 from .pixels import CLIP_MEAN, CLIP_STD, resize_normalise
@@ -120,14 +121,20 @@ class XClipBackbone(Backbone):
     # ----- the model's forward in pieces (one clip of num_frames frames: the batch is the clip's frames)
     def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """Tokens (n, 1 + P, W) entering the first vision layer, positions interpolated to the grid."""
-        x = self.vm.embeddings(pixels.to(self.dtype), interpolate_pos_encoding=True)
+        emb = self.vm.embeddings
+        x = emb.patch_embedding(pixels.to(device=self.device, dtype=self.dtype))
+        grid = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)  # (n, P, W)
+        cls = emb.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        pos = emb.position_embedding.weight.to(x.dtype)
+        # bicubic as transformers' interpolate_pos_encoding (written out: transformers < 4.43 has none for X-CLIP)
+        x = torch.cat([cls, x], dim=1) + torch.cat([pos[:1], interpolate_grid(pos[1:], grid)])
         return self.vm.pre_layernorm(x)
 
     def run_layers(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """The library's own vision layers ``start:stop`` on the tokens (n, 1 + P, W) of one clip."""
         for layer in self.layers[start:stop]:
-            out = layer(x, None)
-            x = out[0] if isinstance(out, tuple) else out
+            x = _run_layer(layer, x)
         return x
 
     def layer_with_attention(self, i: int, x: torch.Tensor) -> Tuple[torch.Tensor, tuple]:
@@ -158,7 +165,7 @@ class XClipBackbone(Backbone):
         m = self.model
         n = x.shape[0]
         cls = m.visual_projection(self.vm.post_layernorm(x[:, 0]))  # (n, D)
-        tokens = m.mit(cls.view(1, n, -1)).last_hidden_state[0]  # (n, D)
+        tokens = m.mit(cls.view(1, n, -1))[0][0]  # (n, D): last_hidden_state (a tuple's first item in 4.x)
         patches = m.prompts_visual_layernorm(x[:, 1:]) @ m.prompts_visual_projection  # (n, P, D)
         visual = patches.mean(dim=0, keepdim=True)  # (1, P, D)
         conditioned = text[None] + m.prompts_generator(text[None], visual)
