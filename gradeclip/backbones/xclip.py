@@ -141,9 +141,9 @@ class XClipBackbone(Backbone):
         """Vision layer ``i`` written out, as the library computes it, with its self-attention decomposed.
 
         x (n, L, W) with L = 1 + P. Each frame's message token (from the class tokens of all n frames) is appended
-        as row L; q, k, v (n, L + 1, W) after ``layer_norm1``; o (n, L + 1, W) the attention output before
-        ``out_proj`` (a leaf of the graph where x carries none); the message row is dropped after the attention.
-        Returns the layer's output (n, L, W) and (q, k, v, o)."""
+        as row L; q, k, v (n, L + 1, W) after ``layer_norm1``; the attention output before ``out_proj``,
+        of which the class row o_cls (n, 1, W) is returned (a leaf of the graph where nothing before carries one);
+        the message row is dropped after the attention. Returns the layer's output (n, L, W) and (q, k, v, o_cls)."""
         layer = self.layers[i]
         n, length, width = x.shape
         msg = layer.message_fc(x[:, 0]).view(1, n, width)
@@ -152,11 +152,14 @@ class XClipBackbone(Backbone):
         a = layer.self_attn
         hn = layer.layer_norm1(h)
         q, k, v = a.q_proj(hn), a.k_proj(hn), a.v_proj(hn)
-        o, _ = attend(q, k, v, a.num_heads)
-        if not o.requires_grad:
-            o.requires_grad_(True)
+        # The class row apart: the score reaches the other rows through the prompts generator, and a gradient
+        # asked of the class row alone does not run back through them.
+        o_cls, _ = attend(q[:, :1], k, v, a.num_heads)
+        if not o_cls.requires_grad:
+            o_cls.requires_grad_(True)
+        o = torch.cat([o_cls, attend(q[:, 1:], k, v, a.num_heads)[0]], dim=1)
         h = (h + a.out_proj(o))[:, :length]
-        return h + layer.mlp(layer.layer_norm2(h)), (q, k, v, o)
+        return h + layer.mlp(layer.layer_norm2(h)), (q, k, v, o_cls)
 
     def video_and_text(self, x: torch.Tensor, text: torch.Tensor):
         """From the last layer's tokens x (n, L, W) of one clip and the prompts' text features (K, D): the MIT's
