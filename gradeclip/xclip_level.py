@@ -124,9 +124,10 @@ def _window(bb, pixels: torch.Tensor, text: torch.Tensor, layers: int, spatial_w
     records = []
     with torch.enable_grad():
         for i in range(bb.depth - layers, bb.depth):
-            x, record = bb.layer_with_attention(i, x)
+            cls, patches, record = bb.layer_with_attention(i, x)
             records.append(record)
-        tokens, conditioned = bb.video_and_text(x, text)  # (n, D), (K, D)
+            x = torch.cat([cls, patches], dim=1)
+        tokens, conditioned = bb.video_and_text(cls, patches, text)  # (n, D), (K, D)
         video = tokens.mean(dim=0)
         g = F.normalize(conditioned, dim=-1)
         cosine = g @ F.normalize(video, dim=-1)  # (K,)

@@ -137,13 +137,14 @@ class XClipBackbone(Backbone):
             x = _run_layer(layer, x)
         return x
 
-    def layer_with_attention(self, i: int, x: torch.Tensor) -> Tuple[torch.Tensor, tuple]:
+    def layer_with_attention(self, i: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, tuple]:
         """Vision layer ``i`` written out, as the library computes it, with its self-attention decomposed.
 
         x (n, L, W) with L = 1 + P. Each frame's message token (from the class tokens of all n frames) is appended
         as row L; q, k, v (n, L + 1, W) after ``layer_norm1``; the attention output before ``out_proj``,
         of which the class row o_cls (n, 1, W) is returned (a leaf of the graph where nothing before carries one);
-        the message row is dropped after the attention. Returns the layer's output (n, L, W) and (q, k, v, o_cls)."""
+        the message row is dropped after the attention. Returns the layer's output as its class row (n, 1, W) and
+        its patch rows (n, P, W), kept apart (not concatenated) for the same reason, and (q, k, v, o_cls)."""
         layer = self.layers[i]
         n, length, width = x.shape
         msg = layer.message_fc(x[:, 0]).view(1, n, width)
@@ -157,19 +158,22 @@ class XClipBackbone(Backbone):
         o_cls, _ = attend(q[:, :1], k, v, a.num_heads)
         if not o_cls.requires_grad:
             o_cls.requires_grad_(True)
-        o = torch.cat([o_cls, attend(q[:, 1:], k, v, a.num_heads)[0]], dim=1)
-        h = (h + a.out_proj(o))[:, :length]
-        return h + layer.mlp(layer.layer_norm2(h)), (q, k, v, o_cls)
+        o_rest = attend(q[:, 1:length], k, v, a.num_heads)[0]  # the message row's output is dropped
+        rows = []
+        for part, o_part in ((h[:, :1], o_cls), (h[:, 1:length], o_rest)):
+            part = part + a.out_proj(o_part)
+            rows.append(part + layer.mlp(layer.layer_norm2(part)))
+        return rows[0], rows[1], (q, k, v, o_cls)
 
-    def video_and_text(self, x: torch.Tensor, text: torch.Tensor):
-        """From the last layer's tokens x (n, L, W) of one clip and the prompts' text features (K, D): the MIT's
-        output tokens (n, D) (their mean is the video embedding) and the video-conditioned text embeddings (K, D),
+    def video_and_text(self, cls: torch.Tensor, patches: torch.Tensor, text: torch.Tensor):
+        """From the last layer's class rows (n, 1, W) and patch rows (n, P, W) of one clip and the prompts' text
+        features (K, D): the MIT's output tokens (n, D) (their mean is the video embedding) and the video-conditioned text embeddings (K, D),
         neither normalised, as ``XCLIPModel.forward`` computes them."""
         m = self.model
-        n = x.shape[0]
-        cls = m.visual_projection(self.vm.post_layernorm(x[:, 0]))  # (n, D)
+        n = cls.shape[0]
+        cls = m.visual_projection(self.vm.post_layernorm(cls[:, 0]))  # (n, D)
         tokens = m.mit(cls.view(1, n, -1))[0][0]  # (n, D): last_hidden_state (a tuple's first item in 4.x)
-        patches = m.prompts_visual_layernorm(x[:, 1:]) @ m.prompts_visual_projection  # (n, P, D)
+        patches = m.prompts_visual_layernorm(patches) @ m.prompts_visual_projection  # (n, P, D)
         visual = patches.mean(dim=0, keepdim=True)  # (1, P, D)
         conditioned = text[None] + m.prompts_generator(text[None], visual)
         return tokens, conditioned[0]
