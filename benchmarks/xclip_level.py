@@ -2,7 +2,8 @@
 
 The transformers default ``XCLIPConfig`` (ViT-B/32 at 224, num_frames 8). Per clip length T = 8, 16, 32 frames
 (1, 2, 4 windows) and K = 4 prompts: ``XCLIPModel.__call__`` without autograd on each window's pixels (the
-library's own score, its image processor included), then ``explain_xclip`` on the same frames (preprocessing, text features, maps, importance).
+library's own score, its image processor included), then ``explain_xclip`` on the same frames (preprocessing,
+text features, maps, importance).
 Timings are medians of --repeats rounds in one process; each T ends with a line
 ``T=.. windows=.. explain_vs_forward=R`` (target <= 1.3x, as issue 17's for the mean-pooled clip score).
 

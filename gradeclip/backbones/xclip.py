@@ -167,7 +167,8 @@ class XClipBackbone(Backbone):
 
     def video_and_text(self, cls: torch.Tensor, patches: torch.Tensor, text: torch.Tensor):
         """From the last layer's class rows (n, 1, W) and patch rows (n, P, W) of one clip and the prompts' text
-        features (K, D): the MIT's output tokens (n, D) (their mean is the video embedding) and the video-conditioned text embeddings (K, D),
+        features (K, D): the MIT's output tokens (n, D) (their mean is the video embedding) and the
+        video-conditioned text embeddings (K, D),
         neither normalised, as ``XCLIPModel.forward`` computes them."""
         m = self.model
         n = cls.shape[0]
