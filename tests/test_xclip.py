@@ -81,6 +81,21 @@ def test_loads_from_folder_with_its_tokenizer_processor_and_frame_count(xclip):
     assert type(xclip.tokenizer).__name__ == "CLIPTokenizer"
 
 
+def test_a_model_object_with_a_tokenizer_explains_as_the_loaded_folder(xclip):
+    """A bare XCLIPModel (no processor kept) with tokenizer= gets X-CLIP's default processor and the same result;
+    load_clip's preprocess is the processor on one frame (catches a default processor with another size, crop or
+    normalisation, or a preprocess that squashes instead of cropping)."""
+    from PIL import Image
+
+    frames = clip_frames(4)
+    loaded = explain_xclip(xclip, frames, PROMPTS, progress=False)
+    bare = explain_xclip(xclip.model, frames, PROMPTS, tokenizer=xclip.tokenizer, progress=False)
+    np.testing.assert_allclose(bare.cosine, loaded.cosine, atol=1e-6)
+    np.testing.assert_allclose(bare.maps, loaded.maps, atol=1e-5)
+    expected = xclip.image_processor([list(frames[:1])], return_tensors="pt")["pixel_values"][0, 0]
+    torch.testing.assert_close(xclip.preprocess()(Image.fromarray(frames[0])), expected)
+
+
 def test_scores_equal_the_models_own_logits_per_video(xclip):
     """cosine = logits_per_video / logit_scale and probs = its softmax over prompts, from the processor and the
     model's own forward (catches text features without the video-conditioned prompts generator, a video embedding
