@@ -21,7 +21,8 @@ decomposed rows, so w flows through the MIT only.
 V = mean_t y_t over the MIT's output tokens y_t (each one frame's class embedding plus the integration
 transformer's update of it), so s_k = sum_t <y_t, g_k> / (n |V| |g_k|) exactly; the term of t is frame t's
 importance. (Gradient x input on the class embeddings entering the MIT is not used: the cosine is invariant to the
-scale of V, so those products sum to about 0, not to the score.) ``relevance_mass``: each frame's raw map summed.
+scale of V, so those products do not sum to the score; on the random test model they sum to -0.093 where the
+cosine is 0.156.) ``relevance_mass``: each frame's raw map summed.
 
 Clips longer than ``num_frames`` are explained in windows of ``num_frames`` consecutive frames, starting at 0,
 n, 2n, ...; where T is not a multiple of n, the last window is the last n frames (it overlaps the one before).
