@@ -98,8 +98,8 @@ def check_clip_method(method: str, options: dict) -> None:
 
 
 def _is_xclip(model) -> bool:
-    inner = getattr(model, "model", model)
-    return "XCLIP" in type(model).__name__ or "XCLIP" in type(inner).__name__
+    inner = getattr(model, "model", model)  # a Backbone wraps the library's model
+    return any(c.__name__ == "XCLIPModel" for c in (*type(model).__mro__, *type(inner).__mro__))
 
 
 def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, pooling: str = "mean",
@@ -122,15 +122,10 @@ def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], 
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
     if pooling == "xclip" or _is_xclip(model):
-        try:
-            from .xclip_level import explain_xclip  # its own module: it lands separately
-        except ModuleNotFoundError as err:
-            if err.name != f"{__package__}.xclip_level":
-                raise
-            raise ValueError("pooling 'xclip' needs gradeclip.xclip_level, which this installation lacks; use "
-                             "pooling 'mean'") from None
+        from .xclip_level import explain_xclip  # X-CLIP's own video head
+
         return explain_xclip(model, frames, prompts, method=method, tokenizer=tokenizer, progress=progress,
-                             **options)
+                             input=input, scale=scale, batch_size=batch_size, **options)
     bb = backbone_of(model, tokenizer)
     check_clip_method(method, options)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)

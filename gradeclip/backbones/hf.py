@@ -40,6 +40,9 @@ def hf_backbone(model, tokenizer=None, name: str = "") -> Backbone:
         return HFClipBackbone(model, tokenizer, name)
     if "SiglipModel" in names:
         return HFSiglipBackbone(model, tokenizer, name)
+    if "XCLIPModel" in names:  # a video CLIP: its adapter registers here, transformers imported by the model
+        from .xclip import XClipBackbone
+        return XClipBackbone(model, tokenizer, name)
     from .base import ACCEPTED_MODELS
     if hasattr(model, "get_text_features") and hasattr(model, "get_image_features"):  # both towers, another class
         raise TypeError(f"expected {ACCEPTED_MODELS}; got transformers {type(model).__name__}, which has both towers "
