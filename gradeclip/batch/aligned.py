@@ -162,6 +162,8 @@ def cached_aligned(out: Path, record: dict) -> Optional[dict]:
     if record.get("status") not in ("complete", "partial") or not record.get("masks"):
         return None
     folder = Path(out) / "videos" / record["id"]
+    if not any(folder.glob("*_maps.npz")):  # no maps kept (a record written without them): missing, not 0
+        return None
     cache = folder / CACHE
     if cache.is_file():
         with np.load(cache) as data:
