@@ -298,11 +298,12 @@ def test_gem_options(tiny):
 
 @pytest.mark.parametrize("name", ["clip_surgery", "gem"])
 def test_refused_without_class_token(name):
-    """SigLIP has no per-token projection into the joint space: refused in one line naming the method and why
-    (catches a silent map from the pooling head's inputs)."""
+    """SigLIP has no per-token projection into the joint space: refused in one line naming the method, why, and
+    the methods that work there, LeGrad among them (catches a silent map from the pooling head's inputs)."""
     model = tiny_siglip(1)
     text = torch.randn(2, model.config.vision_config.hidden_size)
     with pytest.raises(ValueError, match=rf"^{name} needs the image embedding to be the class token's row; "
-                                         r"SiglipModel pools its image embedding with an attention head") as err:
+                                         r"SiglipModel pools its image embedding with an attention head instead "
+                                         r"\(use grad_eclip, legrad, grad_cam, maskclip or rise\)$") as err:
         get_method(name)(model, torch.randn(1, 3, 32, 32), text)
     assert "\n" not in str(err.value)

@@ -119,7 +119,7 @@ scale where the block has one, of o: the attention's residual term alone); ``poo
         if not self.has_class_token:
             raise ValueError(f"{method} needs the image embedding to be the class token's row; "
                              f"{type(self.model).__name__} pools its image embedding with an attention head instead "
-                             f"(use grad_eclip, grad_cam, maskclip or rise)")
+                             f"(use grad_eclip, legrad, grad_cam, maskclip or rise)")
 
     def check_pixels(self, pixels: torch.Tensor) -> Tuple[int, int]:
         """Validate normalised pixels (B, 3, H, W); returns the patch grid (h, w)."""
