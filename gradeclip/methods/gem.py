@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..checks import positive_int
 from .clip_surgery import added_path_blocks, head_merge, head_split, minmax_patches
 from .gradients import grid_maps, prepare
 
