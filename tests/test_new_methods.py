@@ -307,3 +307,16 @@ def test_refused_without_class_token(name):
                                          r"\(use grad_eclip, legrad, grad_cam, maskclip or rise\)$") as err:
         get_method(name)(model, torch.randn(1, 3, 32, 32), text)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["legrad", "clip_surgery", "gem"])
+def test_features_of_the_same_forward_are_the_models(tiny, name):
+    """The image features each method hands back with its maps (so that scores need no second forward) are the
+    model's own embedding (catches features read from the added path, e.g. pool(y) instead of pool(x), or from a
+    block's tokens before the last)."""
+    from gradeclip.methods.baselines import run_method
+
+    model, pixels, text = tiny
+    maps, features = run_method(name, model, pixels, text)
+    torch.testing.assert_close(features, backbone_of(model).encode_pixels(pixels), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(maps, get_method(name)(model, pixels, text))

@@ -10,11 +10,11 @@ from __future__ import annotations
 from ..backbones.base import backbone_of
 from .attention import maskclip, rollout, self_attention
 from .cam_package import eigencam, gradcam_pp, layercam, scorecam, xgradcam
-from .clip_surgery import clip_surgery
-from .gem import gem
+from .clip_surgery import clip_surgery, clip_surgery_with_features
+from .gem import gem, gem_with_features
 from .grad_eclip import grad_eclip_image, grad_eclip_image_with_features
 from .gradients import game, grad_cam
-from .legrad import legrad
+from .legrad import legrad, legrad_with_features
 from .perturbation import rise
 from .registry import METHODS, check_options, get_method
 
@@ -37,6 +37,7 @@ _WITH_FEATURES = {
     "grad_eclip": grad_eclip_image_with_features,
     "grad_eclip_no_spatial": lambda model, pixels, text_features, **options: grad_eclip_image_with_features(
         model, pixels, text_features, spatial_weight=False, **options),
+    "legrad": legrad_with_features, "clip_surgery": clip_surgery_with_features, "gem": gem_with_features,
 }
 
 

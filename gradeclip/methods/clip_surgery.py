@@ -63,6 +63,11 @@ def clip_surgery(model, pixels, text_features, *, layers=None):
     ``text_features`` (K, D), not normalised. ``layers``: how many last blocks carry the added value-value path
     (default half the blocks). Refused on models without a class token (SigLIP).
     """
+    return clip_surgery_with_features(model, pixels, text_features, layers=layers)[0]
+
+
+def clip_surgery_with_features(model, pixels, text_features, *, layers=None):
+    """``clip_surgery`` and the model's own image features (B, D) of the same forward (the original path)."""
     bb, grid, text = prepare(model, pixels, text_features, "clip_surgery")
     start = added_path_blocks(bb, layers)
     with torch.no_grad():
@@ -76,7 +81,8 @@ def clip_surgery(model, pixels, text_features, *, layers=None):
             y = y + bb.attention_out(i, head_merge(vv @ vh))
             x = bb.run_blocks(x, i, i + 1)
         patches = F.normalize(bb.pool_rows(y[:, bb.prefix:]), dim=-1)  # (B, P, D)
-        cls = F.normalize(bb.pool(x), dim=-1)  # (B, D)
+        features = bb.pool(x)  # (B, D): the model's own embedding
+        cls = F.normalize(features, dim=-1)
         if text.shape[0] == 1:
             scores = patches @ text.T  # (B, P, 1)
         else:
@@ -84,4 +90,4 @@ def clip_surgery(model, pixels, text_features, *, layers=None):
             weight = weight / weight.mean(dim=-1, keepdim=True)
             e = patches[:, :, None, :] * text[None, None] * weight[:, None, :, None]  # (B, P, K, D)
             scores = (e - e.mean(dim=2, keepdim=True)).sum(dim=-1)  # (B, P, K)
-    return grid_maps(minmax_patches(scores.transpose(1, 2).float()), grid)
+    return grid_maps(minmax_patches(scores.transpose(1, 2).float()), grid), features

@@ -40,6 +40,12 @@ def gem(model, pixels, text_features, *, layers=None, iterations: int = 1, tempe
     half the blocks); ``iterations``: self-self clustering steps (default 1, the authors'); ``temperature``: a fixed
     positive inverse temperature instead of the adaptive one. Refused on models without a class token (SigLIP).
     """
+    return gem_with_features(model, pixels, text_features, layers=layers, iterations=iterations,
+                             temperature=temperature)[0]
+
+
+def gem_with_features(model, pixels, text_features, *, layers=None, iterations: int = 1, temperature=None):
+    """``gem`` and the model's own image features (B, D) of the same forward (the original path)."""
     bb, grid, text = prepare(model, pixels, text_features, "gem")
     start = added_path_blocks(bb, layers)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
@@ -62,4 +68,4 @@ def gem(model, pixels, text_features, *, layers=None, iterations: int = 1, tempe
             x = bb.run_blocks(x, i, i + 1)
         patches = F.normalize(bb.pool_rows(y[:, bb.prefix:]), dim=-1)  # (B, P, D)
         scores = (patches @ text.T).transpose(1, 2)  # (B, K, P)
-    return grid_maps(minmax_patches(scores.float()), grid)
+    return grid_maps(minmax_patches(scores.float()), grid), bb.pool(x)

@@ -63,6 +63,11 @@ def legrad(model, pixels, text_features, *, start_layer: int = 0):
     (negative counts from the end; default 0: every block, averaged). One forward; one batched backward per block,
     each through that block only.
     """
+    return legrad_with_features(model, pixels, text_features, start_layer=start_layer)[0]
+
+
+def legrad_with_features(model, pixels, text_features, *, start_layer: int = 0):
+    """``legrad`` and the model's image features (B, D) of the same forward."""
     bb, grid, text = prepare(model, pixels, text_features)
     depth = bb.depth
     if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not -depth <= start_layer < depth:
@@ -79,4 +84,5 @@ def legrad(model, pixels, text_features, *, start_layer: int = 0):
                 x = bb.run_blocks(x, i, i + 1)
                 relevance = _pooling_head_layer(bb, x, text)
             total = total + relevance[:, :, bb.prefix:]
-    return grid_maps((total / (depth - start)).transpose(0, 1), grid)
+        features = bb.pool(x)
+    return grid_maps((total / (depth - start)).transpose(0, 1), grid), features
