@@ -19,8 +19,9 @@ from .viz.export import export_frame, export_video, export_words
 
 DEFAULT_MODEL = "ViT-B/32"
 # The built-in method names, for --help without importing torch (a test keeps this equal to method_names())
-METHOD_NAMES = ("eigencam", "game", "grad_cam", "grad_eclip", "grad_eclip_no_spatial", "gradcam_pp", "layercam",
-                "maskclip", "rise", "rollout", "scorecam", "self_attention", "xgradcam")
+METHOD_NAMES = ("clip_surgery", "eigencam", "game", "gem", "grad_cam", "grad_eclip", "grad_eclip_no_spatial",
+                "gradcam_pp", "layercam", "legrad", "maskclip", "rise", "rollout", "scorecam", "self_attention",
+                "xgradcam")
 
 
 class _Parser(argparse.ArgumentParser):

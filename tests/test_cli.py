@@ -61,7 +61,7 @@ def test_help_documents_every_option(capsys):
     (["explain", "{video}", "-p", "x", "--frame", "first"], "give 'middle' or an integer index"),
     (["explain", "{video}"], "required: --prompt"),
     (["explain", "{video}", "-p", "x", "--model", "ViT-Z/1"], "neither a file nor a CLIP model name"),
-    (["explain", "{video}", "-p", "x", "--method", "nope"], "known methods: eigencam, game, grad_cam, grad_eclip, "),
+    (["explain", "{video}", "-p", "x", "--method", "nope"], "known methods: clip_surgery, eigencam, game, gem, grad_cam, grad_eclip, "),
     (["explain", "{video}", "-p", " "], "empty --prompt"),
     (["explain", "{video}", "-p", "x", "--alpha", "3"], "--alpha must be in [0, 1]"),
     (["explain", "{video}", "-p", "word " * 80, "--model", "{checkpoint}"], "context length is 77"),

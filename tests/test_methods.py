@@ -12,7 +12,7 @@ from gradeclip.methods.baselines import game, grad_cam, maskclip, rise, rollout,
 from conftest import tiny_clip
 
 ALL = ["grad_eclip", "grad_eclip_no_spatial", "grad_cam", "self_attention", "rollout", "game", "maskclip", "rise",
-       "gradcam_pp", "xgradcam", "layercam", "eigencam", "scorecam"]
+       "gradcam_pp", "xgradcam", "layercam", "eigencam", "scorecam", "legrad", "clip_surgery", "gem"]
 FAST_OPTIONS = {"rise": {"n_masks": 64}, "scorecam": {"batch_size": 64}}
 PROMPTS = ["a person walking", "a red car", "trees"]
 
@@ -265,5 +265,5 @@ def test_bad_method_inputs(model, text_features):
         game(model, torch.randn(1, 3, 32, 32), text_features, start_layer=5)
     with pytest.raises(ValueError, match=r"shape \(K, 32\)"):
         maskclip(model, torch.randn(1, 3, 32, 32), torch.randn(2, 7))
-    with pytest.raises(ValueError, match="unknown method 'gradcam'; known methods: eigencam, game, grad_cam"):
+    with pytest.raises(ValueError, match="unknown method 'gradcam'; known methods: clip_surgery, eigencam, game, gem, grad_cam"):
         explain(model, np.zeros((8, 8, 3), np.uint8), "x", method="gradcam")

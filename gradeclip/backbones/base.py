@@ -68,7 +68,9 @@ class Backbone:
     ``embed_image(pixels)`` -> tokens entering block 0 (class token first if any, positions interpolated);
     ``run_blocks(x, start, stop)`` through the library's own block modules; ``heads(i)``; ``qkv(i, x)`` -> q, k, v
     (B, L, W) after the block's first norm; ``finish(i, x, o)`` -> the block's output from the attention output o
-    before its out-projection (rows of x match rows of o); ``pool(x)`` -> image features (B, D);
+    before its out-projection (rows of x match rows of o); with a class token also ``attention_input(i, x)`` (the
+block's first norm of x, what q, k, v are projected from) and ``attention_out(i, o)`` (the out-projection, and layer
+scale where the block has one, of o: the attention's residual term alone); ``pool(x)`` -> image features (B, D);
     ``vision_blocks``; ``cam_layer()`` -> (module, batch_first) for the grad-cam package; ``logit_scale()``;
     ``encode_image(pixels)`` and ``encode_text(tokens)`` (the library's own); ``preprocess()``. With a class token
     also ``pool_rows(y)`` (B, R, W) -> (B, R, D); without one (attention-pooling head) ``pool_heads()``,
@@ -117,7 +119,7 @@ class Backbone:
         if not self.has_class_token:
             raise ValueError(f"{method} needs the image embedding to be the class token's row; "
                              f"{type(self.model).__name__} pools its image embedding with an attention head instead "
-                             f"(use grad_eclip, grad_cam, maskclip or rise)")
+                             f"(use grad_eclip, legrad, grad_cam, maskclip or rise)")
 
     def check_pixels(self, pixels: torch.Tensor) -> Tuple[int, int]:
         """Validate normalised pixels (B, 3, H, W); returns the patch grid (h, w)."""

@@ -107,6 +107,12 @@ class _HFBackbone(Backbone):
     def finish(self, i, x, o):
         return _layer_finish(self.layers[i], x, o)
 
+    def attention_input(self, i, x):
+        return self.layers[i].layer_norm1(x)
+
+    def attention_out(self, i, o):
+        return self.layers[i].self_attn.out_proj(o)
+
     @property
     def vision_blocks(self):
         return list(self.layers)

@@ -122,6 +122,13 @@ class OpenClipBackbone(Backbone):
     def finish(self, i, x, o):
         return _block_finish(self.blocks[i], x, o)
 
+    def attention_input(self, i, x):
+        return self.blocks[i].ln_1(x)
+
+    def attention_out(self, i, o):
+        b = self.blocks[i]
+        return b.ls_1(F.linear(o, b.attn.out_proj.weight, b.attn.out_proj.bias))
+
     def pool_rows(self, y):
         y = self.visual.ln_post(y)
         return y if self.visual.proj is None else y @ self.visual.proj

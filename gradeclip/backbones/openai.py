@@ -5,6 +5,8 @@ read at the end-of-text token (the argmax of the ids).
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
+
 from . import vit
 from .base import Backbone
 from .pixels import CLIP_MEAN, CLIP_STD
@@ -51,6 +53,13 @@ class OpenAIBackbone(Backbone):
 
     def finish(self, i, x, o):
         return vit.finish_block(self.blocks[i], x, o)
+
+    def attention_input(self, i, x):
+        return self.blocks[i].ln_1(x)
+
+    def attention_out(self, i, o):
+        attn = self.blocks[i].attn
+        return F.linear(o, attn.out_proj.weight, attn.out_proj.bias)
 
     def pool(self, x):
         return vit.image_features(self.visual, x[:, 0])

@@ -21,7 +21,7 @@ DISPLAY_NAMES = {
     "grad_eclip": "Grad-ECLIP", "grad_eclip_no_spatial": "Grad-ECLIP (no spatial weight)", "grad_cam": "Grad-CAM",
     "self_attention": "Self-attention", "rollout": "Attention rollout", "game": "GAME", "maskclip": "MaskCLIP",
     "rise": "RISE", "gradcam_pp": "Grad-CAM++", "xgradcam": "XGrad-CAM", "layercam": "LayerCAM",
-    "eigencam": "EigenCAM", "scorecam": "Score-CAM",
+    "eigencam": "EigenCAM", "scorecam": "Score-CAM", "legrad": "LeGrad", "clip_surgery": "CLIP Surgery", "gem": "GEM",
 }
 ZERO_LABEL = "all-zero map\n(no relevance anywhere)"
 CONSTANT_LABEL = "constant map\n(the same value everywhere)"

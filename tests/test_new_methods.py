@@ -1,0 +1,322 @@
+"""LeGrad, CLIP Surgery and GEM against naive references written here from the papers' formulas.
+
+The references run openai-clip's blocks from their weights token by token, with explicit loops over layers, heads,
+tokens and prompts; they share with the package only the tokens entering block 0 (patch embedding, class token and
+interpolated positions, tested in test_backbones). The same weights are then explained through openai-clip,
+open_clip and transformers, on a non-square 3x5 grid with several prompts of different values.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradeclip import get_method
+from gradeclip.backbones.base import backbone_of
+
+from backbone_models import as_hf_clip, as_open_clip, tiny_siglip
+from conftest import tiny_clip
+
+GRID = (3, 5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """3 blocks of width 128 (2 heads), patch 8; pixels (2, 3, 24, 40): a 3x5 grid, not the trained 4x4."""
+    model = tiny_clip(11, vision_layers=3)
+    torch.manual_seed(5)
+    pixels = torch.randn(2, 3, 24, 40)
+    text = torch.randn(3, model.visual.output_dim)  # three prompts, unnormalised, of different values
+    return model, pixels, text
+
+
+def libraries(model):
+    return {"openai-clip": model, "open_clip": as_open_clip(model), "transformers": as_hf_clip(model)}
+
+
+# ----- the naive pieces, from openai-clip's weights
+def qkv(block, x):
+    """x (L, W) -> q, k, v (L, W), after the block's ln_1."""
+    return F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias).chunk(3, dim=-1)
+
+
+def head_slices(width, heads):
+    d = width // heads
+    return [slice(h * d, (h + 1) * d) for h in range(heads)], d
+
+
+def out_proj(block, o):
+    return F.linear(o, block.attn.out_proj.weight, block.attn.out_proj.bias)
+
+
+def block_forward(block, x, weights=None):
+    """One block on x (L, W) with attention weights per head (a list of (L, L)); computed here when None."""
+    q, k, v = qkv(block, x)
+    heads = block.attn.num_heads
+    slices, d = head_slices(x.shape[1], heads)
+    if weights is None:
+        weights = [torch.softmax(q[:, s] @ k[:, s].T / math.sqrt(d), dim=-1) for s in slices]
+    o = torch.cat([weights[h] @ v[:, s] for h, s in enumerate(slices)], dim=1)
+    x = x + out_proj(block, o)
+    return x + block.mlp(block.ln_2(x))
+
+
+def joint(model, rows):
+    """Rows (R, W) -> unit features (R, D): ln_post, proj, L2 normalisation."""
+    return F.normalize(model.visual.ln_post(rows) @ model.visual.proj, dim=-1)
+
+
+def minmax(values):
+    values = torch.as_tensor(values)
+    return (values - values.min()) / (values.max() - values.min())
+
+
+def test_naive_forward_is_the_models(tiny):
+    """The references' block forward gives openai-clip's own embedding (catches a reference that explains some
+    other network, e.g. a forgotten MLP residual or a head split on the wrong axis)."""
+    model, _, _ = tiny
+    pixels = torch.randn(1, 3, 32, 32)
+    x = backbone_of(model).embed_image(pixels)[0]
+    for block in model.visual.transformer.resblocks:
+        x = block_forward(block, x)
+    with torch.no_grad():
+        own = model.encode_image(pixels)
+    torch.testing.assert_close(joint(model, x[:1]), F.normalize(own, dim=-1), atol=1e-5, rtol=1e-5)
+
+
+# ----- LeGrad
+def legrad_reference(model, pixels, text, start=0):
+    """map_k = mean over layers l >= start of mean_heads ReLU(d s^l_k / d A^l)[class row, patches], with s^l_k the
+    cosine of proj(ln_post(class token after block l)) to t_k; the gradient taken with respect to the full (L, L)
+    attention of block l, one backward per frame, layer, prompt."""
+    blocks = model.visual.transformer.resblocks
+    t = F.normalize(text, dim=-1)
+    out = torch.zeros(pixels.shape[0], text.shape[0], GRID[0] * GRID[1])
+    for b in range(pixels.shape[0]):
+        x = backbone_of(model).embed_image(pixels[b:b + 1])[0].detach()
+        for layer, block in enumerate(blocks):
+            q, k, _ = qkv(block, x)
+            slices, d = head_slices(x.shape[1], block.attn.num_heads)
+            weights = [torch.softmax(q[:, s] @ k[:, s].T / math.sqrt(d), dim=-1).detach().requires_grad_(True)
+                       for s in slices]
+            z = block_forward(block, x, weights)
+            if layer >= start:
+                score = joint(model, z[:1])[0] @ t.T  # (K,)
+                for kk in range(text.shape[0]):
+                    grads = torch.autograd.grad(score[kk], weights, retain_graph=True)
+                    per_head = [g.clamp(min=0)[0, 1:] for g in grads]
+                    out[b, kk] += sum(per_head) / len(per_head)
+            x = z.detach()
+    return out.reshape(*out.shape[:2], *GRID) / (len(blocks) - start)
+
+
+@pytest.mark.parametrize("library", ["openai-clip", "open_clip", "transformers"])
+def test_legrad_matches_reference(tiny, library):
+    """Catches: the gradient taken of the final score instead of each layer's own (only the last layer would
+    match), ReLU after the head mean instead of before, the sum over layers instead of the mean, the prefix column
+    kept (maps shifted by one token), heads and tokens swapped in the weights' reshape."""
+    model, pixels, text = tiny
+    expected = legrad_reference(model, pixels, text)
+    maps = get_method("legrad")(libraries(model)[library], pixels, text)
+    assert maps.shape == (2, 3, *GRID)
+    torch.testing.assert_close(maps, expected, atol=1e-6 * float(expected.abs().max()) + 1e-9, rtol=1e-4)
+    assert not torch.allclose(maps[:, 0], maps[:, 1])  # the prompt matters
+
+
+def test_legrad_start_layer(tiny):
+    """start_layer=-1 keeps the last block only (catches an option read but ignored, or an off-by-one start)."""
+    model, pixels, text = tiny
+    maps = get_method("legrad")(model, pixels, text, start_layer=-1)
+    torch.testing.assert_close(maps, legrad_reference(model, pixels, text, start=2),
+                               atol=1e-6 * float(maps.abs().max()) + 1e-9, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"start_layer must be an int in -3\.\.2 \(the model has 3 blocks\), got 3"):
+        get_method("legrad")(model, pixels, text, start_layer=3)
+
+
+def test_legrad_on_siglip_pooling_head():
+    """On SigLIP the score of layer l is the pooling head on block l's tokens, and A^l the probe's attention.
+    Reference: transformers' own hidden states, and the head computed here with loops over heads (catches the
+    head fed without its post_layernorm, the last block's tokens used for every layer, or ReLU forgotten)."""
+    model = tiny_siglip(3)
+    torch.manual_seed(8)
+    pixels, text = torch.randn(2, 3, 32, 32), torch.randn(2, model.config.vision_config.hidden_size)
+    vm, head = model.vision_model, model.vision_model.head
+    t = F.normalize(text, dim=-1)
+    with torch.no_grad():
+        out = vm(pixel_values=pixels, output_hidden_states=True)
+        states, own = out.hidden_states[1:], out.pooler_output  # tokens after each layer; the head's embedding
+    attn = head.attention
+    wq, wk, wv = attn.in_proj_weight.chunk(3)
+    bq, bk, bv = attn.in_proj_bias.chunk(3)
+    heads = attn.num_heads
+    expected = torch.zeros(2, 2, 16)
+    for b in range(2):
+        for layer, z in enumerate(states):
+            h = vm.post_layernorm(z[b])
+            q, k, v = F.linear(head.probe[0], wq, bq), F.linear(h, wk, bk), F.linear(h, wv, bv)
+            slices, d = head_slices(h.shape[1], heads)
+            weights = [torch.softmax(q[:, s] @ k[:, s].T / math.sqrt(d), dim=-1).detach().requires_grad_(True)
+                       for s in slices]
+            y = attn.out_proj(torch.cat([w @ v[:, s] for w, s in zip(weights, slices)], dim=1))
+            feature = (y + head.mlp(head.layernorm(y)))[0]
+            if layer == len(states) - 1:  # the reference's head is the model's own head
+                torch.testing.assert_close(feature, own[b], atol=1e-5, rtol=1e-5)
+            score = F.normalize(feature, dim=-1) @ t.T
+            for kk in range(2):
+                grads = torch.autograd.grad(score[kk], weights, retain_graph=True)
+                expected[b, kk] += sum(g.clamp(min=0)[0] for g in grads) / heads
+    expected = expected.reshape(2, 2, 4, 4) / len(states)
+    maps = get_method("legrad")(model, pixels, text)
+    torch.testing.assert_close(maps, expected, atol=1e-6 * float(expected.abs().max()) + 1e-9, rtol=1e-4)
+
+
+# ----- CLIP Surgery
+def surgery_reference(model, pixels, text, layers):
+    """The added value-value path over the last ``layers`` blocks, then feature surgery with loops over patches
+    and prompts: S_ik = sum_c (f_ic t_kc w_k - mean_k' f_ic t_k'c w_k'), w = softmax(2 c.t) / its mean; min-max."""
+    blocks = model.visual.transformer.resblocks
+    t = F.normalize(text, dim=-1)
+    n_prompts = text.shape[0]
+    out = torch.zeros(pixels.shape[0], n_prompts, GRID[0] * GRID[1])
+    with torch.no_grad():
+        for b in range(pixels.shape[0]):
+            x = backbone_of(model).embed_image(pixels[b:b + 1])[0]
+            for block in blocks[:len(blocks) - layers]:
+                x = block_forward(block, x)
+            y = x
+            for block in blocks[len(blocks) - layers:]:
+                _, _, v = qkv(block, x)
+                slices, d = head_slices(x.shape[1], block.attn.num_heads)
+                o = torch.cat([torch.softmax(v[:, s] @ v[:, s].T / math.sqrt(d), dim=-1) @ v[:, s]
+                               for s in slices], dim=1)
+                y = y + out_proj(block, o)
+                x = block_forward(block, x)
+            cls = joint(model, x[:1])[0]
+            p = torch.softmax(2 * (t @ cls), dim=0)
+            w = p / p.mean()
+            for i in range(1, x.shape[0]):
+                f = joint(model, y[i:i + 1])[0]
+                if n_prompts == 1:
+                    out[b, 0, i - 1] = f @ t[0]
+                    continue
+                redundant = sum(f * t[kk] * w[kk] for kk in range(n_prompts)) / n_prompts
+                for kk in range(n_prompts):
+                    out[b, kk, i - 1] = (f * t[kk] * w[kk] - redundant).sum()
+            for kk in range(n_prompts):
+                out[b, kk] = minmax(out[b, kk])
+    return out.reshape(*out.shape[:2], *GRID)
+
+
+@pytest.mark.parametrize("library", ["openai-clip", "open_clip", "transformers"])
+def test_clip_surgery_matches_reference(tiny, library):
+    """Catches: q-k attention in the added path instead of v-v, the MLP applied on the added path, the redundant
+    feature not subtracted (or its mean over patches instead of prompts), the class weights left out or taken
+    without the temperature 2, the default number of blocks (half: 1 of 3) off by one."""
+    model, pixels, text = tiny
+    maps = get_method("clip_surgery")(libraries(model)[library], pixels, text)
+    torch.testing.assert_close(maps, surgery_reference(model, pixels, text, layers=1), atol=2e-5, rtol=1e-4)
+    assert maps.shape == (2, 3, *GRID) and maps.min() == 0 and maps.amax(dim=(-1, -2)).eq(1).all()
+
+
+def test_clip_surgery_layers_and_one_prompt(tiny):
+    """layers=3 starts the added path at block 0 (catches a start at the wrong block); one prompt gives the
+    surgery path's cosine (catches an all-zero map: the one prompt's product minus itself)."""
+    model, pixels, text = tiny
+    maps = get_method("clip_surgery")(model, pixels, text, layers=3)
+    torch.testing.assert_close(maps, surgery_reference(model, pixels, text, layers=3), atol=2e-5, rtol=1e-4)
+    one = get_method("clip_surgery")(model, pixels, text[1:2], layers=2)
+    torch.testing.assert_close(one, surgery_reference(model, pixels, text[1:2], layers=2), atol=2e-5, rtol=1e-4)
+    assert one.max() == 1
+    with pytest.raises(ValueError, match="layers must be at most the model's 3 blocks, got 4"):
+        get_method("clip_surgery")(model, pixels, text, layers=4)
+
+
+# ----- GEM
+def gem_reference(model, pixels, text, layers, iterations=1, temperature=None):
+    """The parallel self-self path: per head, for p in q, k, v: p <- softmax(tau n(p) n(p)^T) n(p) ``iterations``
+    times, A_p = softmax(tau n(p) n(p)^T); the path adds out_proj(mean_p A_p v); tau = mean_tokens |ln_1(x)| / sqrt(d)
+    per image. Patches: cosine of proj(ln_post(y_i)) with each prompt, min-max."""
+    blocks = model.visual.transformer.resblocks
+    t = F.normalize(text, dim=-1)
+    out = torch.zeros(pixels.shape[0], text.shape[0], GRID[0] * GRID[1])
+
+    def attention(p, tau):
+        rows = [r / r.norm() for r in p]  # L2 normalisation token by token
+        p = torch.stack(rows)
+        return torch.softmax(tau * p @ p.T, dim=-1)
+
+    with torch.no_grad():
+        for b in range(pixels.shape[0]):
+            x = backbone_of(model).embed_image(pixels[b:b + 1])[0]
+            for block in blocks[:len(blocks) - layers]:
+                x = block_forward(block, x)
+            y = x
+            for block in blocks[len(blocks) - layers:]:
+                h = block.ln_1(x)
+                q, k, v = qkv(block, x)
+                slices, d = head_slices(x.shape[1], block.attn.num_heads)
+                tau = sum(float(row.norm()) for row in h) / h.shape[0] / math.sqrt(d) if temperature is None \
+                    else temperature
+                o = []
+                for s in slices:
+                    mixed = 0
+                    for p in (q[:, s], k[:, s], v[:, s]):
+                        for _ in range(iterations):
+                            p = attention(p, tau) @ torch.stack([r / r.norm() for r in p])
+                        mixed = mixed + attention(p, tau) / 3
+                    o.append(mixed @ v[:, s])
+                y = y + out_proj(block, torch.cat(o, dim=1))
+                x = block_forward(block, x)
+            for kk in range(text.shape[0]):
+                out[b, kk] = minmax([float(joint(model, y[i:i + 1])[0] @ t[kk]) for i in range(1, y.shape[0])])
+    return out.reshape(*out.shape[:2], *GRID)
+
+
+@pytest.mark.parametrize("library", ["openai-clip", "open_clip", "transformers"])
+def test_gem_matches_reference(tiny, library):
+    """Catches: a fixed temperature instead of the adaptive one (or the norm of x before ln_1), the last
+    normalisation before A_p forgotten, A_p applied to the normalised p instead of v, the mean of the three
+    attentions replaced by one, the MLP on the parallel path."""
+    model, pixels, text = tiny
+    maps = get_method("gem")(libraries(model)[library], pixels, text[:2])
+    torch.testing.assert_close(maps, gem_reference(model, pixels, text[:2], layers=1), atol=2e-5, rtol=1e-4)
+    assert maps.shape == (2, 2, *GRID) and not torch.allclose(maps[:, 0], maps[:, 1])
+
+
+def test_gem_options(tiny):
+    """iterations=2, layers=2 and a fixed temperature each change the reference in its own way (catches an option
+    accepted but unused, a loop run once whatever ``iterations`` says)."""
+    model, pixels, text = tiny
+    for options, ref in [({"iterations": 2, "layers": 2}, {"iterations": 2, "layers": 2}),
+                         ({"temperature": 3.0, "layers": 3}, {"temperature": 3.0, "layers": 3}),
+                         ({"iterations": 0}, {"iterations": 0, "layers": 1})]:
+        maps = get_method("gem")(model, pixels, text[:2], **options)
+        torch.testing.assert_close(maps, gem_reference(model, pixels, text[:2], **ref), atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="temperature must be a positive number or None"):
+        get_method("gem")(model, pixels, text, temperature=0)
+
+
+@pytest.mark.parametrize("name", ["clip_surgery", "gem"])
+def test_refused_without_class_token(name):
+    """SigLIP has no per-token projection into the joint space: refused in one line naming the method, why, and
+    the methods that work there, LeGrad among them (catches a silent map from the pooling head's inputs)."""
+    model = tiny_siglip(1)
+    text = torch.randn(2, model.config.vision_config.hidden_size)
+    with pytest.raises(ValueError, match=rf"^{name} needs the image embedding to be the class token's row; "
+                                         r"SiglipModel pools its image embedding with an attention head instead "
+                                         r"\(use grad_eclip, legrad, grad_cam, maskclip or rise\)$") as err:
+        get_method(name)(model, torch.randn(1, 3, 32, 32), text)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["legrad", "clip_surgery", "gem"])
+def test_features_of_the_same_forward_are_the_models(tiny, name):
+    """The image features each method hands back with its maps (so that scores need no second forward) are the
+    model's own embedding (catches features read from the added path, e.g. pool(y) instead of pool(x), or from a
+    block's tokens before the last)."""
+    from gradeclip.methods.baselines import run_method
+
+    model, pixels, text = tiny
+    maps, features = run_method(name, model, pixels, text)
+    torch.testing.assert_close(features, backbone_of(model).encode_pixels(pixels), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(maps, get_method(name)(model, pixels, text))
