@@ -352,8 +352,8 @@ def test_an_interrupted_overlay_export_leaves_the_older_files_and_no_ffmpeg(mode
         write_overlay_video(result, mp4)
     assert mp4.read_bytes() == b"older mp4" and gif.read_bytes() == b"older gif"
     assert sorted(os.listdir(tmp_path)) == ["overlay.gif", "overlay.mp4"]
-    assert [p for p in psutil.Process().children(recursive=True) if p.is_running() and
-            p.status() != psutil.STATUS_ZOMBIE] == []
+    assert [p for p in psutil.Process().children(recursive=True) if p.is_running() and  # Ray's, from other
+            p.status() != psutil.STATUS_ZOMBIE and "ffmpeg" in p.name().lower()] == []   # tests, may live on
     monkeypatch.setattr(video_export, "compose_frame", real)
     assert write_overlay_video(result, mp4) == [mp4, gif]
     with av.open(str(mp4)) as container:
