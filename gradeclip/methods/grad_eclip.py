@@ -37,6 +37,12 @@ def _layer_count(layers: int, depth: int, what: str) -> int:
     return min(layers, depth)
 
 
+def _float32(bb):
+    """Autocast off on the model's device: under ``precision="bf16"/"fp16"`` (``gradeclip/precision.py``) the
+    score, gradients' combination and the maps are computed in float32; a no-op otherwise."""
+    return torch.autocast(bb.device.type, enabled=False)
+
+
 def qk_weight(q_row: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """lambda: cosine of q_row (B, W) with each key k (B, L, W), min-max normalised over L -> (B, L) in [0, 1].
 
@@ -109,15 +115,18 @@ def _class_token(bb, pixels, text_features, layers, single_head, spatial_weight,
             records.append((q[:, 0].detach(), k.detach(), v.detach(), o))
             x = bb.finish(i, x[:, :1] if last else x, o)
         features = bb.pool(x)
-        cosine = F.normalize(features, dim=-1) @ text.T  # (B, K)
+        with _float32(bb):
+            cosine = F.normalize(features.float(), dim=-1) @ text.float().T  # (B, K)
         grads = _per_prompt_grads(cosine, [o for *_, o in records])
 
     maps = 0
-    for (q_cls, k, v, _), grad in zip(records, grads):
-        w = grad[:, :, 0]  # (K, B, W): gradient at the class-token row
-        lam = qk_weight(q_cls, k[:, 1:]) if spatial_weight else torch.ones_like(k[:, 1:, 0])
-        layer = torch.einsum("kbc,bpc->bkp", w, v[:, 1:]) * lam[:, None, :]
-        maps = maps + layer.relu()
+    with _float32(bb):
+        for (q_cls, k, v, _), grad in zip(records, grads):
+            w = grad[:, :, 0].float()  # (K, B, W): gradient at the class-token row
+            k, v = k[:, 1:].float(), v[:, 1:].float()
+            lam = qk_weight(q_cls.float(), k) if spatial_weight else torch.ones_like(k[:, :, 0])
+            layer = torch.einsum("kbc,bpc->bkp", w, v) * lam[:, None, :]
+            maps = maps + layer.relu()
     return maps.reshape(*maps.shape[:2], *grid).float().detach(), features.detach()
 
 
@@ -135,12 +144,15 @@ def _pooling_head(bb, pixels, text_features, layers, single_head, spatial_weight
         o, _ = attend(q, k, v, 1 if single_head else bb.pool_heads())
         o.requires_grad_(True)
         features = bb.pool_finish(o)[:, 0]
-        cosine = F.normalize(features, dim=-1) @ text.T  # (B, K)
+        with _float32(bb):
+            cosine = F.normalize(features.float(), dim=-1) @ text.float().T  # (B, K)
         (grad,) = _per_prompt_grads(cosine, [o])
-    w = grad[:, :, 0]  # (K, B, W)
-    k, v = k[:, bb.prefix:].detach(), v[:, bb.prefix:].detach()  # a class token (CoCa) is attended, not mapped
-    lam = qk_weight(q[:, 0].detach(), k) if spatial_weight else torch.ones_like(k[:, :, 0])
-    maps = (torch.einsum("kbc,bpc->bkp", w, v) * lam[:, None, :]).relu()
+    w = grad[:, :, 0].float()  # (K, B, W)
+    # a class token (CoCa) is attended, not mapped
+    k, v = k[:, bb.prefix:].detach().float(), v[:, bb.prefix:].detach().float()
+    with _float32(bb):
+        lam = qk_weight(q[:, 0].detach().float(), k) if spatial_weight else torch.ones_like(k[:, :, 0])
+        maps = (torch.einsum("kbc,bpc->bkp", w, v) * lam[:, None, :]).relu()
     return maps.reshape(*maps.shape[:2], *grid).float().detach(), features.detach()
 
 
