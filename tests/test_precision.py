@@ -39,10 +39,12 @@ def check_agreement(full, reduced, min_rank=0.95, score_tol=1e-2):
     assert np.isfinite(reduced.raw).all() and np.isfinite(reduced.maps).all()
     assert reduced.raw.shape == full.raw.shape
     n, k = full.raw.shape[:2]
+    # Ranks of the maps explain returns (frame size, bilinear): on the raw token grid most cells are exact zeros
+    # after the ReLU and a cell a hair above or below 0 turns a tie into a rank, which says nothing about the map.
     for i in range(n):
         for j in range(k):
-            assert full.raw[i, j].std() > 0, "a constant float32 map cannot test agreement"
-            rho = spearmanr(full.raw[i, j].ravel(), reduced.raw[i, j].ravel())[0]
+            assert full.maps[i, j].std() > 0, "a constant float32 map cannot test agreement"
+            rho = spearmanr(full.maps[i, j].ravel(), reduced.maps[i, j].ravel())[0]
             # bug: prompts or frames permuted in the reduced path (maps of another prompt correlate far less)
             assert rho >= min_rank, (i, j, rho)
     diff = np.abs(full.cosine - reduced.cosine)

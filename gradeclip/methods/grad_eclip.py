@@ -39,7 +39,8 @@ def _layer_count(layers: int, depth: int, what: str) -> int:
 
 def _float32(bb):
     """Autocast off on the model's device: under ``precision="bf16"/"fp16"`` (``gradeclip/precision.py``) the
-    score, gradients' combination and the maps are computed in float32; a no-op otherwise."""
+    decomposed blocks, the score, its gradients and the maps are computed in float32 (only the blocks before the
+    decomposed ones run in reduced precision); a no-op otherwise."""
     return torch.autocast(bb.device.type, enabled=False)
 
 
@@ -101,9 +102,10 @@ def _class_token(bb, pixels, text_features, layers, single_head, spatial_weight,
     n = _layer_count(layers, bb.depth, "image")
     text = bb.unit_text(text_features)
 
-    x = bb.tokens_before(pixels, bb.depth - n)
+    # under reduced precision only the blocks before the decomposed ones run in it (gradeclip/precision.py)
+    x = bb.tokens_before(pixels, bb.depth - n).to(bb.dtype)
     records = []  # (q of the class token, k, v, o) per decomposed block
-    with torch.enable_grad():
+    with torch.enable_grad(), _float32(bb):
         for j, i in enumerate(range(bb.depth - n, bb.depth)):
             last = j == n - 1
             heads = 1 if single_head else bb.heads(i)
@@ -138,8 +140,8 @@ def _pooling_head(bb, pixels, text_features, layers, single_head, spatial_weight
         raise ValueError(f"layers={layers}: on {type(bb.model).__name__} (no class token) Grad-ECLIP decomposes the "
                          f"attention-pooling head only; layers must be 1")
     text = bb.unit_text(text_features)
-    x = bb.tokens_before(pixels, bb.depth)
-    with torch.enable_grad():
+    x = bb.tokens_before(pixels, bb.depth).to(bb.dtype)
+    with torch.enable_grad(), _float32(bb):
         q, k, v = bb.pool_qkv(x)  # q (B, 1, W): the probe's query; k, v (B, P, W)
         o, _ = attend(q, k, v, 1 if single_head else bb.pool_heads())
         o.requires_grad_(True)
