@@ -213,3 +213,33 @@ def test_cli_batch_records_bf16_and_refuses_a_changed_precision(clip_video, chec
     assert main(args) == 1  # default fp32 against the folder's bf16 run
     err = capfd.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "precision: 'bf16' -> 'fp32'" in err, err
+
+
+def test_bf16_scores_are_a_float32_readout_of_bf16_tokens(model):
+    """The reported cosine equals one computed here from openai-clip's own modules: blocks before the last under
+    bf16 autocast, the last block, ln_post and proj in float32 (frames at the trained 32x32, no interpolation).
+    Catches: scores read from the bf16 projection, or from a forward that ignored the precision."""
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    reduced = explain(model, frames, PROMPTS, input="native", progress=False, precision="bf16")
+    visual = model.visual
+    pixels = gradeclip.to_pixels(model, frames, input="native")
+    assert tuple(pixels.shape[-2:]) == (32, 32)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x = visual.conv1(pixels).flatten(2).transpose(1, 2)  # (B, 16, W)
+            cls = visual.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
+            x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+            x = visual.ln_pre(x).permute(1, 0, 2)  # NLD -> LND
+            for block in visual.transformer.resblocks[:-1]:
+                x = block(x)
+        x = visual.transformer.resblocks[-1](x.float()).permute(1, 0, 2)
+        image = visual.ln_post(x[:, 0]) @ visual.proj
+        text = model.encode_text(clip_tokenizer()(PROMPTS))
+        cosine = torch.nn.functional.normalize(image, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the same readout in bf16: what must not be reported
+            low = visual.transformer.resblocks[-1](x.permute(1, 0, 2)).permute(1, 0, 2)
+            low = (visual.ln_post(low[:, 0]) @ visual.proj).float()
+    np.testing.assert_allclose(reduced.cosine, cosine.numpy(), atol=2e-5)
+    bf16_cosine = torch.nn.functional.normalize(low, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+    assert np.abs(bf16_cosine.numpy() - cosine.numpy()).max() > 1e-4  # the two readouts are distinguishable
