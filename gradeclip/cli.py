@@ -313,7 +313,7 @@ def _explain(args) -> int:
                          meta={"library": result.library, "model": args.model, "video": str(args.video),
                                "frame_index": index,
                                "time_s": info.times[index],  # the frame's presentation time
-                               "input": result.view.as_json(), "precision": result.precision},
+                               "input": result.view.as_json()},
                          written=progress.written)
     if args.words:
         paths += export_words(model, frames[0], result.prompts, name, args.out, dpi=args.dpi,

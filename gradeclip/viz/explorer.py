@@ -270,7 +270,7 @@ class Explorer(widgets.VBox):
             shown = replace(result, maps=self._frame_size_maps()[None])  # the colour scale shown
             meta = {"video": self.source.path, "frame": index, "time_s": self.source.seconds(index),
                     "options": self.options, "input_mode": self.size.value[0], "scale": self.size.value[1],
-                    "colour_scale": self.scale.value, "precision": self.precision}
+                    "colour_scale": self.scale.value}
             paths = export_frame(shown, name, self.out_dir, cmap=self.cmap.value, alpha=self.opacity.value, meta=meta,
                                  title=f"{self.source.name} · frame {index} · {self.source.time(index)}")
         except Exception as err:
