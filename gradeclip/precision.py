@@ -5,10 +5,10 @@ copy of the model. The caller's model is never touched (its parameters stay floa
 matrix products and convolutions of the forward (and their backward) run in bfloat16/float16 under autocast.
 What stays float32:
 
-- maps: every method's raw maps are returned as float32; Grad-ECLIP combines gradients, values and the spatial
-  weight (and sums over layers and prompts) in float32 with autocast switched off (``methods/grad_eclip.py``).
-  Gradients themselves flow back through the reduced-precision forward (each op's backward in its forward's dtype,
-  as autocast does), so they carry reduced-precision rounding;
+- maps: every method's raw maps are returned as float32. Under Grad-ECLIP only the blocks before the decomposed
+  ones run in reduced precision: the decomposed blocks, the score, its gradients and the maps (summed over layers)
+  are float32 with autocast switched off (``methods/grad_eclip.py``). Other methods run under autocast throughout
+  (their gradients carry reduced-precision rounding);
 - scores: the image features behind ``cosine`` and ``probs`` are recomputed once more per batch, exactly: the tokens
   entering the last block (from a reduced-precision forward) are cast to float32 and the last block's readout and
   the final projection run in float32 (``Backbone.readout``) — an extra forward of the blocks in reduced

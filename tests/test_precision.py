@@ -259,3 +259,17 @@ def test_explorer_runs_bf16_and_names_it_in_exports(model, tmp_path):
     assert scores_of(tmp_path / "b")["precision"] == "bf16"
     with pytest.raises(ValueError, match="bf16"):
         gradeclip.explore(model, frames, PROMPTS, words=False, precision="fp16")
+
+
+def test_batch_folder_from_before_precision_resumes_as_fp32(tmp_path):
+    """A run.json written before the precision key existed ran in fp32: resuming it with fp32 is allowed, with
+    bf16 refused. Catches: every older folder refused after the upgrade (None != 'fp32'), or the default ignored."""
+    from gradeclip.batch.runner import RUN_KEYS, check_run
+
+    settings = dict.fromkeys(RUN_KEYS, None) | {"prompts": PROMPTS, "method": "grad_eclip", "model": "m.pt"}
+    old = {k: v for k, v in settings.items() if k != "precision"}
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    check_run(tmp_path, settings | {"precision": "fp32"}, overwrite=False)
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="precision: 'fp32' -> 'bf16'"):
+        check_run(tmp_path, settings | {"precision": "bf16"}, overwrite=False)
