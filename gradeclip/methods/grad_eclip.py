@@ -117,8 +117,7 @@ def _class_token(bb, pixels, text_features, layers, single_head, spatial_weight,
             records.append((q[:, 0].detach(), k.detach(), v.detach(), o))
             x = bb.finish(i, x[:, :1] if last else x, o)
         features = bb.pool(x)
-        with _float32(bb):
-            cosine = F.normalize(features.float(), dim=-1) @ text.float().T  # (B, K)
+        cosine = F.normalize(features.float(), dim=-1) @ text.float().T  # (B, K)
         grads = _per_prompt_grads(cosine, [o for *_, o in records])
 
     maps = 0
@@ -146,8 +145,7 @@ def _pooling_head(bb, pixels, text_features, layers, single_head, spatial_weight
         o, _ = attend(q, k, v, 1 if single_head else bb.pool_heads())
         o.requires_grad_(True)
         features = bb.pool_finish(o)[:, 0]
-        with _float32(bb):
-            cosine = F.normalize(features.float(), dim=-1) @ text.float().T  # (B, K)
+        cosine = F.normalize(features.float(), dim=-1) @ text.float().T  # (B, K)
         (grad,) = _per_prompt_grads(cosine, [o])
     w = grad[:, :, 0].float()  # (K, B, W)
     # a class token (CoCa) is attended, not mapped
