@@ -13,7 +13,8 @@ from typing import List, Optional
 
 from .checks import positive_int_arg
 from .files import INTERRUPT_STATUS, Interrupted
-from .input_args import add_input_options, check_input_options
+from .input_args import (add_input_options, add_precision_option, check_input_options,
+                         check_precision_option)
 from .interrupts import Progress, caused_by_ctrl_c, frames_bar, noting_sigint, reported
 from .viz.export import export_frame, export_video, export_words
 
@@ -62,6 +63,7 @@ def _common(p) -> None:
     p.add_argument("--cmap", default="jet", metavar="NAME",
                    help="matplotlib colour map of the heatmap, e.g. jet, turbo, viridis, inferno (default: jet)")
     add_input_options(p)
+    add_precision_option(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +197,7 @@ def _check_common(args) -> None:
     _check_cmap(args.cmap)
     get_method(args.method)
     check_input_options(args)
+    check_precision_option(args, args.device)
     _check_out(args.out)
 
 
@@ -252,7 +255,7 @@ def _video(args) -> int:
             start = time.perf_counter()
             result = explain_video(model, str(path), args.prompt, method=args.method, every=args.every,
                                    count=args.frames, batch_size=args.batch_size, model_name=args.model,
-                                   input=args.input, scale=args.scale, progress=bar)
+                                   input=args.input, scale=args.scale, progress=bar, precision=args.precision)
             seconds = time.perf_counter() - start
             bar.close()
         except (ValueError, IndexError, OSError) as err:
@@ -302,7 +305,8 @@ def _explain(args) -> int:
     progress.begin(f"loading the model {args.model}")
     model, _ = _load_model(args.model, args.device, args.truncate)
     progress.begin(f"explaining frame {index}")
-    result = explain(model, frames, args.prompt, method=args.method, input=args.input, scale=args.scale)
+    result = explain(model, frames, args.prompt, method=args.method, input=args.input, scale=args.scale,
+                     precision=args.precision)
     name = f"{Path(args.video).stem}_frame{index}_{args.method}"
     progress.begin(f"writing the files of frame {index}", expected=frame_files(name, args.out) + (
         words_files(name, args.out, len(args.prompt)) if args.words else []))

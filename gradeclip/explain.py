@@ -20,9 +20,10 @@ from .eval.shapes import warn_unknown_words
 from .backbones.inputs import InputView, input_view, model_pixels, warn_token_count
 from .backbones.pixels import FramesLike, as_frames
 from .checks import positive_int
-from .methods.baselines import run_method  # importing methods registers every method in METHODS
+from .methods.baselines import run_method  # noqa: F401 importing methods registers every method in METHODS
 from .methods.grad_eclip import grad_eclip_text
 from .methods.registry import check_options
+from .precision import check_precision, run_method_at
 
 
 @dataclass
@@ -39,7 +40,8 @@ class Explanation:
     ``model``: which library's model explained them, and its name where known. ``view``: how the frames reached
     the model (``view.mode`` native, model or library; ``view.size`` the input (H', W') in pixels); ``seen``:
     (H, W) bool, True where the frame reached the model (all True unless ``input="library"`` cropped it; ``maps``
-    are 0 where it is False).
+    are 0 where it is False). ``precision``: ``"fp32"``, ``"bf16"`` or ``"fp16"``, how the forward ran
+    (``gradeclip/precision.py``; maps float32 always, scores from a float32 readout).
     """
 
     maps: np.ndarray
@@ -53,6 +55,7 @@ class Explanation:
     model: str = ""
     view: Optional[InputView] = None
     seen: Optional[np.ndarray] = None
+    precision: str = "fp32"
 
 
 def normalize_maps(raw: torch.Tensor) -> torch.Tensor:
@@ -86,7 +89,7 @@ def scores(model, image_features: torch.Tensor, text_features: torch.Tensor):
 
 def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
             tokenizer=None, input: Optional[str] = None, scale: float = 1.0, truncate: bool = False, batch_size: int = 16, progress: bool = True,
-            **options) -> Explanation:
+            precision: str = "fp32", **options) -> Explanation:
     """Explain a CLIP-family model's match of each frame with each prompt.
 
     ``model``: an openai-clip ``clip.model.CLIP`` (ViT or ResNet), an open_clip ``CLIP`` or ``CustomTextCLIP``, a
@@ -102,28 +105,32 @@ def explain(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, me
     ``"native"``). ``scale`` multiplies the native or model size (refused with library). A token grid above 4
     times the trained one warns. ``truncate`` cuts over-long prompts instead of raising.
     Frames go through the model ``batch_size`` at a time, with a progress bar when there is more than one batch
-    (``progress=False`` hides it).
+    (``progress=False`` hides it). ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (GPU only): the
+    forward under autocast on the model's device, the caller's model unchanged; maps float32, scores from a
+    float32 recomputation of the last block's readout (see ``gradeclip/precision.py``).
 
     Returns an ``Explanation`` (maps at frame size in [0, 1], raw token-grid maps, cosine, probs).
     """
     model = backbone_of(model, tokenizer)
     check_options(method, options)
+    check_precision(precision, model, method)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     warn_unknown_words(model, prompts)
     text_features = model.encode_prompts(prompts, truncate=truncate)
     return explain_encoded(model, frames, prompts, text_features, method=method, input=input, scale=scale,
-                           batch_size=batch_size, progress=progress, **options)
+                           batch_size=batch_size, progress=progress, precision=precision, **options)
 
 
 def explain_encoded(model, frames: FramesLike, prompts: Sequence[str], text_features: torch.Tensor, *,
                     method: str = "grad_eclip", input: Optional[str] = None, scale: float = 1.0,
-                    batch_size: int = 16, progress: bool = True, **options) -> Explanation:
+                    batch_size: int = 16, progress: bool = True, precision: str = "fp32", **options) -> Explanation:
     """``explain`` with the prompts already encoded: ``text_features`` (K, D) are the library's own (as
     ``encode_prompts`` returns them, not normalised) for ``prompts`` (K strings, used as labels). For callers that
     explain many frames against one prompt set (the explorer) and encode it once. ``model``: as for ``explain``
-    (a ``Backbone`` carries its tokenizer); ``input`` and ``scale`` as for ``explain``. Returns an ``Explanation``."""
+    (a ``Backbone`` carries its tokenizer); ``input``, ``scale`` and ``precision`` as for ``explain``. Returns an ``Explanation``."""
     model = backbone_of(model)
     check_options(method, options)
+    check_precision(precision, model, method)
     positive_int(batch_size, "batch_size")
     frames = as_frames(frames)
     prompts = list(prompts)
@@ -136,7 +143,7 @@ def explain_encoded(model, frames: FramesLike, prompts: Sequence[str], text_feat
     raws, features = [], []
     for start in tqdm(starts, desc=f"explaining ({method})", unit="batch", disable=not progress or len(starts) < 2):
         pixels = model_pixels(model, frames[start:start + batch_size], view)
-        raw, feats = run_method(method, model, pixels, text_features, **options)
+        raw, feats = run_method_at(precision, method, model, pixels, text_features, **options)
         raws.append(raw)
         features.append(feats)
     raw = torch.cat(raws)
@@ -148,7 +155,7 @@ def explain_encoded(model, frames: FramesLike, prompts: Sequence[str], text_feat
     maps = view.place(normalize_maps(view.fit(raw)))
     return Explanation(maps=maps.cpu().numpy(), raw=raw.cpu().numpy(), cosine=cosine, probs=probs,
                        frames=frames, prompts=prompts, method=method, **model.describe(), view=view,
-                       seen=view.seen())
+                       seen=view.seen(), precision=precision)
 
 
 def similarity(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, input: Optional[str] = None,

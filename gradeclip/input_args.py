@@ -34,3 +34,27 @@ def check_input_options(args) -> None:
     if args.input == "library" and args.scale != 1:
         raise ValueError(f"--scale {args.scale:g} cannot apply to --input library (the library's transform fixes "
                          f"the size); use --input native or model to scale")
+
+
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # precision.PRECISIONS (a test keeps them equal)
+
+
+def add_precision_option(parser) -> None:
+    """Add ``--precision {fp32,bf16,fp16}`` to an argparse parser."""
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                        help="forward precision: fp32 (default); bf16 or fp16 run the forward under autocast on the "
+                             "model's device, maps stay float32 and scores come from a float32 readout of the last "
+                             "block (fp16 needs a GPU; bf16 works on CPU)")
+
+
+def check_precision_option(args, device=None) -> None:
+    """ValueError (one line) for ``--precision fp16`` where the model would run on the CPU (``device``: the
+    ``--device`` given, None: cuda if available); call before any model is loaded."""
+    if args.precision != "fp16":
+        return
+    import torch
+
+    where = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if where.split(":")[0] == "cpu":
+        raise ValueError("--precision fp16 needs a GPU (float16 on CPU is slow and loses accuracy); "
+                         "on CPU use --precision bf16 or fp32")

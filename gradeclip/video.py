@@ -19,8 +19,9 @@ from .explain import normalize_maps, scores
 from .files import atomic_path, write_json
 from .io.frames import MAX_SIDE, video_info
 from .io.index import shape_after
-from .methods.baselines import run_method
+from .methods.baselines import run_method  # noqa: F401 (importing methods registers them)
 from .methods.registry import check_options
+from .precision import check_precision, run_method_at
 from .io.stream import StreamErrors, select_indices, stream_frames
 
 SCALES = ("shared", "per_frame")
@@ -36,7 +37,8 @@ class VideoExplanation:
     ``frame_similarity``: (F - 1,) cosine of the image embeddings of consecutive explained frames (how much the
     frame itself changed; beside the maps' rank correlation in ``eval.stability``). ``input_size``: the model
     input (H', W') in pixels; ``view``: how frames reached the model (``view.mode``: native, model or library;
-    with library, ``view.box`` the part of the decoded frame the model saw).
+    with library, ``view.box`` the part of the decoded frame the model saw). ``precision``: how the forward ran
+    (fp32, bf16 or fp16; ``gradeclip/precision.py``).
     """
 
     video: str
@@ -56,6 +58,7 @@ class VideoExplanation:
     library: str = ""
     frame_similarity: Optional[np.ndarray] = None
     view: Optional[InputView] = None
+    precision: str = "fp32"
 
     def normalized(self, scale: str = "shared") -> np.ndarray:
         """Maps (F, K, h, w) in [0, 1]. ``"shared"``: one scale per prompt over the whole video, so that a change of
@@ -95,7 +98,7 @@ def _canvas(frame_size) -> Tuple[int, int]:
 def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
                   every: Optional[int] = None, count: Optional[int] = None, batch_size: int = 16,
                   input: Optional[str] = None, scale: float = 1.0, model_name: str = "", progress=True, tokenizer=None,
-                  max_side: Optional[int] = MAX_SIDE, **options) -> VideoExplanation:
+                  max_side: Optional[int] = MAX_SIDE, precision: str = "fp32", **options) -> VideoExplanation:
     """Explain the selected frames of ``video`` (all, every ``every``-th, or ``count`` evenly spaced) for
     ``prompts`` with ``method``, at most ``batch_size`` frames per forward (fewer for large frames, so that
     memory stays bounded and the progress bar moves), with a progress bar. Text features are computed once.
@@ -105,10 +108,12 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     keeps full size. ``input`` and ``scale``: the model input as for ``explain`` (None: the model's default;
     ``"library"``: the maps cover the library's crop, see ``view``). ``model`` and ``tokenizer`` as for ``explain``; ``model_name`` is recorded (default: the name
     the model was loaded as). ``progress``: True for a bar of its own, False for none, or a caller's bar (anything
-    with ``update(n)``, e.g. a tqdm) to advance by the frames explained.
+    with ``update(n)``, e.g. a tqdm) to advance by the frames explained. ``precision``: ``"fp32"``, ``"bf16"`` or
+    ``"fp16"`` as for ``explain`` (recorded in the sidecar).
     """
     model = backbone_of(model, tokenizer)
     check_options(method, options)
+    check_precision(precision, model, method)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     text_features = model.encode_prompts(prompts)
     info = video_info(video)
@@ -126,8 +131,8 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
     try:
         for batch in stream_frames(video, every=every, count=count, batch_size=batch_size, errors=errors,
                                    max_side=max_side):
-            raw, features = run_method(method, model, model_pixels(model, batch.frames, view), text_features,
-                                       **options)
+            raw, features = run_method_at(precision, method, model, model_pixels(model, batch.frames, view),
+                                          text_features, **options)
             raws.append(raw.cpu())
             feats.append(features)
             indices.append(batch.indices)
@@ -147,7 +152,8 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
         library=described["library"], raw=torch.cat(raws).numpy(),
         cosine=cosine, probs=probs, indices=np.concatenate(indices), times=np.concatenate(times), fps=info.fps,
         frame_size=(info.height, info.width), input_size=input_size,
-        options=dict(options), failed=list(errors.failed), frame_similarity=consecutive, view=view)
+        options=dict(options), failed=list(errors.failed), frame_similarity=consecutive, view=view,
+        precision=precision)
 
 
 def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = None) -> List[Path]:
@@ -162,6 +168,7 @@ def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = Non
                             indices=result.indices, times=result.times)
     record = {
         "video": result.video, "library": result.library, "model": result.model, "method": result.method, "options": result.options,
+        "precision": result.precision,
         "prompts": result.prompts,
         "maps": {"file": npz.name, "key": "maps", "dtype": "float16", "shape": list(result.raw.shape),
                  "axes": "frame, prompt, grid row, grid column", "values": "raw, not normalised"},

@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..input_args import add_input_options, check_input_options
+from ..input_args import add_input_options, add_precision_option, check_input_options, check_precision_option
 from ..checks import output_folder, positive_int_arg
 
 
@@ -41,6 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     choose.add_argument("--every", type=positive_int_arg, metavar="K", help="explain every K-th frame (default: all)")
     choose.add_argument("--frames", type=positive_int_arg, metavar="N", help="explain N evenly spaced frames")
     add_input_options(b)
+    add_precision_option(b)
     b.add_argument("--masks-root", metavar="DIR",
                    help="masks of video a/b.avi (relative to its input folder) in DIR/a/b (a folder or video), or "
                         "in CASIA-B's layout DIR/SUBJECT/COND-SEQ/VIEW for a video SUBJECT-COND-SEQ-VIEW.avi")
@@ -90,6 +91,7 @@ def check(args) -> dict:
         raise ValueError("empty --prompt: every prompt needs some text")
     get_method(args.method)
     check_input_options(args)
+    check_precision_option(args)  # workers run on cuda where available, as the driver sees it
     group_names(args.group_by)
     stats_options(args)
     if args.masks_root and not Path(args.masks_root).is_dir():
@@ -100,6 +102,7 @@ def check(args) -> dict:
     model = args.model if not os.path.exists(args.model) else str(Path(args.model).resolve())
     return {"prompts": list(args.prompt), "method": args.method, "model": model, "every": args.every,
             "frames": args.frames, "input": args.input, "scale": args.scale, "truncate": args.truncate,
+            "precision": args.precision,
             "masks_root": str(Path(args.masks_root).resolve()) if args.masks_root else None,
             "masks_template": args.masks_template}
 

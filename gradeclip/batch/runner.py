@@ -27,7 +27,9 @@ from ..io.frames import VIDEO_SUFFIXES
 from .masks import locate_masks
 
 MEAN_MAP_SIZE = 64  # side of the mean relevance map in normalised frame coordinates
-RUN_KEYS = ("prompts", "method", "model", "every", "frames", "input", "scale", "masks_root", "masks_template")
+RUN_KEYS = ("prompts", "method", "model", "every", "frames", "input", "scale", "masks_root", "masks_template",
+            "precision")
+RUN_DEFAULTS = {"precision": "fp32"}  # what a folder written before the key existed ran with
 
 
 def video_id(path: Path, root: Optional[Path]) -> str:
@@ -91,9 +93,10 @@ def check_run(out: Path, settings: dict, overwrite: bool) -> None:
     record = out / "run.json"
     if record.is_file():
         before = json.loads(record.read_text())
-        changed = [k for k in RUN_KEYS if before.get(k) != settings.get(k)]
+        before = {k: before.get(k, RUN_DEFAULTS.get(k)) for k in RUN_KEYS}
+        changed = [k for k in RUN_KEYS if before[k] != settings.get(k, RUN_DEFAULTS.get(k))]
         if changed and not overwrite:
-            detail = "; ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+            detail = "; ".join(f"{k}: {before[k]!r} -> {settings.get(k)!r}" for k in changed)
             raise ValueError(f"{out} holds a run with other arguments ({detail}); use another --out or --overwrite")
         if changed:
             shutil.rmtree(out / "videos", ignore_errors=True)
@@ -177,7 +180,7 @@ def process_video(model, job: dict, settings: dict, out: Path) -> dict:
         record.update(declared_frames=declared, decoded_frames=info.num_frames)  # kept if the video then fails
         result = explain_video(model, job["path"], settings["prompts"], method=settings["method"],
                                every=settings["every"], count=settings["frames"], scale=settings["scale"],
-                               input=settings.get("input"),
+                               input=settings.get("input"), precision=settings.get("precision", "fp32"),
                                model_name=settings["model"], progress=False)
         if len(result.indices) < settings.get("min_frames", 1):
             raise ValueError(f"too short: {len(result.indices)} frames explained")
@@ -187,6 +190,7 @@ def process_video(model, job: dict, settings: dict, out: Path) -> dict:
         with atomic_path(partial / "mean_map.npy") as temp:
             np.save(temp, mean_map(result))
         record["input"] = result.view.as_json()  # the mode and the size in pixels fed to the model
+        record["precision"] = result.precision
         record.update(frame_status(declared, info.num_frames, len(result.failed)))
         record.update(damaged_frames=len(result.failed), damaged_indices=[int(i) for i, _ in result.failed],
                       frames=len(result.indices), mean_cos=result.cosine.mean(0).tolist(), max_cos=result.cosine.max(0).tolist(),

@@ -37,6 +37,13 @@ def _layer_count(layers: int, depth: int, what: str) -> int:
     return min(layers, depth)
 
 
+def _float32(bb):
+    """Autocast off on the model's device: under ``precision="bf16"/"fp16"`` (``gradeclip/precision.py``) the
+    decomposed blocks, the score, its gradients and the maps are computed in float32 (only the blocks before the
+    decomposed ones run in reduced precision); a no-op otherwise."""
+    return torch.autocast(bb.device.type, enabled=False)
+
+
 def qk_weight(q_row: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """lambda: cosine of q_row (B, W) with each key k (B, L, W), min-max normalised over L -> (B, L) in [0, 1].
 
@@ -107,7 +114,10 @@ def grad_eclip_tokens(bb, x: torch.Tensor, grid, text_features: torch.Tensor, *,
                       single_head: bool = False, spatial_weight: bool = True):
     """Grad-ECLIP from the tokens ``x`` (B, L, W) entering block ``start`` (``decomposition_start``; they carry no
     graph), for callers that keep those tokens between a scoring pass and an explaining pass (``clip_level``).
-    ``grid``: the patch grid (h, w). Returns ``(maps (B, K, h, w) float32, image features (B, D))``."""
+    ``grid``: the patch grid (h, w). Returns ``(maps (B, K, h, w) float32, image features (B, D))``. Under reduced
+    precision only the blocks before ``start`` ran in it (gradeclip/precision.py): ``x`` is cast back to the
+    model's dtype and the decomposed blocks run in float32."""
+    x = x.to(bb.dtype)
     if bb.has_class_token:
         return _class_token(bb, x, text_features, bb.depth - start, single_head, spatial_weight, grid)
     return _pooling_head(bb, x, text_features, single_head, spatial_weight, grid)
@@ -118,7 +128,7 @@ def _class_token(bb, x, text_features, n, single_head, spatial_weight, grid):
     entering the first of them."""
     text = bb.unit_text(text_features)
     records = []  # (q of the class token, k, v, o) per decomposed block
-    with torch.enable_grad():
+    with torch.enable_grad(), _float32(bb):
         for j, i in enumerate(range(bb.depth - n, bb.depth)):
             last = j == n - 1
             heads = 1 if single_head else bb.heads(i)
@@ -130,15 +140,17 @@ def _class_token(bb, x, text_features, n, single_head, spatial_weight, grid):
             records.append((q[:, 0].detach(), k.detach(), v.detach(), o))
             x = bb.finish(i, x[:, :1] if last else x, o)
         features = bb.pool(x)
-        cosine = F.normalize(features, dim=-1) @ text.T  # (B, K)
+        cosine = F.normalize(features.float(), dim=-1) @ text.float().T  # (B, K)
         grads = _per_prompt_grads(cosine, [o for *_, o in records])
 
     maps = 0
-    for (q_cls, k, v, _), grad in zip(records, grads):
-        w = grad[:, :, 0]  # (K, B, W): gradient at the class-token row
-        lam = qk_weight(q_cls, k[:, 1:]) if spatial_weight else torch.ones_like(k[:, 1:, 0])
-        layer = torch.einsum("kbc,bpc->bkp", w, v[:, 1:]) * lam[:, None, :]
-        maps = maps + layer.relu()
+    with _float32(bb):
+        for (q_cls, k, v, _), grad in zip(records, grads):
+            w = grad[:, :, 0].float()  # (K, B, W): gradient at the class-token row
+            k, v = k[:, 1:].float(), v[:, 1:].float()
+            lam = qk_weight(q_cls.float(), k) if spatial_weight else torch.ones_like(k[:, :, 0])
+            layer = torch.einsum("kbc,bpc->bkp", w, v) * lam[:, None, :]
+            maps = maps + layer.relu()
     return maps.reshape(*maps.shape[:2], *grid).float().detach(), features.detach()
 
 
@@ -147,17 +159,19 @@ def _pooling_head(bb, x, text_features, single_head, spatial_weight, grid):
     H_i = ReLU(sum_c w_c v_ic lambda_i) with w = dcos/do at the probe's row and lambda from the probe's query;
     ``x`` the tokens after the last block."""
     text = bb.unit_text(text_features)
-    with torch.enable_grad():
+    with torch.enable_grad(), _float32(bb):
         q, k, v = bb.pool_qkv(x)  # q (B, 1, W): the probe's query; k, v (B, P, W)
         o, _ = attend(q, k, v, 1 if single_head else bb.pool_heads())
         o.requires_grad_(True)
         features = bb.pool_finish(o)[:, 0]
-        cosine = F.normalize(features, dim=-1) @ text.T  # (B, K)
+        cosine = F.normalize(features.float(), dim=-1) @ text.float().T  # (B, K)
         (grad,) = _per_prompt_grads(cosine, [o])
-    w = grad[:, :, 0]  # (K, B, W)
-    k, v = k[:, bb.prefix:].detach(), v[:, bb.prefix:].detach()  # a class token (CoCa) is attended, not mapped
-    lam = qk_weight(q[:, 0].detach(), k) if spatial_weight else torch.ones_like(k[:, :, 0])
-    maps = (torch.einsum("kbc,bpc->bkp", w, v) * lam[:, None, :]).relu()
+    w = grad[:, :, 0].float()  # (K, B, W)
+    # a class token (CoCa) is attended, not mapped
+    k, v = k[:, bb.prefix:].detach().float(), v[:, bb.prefix:].detach().float()
+    with _float32(bb):
+        lam = qk_weight(q[:, 0].detach().float(), k) if spatial_weight else torch.ones_like(k[:, :, 0])
+        maps = (torch.einsum("kbc,bpc->bkp", w, v) * lam[:, None, :]).relu()
     return maps.reshape(*maps.shape[:2], *grid).float().detach(), features.detach()
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..backbones.base import backbone_of
 from ..explain import explain_encoded, word_importance
+from ..precision import check_precision
 from ..methods.registry import get_method, method_names
 from .explorer_view import (CMAPS, MAIN_OPTIONS, NO_WIDGETS, PLAY_INTERVAL_MS, SCALES, SLOW_METHODS, FrameSource,
                             LRUCache, compose_view, explanation_bytes, input_sizes, jpeg_bytes, one_line,
@@ -46,7 +47,8 @@ class Explorer(widgets.VBox):
 
     def __init__(self, model, video, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip",
                  tokenizer=None, out_dir=DEFAULT_OUT, frame: int = 0, input: Optional[str] = None,
-                 scale: Union[float, str] = 1.0, cache_size: int = 32, panel_width: int = 320, words: bool = True):
+                 scale: Union[float, str] = 1.0, cache_size: int = 32, panel_width: int = 320, words: bool = True,
+                 precision: str = "fp32"):
         self.model, self.tokenizer, self.out_dir, self.panel_width = model, tokenizer, Path(out_dir), panel_width
         self.source = FrameSource(video)
         get_method(method)
@@ -55,6 +57,8 @@ class Explorer(widgets.VBox):
         self.word_cache = LRUCache(256)
         self.text_cache = LRUCache(16)  # text features (K, D) per prompt set
         self.backbone = backbone_of(model, tokenizer)  # the model as every method sees it, with its tokenizer
+        check_precision(precision, self.backbone, method)
+        self.precision = precision  # fixed for the widget's life (gradeclip/precision.py)
         self.ranges = {}  # (prompts, method, options) -> per-prompt (low, high) of raw maps over the frames seen
         self.current, self.forwards = None, 0
         last = self.source.num_frames - 1
@@ -175,7 +179,8 @@ class Explorer(widgets.VBox):
                 text = self.backbone.encode_prompts(list(key[1]))
                 self.text_cache.put(key[1], text)
             result = explain_encoded(self.backbone, frame, list(key[1]), text, method=key[2], input=key[4][0],
-                                     scale=key[4][1], progress=False, **self.options)
+                                     scale=key[4][1], progress=False, precision=self.precision,
+                                     **self.options)
             self.forwards += 1
             self.cache.put(key, result)
             low, high = result.raw[0].reshape(len(key[1]), -1).min(1), result.raw[0].reshape(len(key[1]), -1).max(1)
@@ -302,7 +307,8 @@ def explore(model, video, prompts: Union[str, Sequence[str]] = ("a person walkin
     library; ``scale="model"`` is read as ``input="model"``); also a menu in the widget, each entry naming the
     size in pixels fed to the model. Export writes to ``out_dir``. Display the returned widget (last
     expression of a cell); ``kwargs``: ``cache_size`` (explanations kept, default 32), ``panel_width`` (pixels per
-    panel, default 320), ``words`` (show word importance, default True).
+    panel, default 320), ``words`` (show word importance, default True), ``precision`` (``"fp32"``, ``"bf16"`` or
+    ``"fp16"`` as for ``explain``, named in exports; default fp32).
     """
     return Explorer(model, video, prompts, method=method, tokenizer=tokenizer, out_dir=out_dir, frame=frame,
                     input=input, scale=scale, **kwargs)

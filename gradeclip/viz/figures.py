@@ -300,6 +300,7 @@ def save_explanation(result: Explanation, name: str, out_dir=DEFAULT_OUT, *, met
                      "axes": "frame, prompt, grid row, grid column"},
         "frame_size": list(result.frames.shape[1:3]),
         "library": result.library, "model": result.model,  # what explained it; meta may name the model better
+        "precision": getattr(result, "precision", "fp32"),  # the forward's precision (gradeclip/precision.py)
         **({"input": result.view.as_json()} if getattr(result, "view", None) is not None else {}),
         **(meta or {}),
     }
