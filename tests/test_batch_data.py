@@ -24,8 +24,9 @@ SET, KIND = r"/(?P<set>[ab])-", r"[ab]-(?P<kind>good|half|head|corrupt|noise)\."
 
 @pytest.fixture
 def local_engine(monkeypatch, model):
-    """`batch` with its Ray engine replaced by a loop in this process over the same `process_video` (with the
-    session model, the checkpoint's weights); returns the list of id lists each run was given."""
+    """`batch` with both engines (Ray's and the local one) replaced by a loop in this process over the same
+    `process_video` (with the session model, the checkpoint's weights); returns the list of id lists each run was
+    given."""
     from gradeclip.batch.runner import process_video
 
     calls = []
@@ -35,6 +36,7 @@ def local_engine(monkeypatch, model):
         return [process_video(model, job, settings, Path(out)) for job in jobs]
 
     monkeypatch.setattr("gradeclip.batch.engine.run_on_ray", run)
+    monkeypatch.setattr("gradeclip.batch.local.run_local", run)
     return calls
 
 

@@ -1,29 +1,45 @@
 """The Ray side of a batch run: starting or joining Ray, and one model replica per actor on Ray Data.
 
 ``map_batches`` with a callable class, ``num_workers`` actors, one CPU each, one GPU each when the cluster has enough;
-a local Ray with ``num_cpus`` CPUs bound to 127.0.0.1 is started unless ``address`` is given.
+a local Ray with ``num_cpus`` CPUs on 127.0.0.1 is started unless ``address`` is given. A local Ray is private to
+the run: every service bound to the loopback address (Ray's own local-only mode,
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), no dashboard, its processes tagged, watched and ended with the run
+(``rayproc``), Ray's C++ and Python messages in ``OUT/ray.log`` rather than the terminal.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
+from .local import load_worker_model
 from .runner import process_video
 
 START_TRIES = 3
-START_WAIT_S = 120  # the GCS's wait for its port; Ray's default 30 s is too short on a loaded 2-core machine
+START_TIMEOUT_S = 240.0  # all tries together; one try takes 30-80 s on a 2-core machine at load 5-14
+LOG_NAME = "ray.log"
 
 
-def start_ray(address: Optional[str] = None, num_cpus: int = 2):
-    """Join the Ray cluster at ``address``, or start a local Ray with ``num_cpus`` CPUs on 127.0.0.1 (no dashboard,
-    workers' logs kept in Ray's log folder, not the terminal), trying up to ``START_TRIES`` times on a busy machine.
-    Returns Ray's context; raises RuntimeError (one line naming ``--address``) when Ray cannot be started."""
+def _local_only(ray) -> None:
+    """Make this process's Ray treat the node as local-only: node address 127.0.0.1 and every gRPC server bound to
+    it (what Ray does by default on macOS and Windows). The variable reaches the processes Ray starts."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False  # read when the node's address is chosen
+
+
+def start_ray(address: Optional[str] = None, num_cpus: int = 2, *, temp_dir: Optional[str] = None,
+              timeout_s: float = START_TIMEOUT_S, log_path: Optional[str] = None):
+    """Join the Ray cluster at ``address``, or start a local Ray with ``num_cpus`` CPUs bound to 127.0.0.1 (no
+    dashboard, workers' logs kept in Ray's log folder, not the terminal), in ``temp_dir`` when given, trying up to
+    ``START_TRIES`` times within ``timeout_s`` seconds on a busy machine. Returns Ray's context; raises
+    RuntimeError (one line naming ``--address`` and ``--engine local``, and ``log_path`` if given) when Ray cannot
+    be started."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(START_WAIT_S))
     import ray
 
     quiet = dict(log_to_driver=False, logging_level="ERROR")
@@ -33,15 +49,23 @@ def start_ray(address: Optional[str] = None, num_cpus: int = 2):
         except Exception as err:
             raise RuntimeError(f"cannot join the Ray cluster at --address {address}: "
                                f"{' '.join(str(err).split())}") from None
-    error = None
-    for _ in range(START_TRIES):
+    _local_only(ray)
+    local = dict(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+    if temp_dir:
+        local["_temp_dir"] = temp_dir
+    error, tries, begin = None, 0, time.monotonic()
+    while tries < START_TRIES and (tries == 0 or time.monotonic() - begin < timeout_s):
+        tries += 1
         try:
-            return ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+            return ray.init(**local)
         except Exception as err:  # a node that timed out under load: clean up and try again
             error = err
             ray.shutdown()
-    raise RuntimeError(f"could not start a local Ray ({START_TRIES} tries: {' '.join(str(error).split())}); "
-                       "start one with `ray start --head` and pass its address with --address")
+    spent = time.monotonic() - begin
+    raise RuntimeError(f"could not start a local Ray ({tries} tries in {spent:.0f} s: {' '.join(str(error).split())})"
+                       + (f"; Ray's messages are in {log_path}" if log_path else "") +
+                       "; run it without Ray (--engine local), or start one with `ray start --head "
+                       "--node-ip-address 127.0.0.1` and pass its address with --address")
 
 
 class VideoWorker:
@@ -53,15 +77,7 @@ class VideoWorker:
     out: str = ""
 
     def __init__(self):
-        import torch
-
-        from ..backbones.model import load_clip
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU when Ray gave this actor one
-        self.model, _ = load_clip(self.settings["model"], device=device)
-        if self.settings.get("truncate"):
-            from ..backbones.base import with_truncation
-            self.model = with_truncation(self.model)
+        self.model = load_worker_model(self.settings)
         self.out = Path(self.out)
 
     def __call__(self, batch: dict) -> dict:
@@ -78,28 +94,71 @@ class VideoWorker:
 
 
 def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional[str] = None, num_workers: int = 2,
-               num_cpus: int = 2, progress: bool = True, log=print) -> List[dict]:
+               num_cpus: int = 2, progress: bool = True, log=print, start_timeout_s: float = START_TIMEOUT_S
+               ) -> List[dict]:
     """Process ``jobs`` on Ray Data; returns ``[{"id", "status", "reason"}]`` in completion order. Joins the Ray
-    instance already initialised in this process, else ``address``, else starts a local one (``start_ray``) and
-    shuts down what it started. The progress bar counts videos (failed and partial ones in its postfix)."""
+    instance already initialised in this process, else ``address``, else starts a private local one
+    (``start_ray`` in a fresh temp folder, watched by ``rayproc``'s watchdog) and ends it and all its processes
+    when done, failed or interrupted. Ray's messages go to ``out/ray.log``; the progress bar counts videos (failed
+    and partial ones in its postfix)."""
     import warnings
 
     import ray
 
+    from . import rayproc
+
+    out = Path(out)
     started = not ray.is_initialized()
-    if started:
-        start_ray(address, num_cpus)
+    private = started and not address
+    temp_dir = rayproc.make_temp_dir() if private else None
+    log_file = os.path.join(temp_dir, "driver.log") if private else str(out / f".{LOG_NAME}.driver")
+    watchdog = None
+    if private:
+        os.environ[rayproc.MARK] = temp_dir  # inherited by every process Ray starts
+        watchdog = rayproc.start_watchdog(temp_dir)
     try:
-        with warnings.catch_warnings():  # Ray Data's deprecation notices about its own settings
-            warnings.simplefilter("ignore")
-            return _run(jobs, settings, out, num_workers, progress, log)
+        with rayproc.quiet_stderr(log_file) as terminal:
+            if started:
+                start_ray(address, num_cpus, temp_dir=temp_dir, timeout_s=start_timeout_s,
+                          log_path=str(out / LOG_NAME))
+            try:
+                with warnings.catch_warnings():  # Ray Data's deprecation notices about its own settings
+                    warnings.simplefilter("ignore")
+                    return _run(jobs, settings, out, num_workers, progress, log, terminal)
+            finally:
+                if started:
+                    ray.shutdown()
     finally:
-        if started:
-            ray.shutdown()
+        if private:
+            os.environ.pop(rayproc.MARK, None)
+            rayproc.reap(temp_dir)
+            _keep_log(log_file, temp_dir, out)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            rayproc.stop_watchdog(watchdog)
+        else:
+            _keep_log(log_file, None, out)
 
 
-def _run(jobs: List[dict], settings: dict, out: Path, num_workers: int, progress: bool, log) -> List[dict]:
-    """The Ray Data pipeline of ``run_on_ray`` on an initialised Ray."""
+def _keep_log(driver_log: str, temp_dir: Optional[str], out: Path) -> None:
+    """Write ``out/ray.log``: what reached stderr during the run (Ray's C++ and Python messages), then the error
+    files of the local Ray's own processes (``*.err`` in its session's log folder)."""
+    from ..files import write_bytes
+
+    parts = []
+    if os.path.isfile(driver_log):
+        parts.append(b"== driver stderr ==\n" + Path(driver_log).read_bytes())
+        if temp_dir is None:
+            os.remove(driver_log)
+    for err in sorted(Path(temp_dir).glob("session_*/logs/*.err")) if temp_dir else []:
+        data = err.read_bytes()
+        if data.strip():
+            parts.append(f"== {err.name} ==\n".encode() + data)
+    if parts and out.is_dir():
+        write_bytes(out / LOG_NAME, b"\n".join(parts))
+
+
+def _run(jobs: List[dict], settings: dict, out: Path, num_workers: int, progress: bool, log, terminal) -> List[dict]:
+    """The Ray Data pipeline of ``run_on_ray`` on an initialised Ray; the progress bar on ``terminal``."""
     import logging
 
     import ray
@@ -118,7 +177,7 @@ def _run(jobs: List[dict], settings: dict, out: Path, num_workers: int, progress
                         num_cpus=1, num_gpus=1 if gpus >= num_workers else 0,
                         max_restarts=0)  # a crashed actor stops the run (a rerun resumes) rather than retrying forever
     done, frames = [], 0
-    with tqdm(total=len(rows), desc="videos", unit="video", disable=not progress) as bar:
+    with tqdm(total=len(rows), desc="videos", unit="video", disable=not progress, file=terminal) as bar:
         for row in ds.iter_rows():
             done.append({"id": row["id"], "status": row["status"], "reason": row["reason"]})
             if row["status"] != "complete":

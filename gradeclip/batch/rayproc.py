@@ -1,0 +1,137 @@
+"""The processes of a local Ray started by one ``batch`` run: tagged, kept quiet, and gone when the run ends.
+
+Every process the run's Ray starts (GCS, raylet, dashboard and runtime-env agents, workers, actors) inherits the
+environment variable ``GRADECLIP_RAY_RUN`` set to the run's own Ray temp folder (a fresh ``/tmp/gcray-*``), so
+they can be found by ``/proc/PID/environ`` even after Ray renamed them (``ray::IDLE``) or the driver died. A
+watchdog child (this file run as a script, in its own session so that Ctrl-C does not reach it) waits for the
+driver to exit and then ends every process so tagged and removes the folder: after a SIGKILL of the driver
+nothing of its Ray outlives it by more than a few seconds. Only processes of this user carrying the run's tag are
+ever signalled. Imports only the standard library and psutil (the watchdog must start fast).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Iterator, List, TextIO
+
+MARK = "GRADECLIP_RAY_RUN"  # environment variable naming the run's Ray temp folder in each of its processes
+POLL_S = 0.5  # how often the watchdog looks at the driver
+
+
+def make_temp_dir() -> str:
+    """A fresh, short Ray temp folder (``/tmp/gcray-XXXXXXXX``: Ray's Unix sockets need paths under 108 bytes)."""
+    return tempfile.mkdtemp(prefix="gcray-", dir="/tmp")
+
+
+def run_processes(tag: str) -> list:
+    """The live processes of this user whose environment has ``GRADECLIP_RAY_RUN=tag`` (never this process or its
+    parent). Returns psutil.Process objects."""
+    import psutil
+
+    found, me = [], {os.getpid(), os.getppid()}
+    uid = os.getuid()
+    for proc in psutil.process_iter(["pid", "uids"]):
+        try:
+            if proc.pid in me or proc.info["uids"] is None or proc.info["uids"].real != uid:
+                continue
+            if proc.environ().get(MARK) == tag:
+                found.append(proc)
+        except (psutil.Error, OSError):  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def reap(tag: str, grace_s: float = 3.0) -> int:
+    """End every process of the run ``tag``: SIGTERM, then SIGKILL after ``grace_s``; returns how many were found.
+    Ray's shutdown normally leaves none; the agents of a killed driver would otherwise linger for minutes."""
+    import psutil
+
+    procs = run_processes(tag)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    return len(procs)
+
+
+def start_watchdog(tag: str) -> subprocess.Popen:
+    """Start the watchdog of this process's Ray run ``tag`` (its temp folder): when this process exits, however it
+    exits, the watchdog reaps the run's processes and removes the folder. Stop it with ``stop_watchdog``."""
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), str(os.getpid()), tag],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, close_fds=True, env={k: v for k, v in os.environ.items()
+                                                                         if k != MARK})
+
+
+def stop_watchdog(watchdog: subprocess.Popen) -> None:
+    """End the watchdog after the driver cleaned up itself."""
+    with contextlib.suppress(OSError):
+        watchdog.kill()
+    with contextlib.suppress(Exception):
+        watchdog.wait(timeout=5)
+
+
+def _watch(driver: int, tag: str) -> None:
+    """The watchdog's loop: wait for ``driver`` to exit, then reap ``tag`` and remove the folder."""
+    import psutil
+
+    try:
+        born = psutil.Process(driver).create_time()
+    except psutil.Error:
+        born = None
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while born is not None:
+        try:
+            if psutil.Process(driver).create_time() != born:
+                break
+            if psutil.Process(driver).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.Error:
+            break
+        time.sleep(POLL_S)
+    reap(tag)
+    shutil.rmtree(tag, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def quiet_stderr(log_path: str) -> Iterator[TextIO]:
+    """Send what is written to file descriptor 2 (Ray's C++ logs such as ``core_worker.cc`` lines, Python
+    loggers bound to the old stderr) to ``log_path`` (appended), and yield a text stream on the terminal's stderr;
+    ``sys.stderr`` is that stream meanwhile, so our own messages and the progress bar still reach the terminal.
+    Everything is restored on exit, Ctrl-C included."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    old = sys.stderr
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stderr = terminal
+    try:
+        yield terminal
+    finally:
+        sys.stderr = old
+        with contextlib.suppress(Exception):
+            terminal.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        terminal.close()
+
+
+def leftovers(tag: str) -> List[int]:
+    """Pids of the run ``tag``'s processes still alive (for tests and the benchmark)."""
+    return [p.pid for p in run_processes(tag)]
+
+
+if __name__ == "__main__":  # the watchdog: rayproc.py DRIVER_PID TAG
+    _watch(int(sys.argv[1]), sys.argv[2])
