@@ -94,12 +94,13 @@ class VideoWorker:
 
 
 def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional[str] = None, num_workers: int = 2,
-               num_cpus: int = 2, progress: bool = True, log=print, start_timeout_s: float = START_TIMEOUT_S
+               num_cpus: int = 2, progress: bool = True, log=print, start_timeout_s: Optional[float] = None
                ) -> List[dict]:
     """Process ``jobs`` on Ray Data; returns ``[{"id", "status", "reason"}]`` in completion order. Joins the Ray
     instance already initialised in this process, else ``address``, else starts a private local one
     (``start_ray`` in a fresh temp folder, watched by ``rayproc``'s watchdog) and ends it and all its processes
-    when done, failed or interrupted. Ray's messages go to ``out/ray.log``; the progress bar counts videos (failed
+    when done, failed or interrupted (start-up tries end after ``start_timeout_s``, default ``START_TIMEOUT_S``).
+    Ray's messages go to ``out/ray.log``; the progress bar counts videos (failed
     and partial ones in its postfix)."""
     import warnings
 
@@ -119,7 +120,8 @@ def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional
     try:
         with rayproc.quiet_stderr(log_file) as terminal:
             if started:
-                start_ray(address, num_cpus, temp_dir=temp_dir, timeout_s=start_timeout_s,
+                start_ray(address, num_cpus, temp_dir=temp_dir,
+                          timeout_s=START_TIMEOUT_S if start_timeout_s is None else start_timeout_s,
                           log_path=str(out / LOG_NAME))
             try:
                 with warnings.catch_warnings():  # Ray Data's deprecation notices about its own settings
