@@ -8,12 +8,13 @@ the run: every service bound to the loopback address (Ray's own local-only mode,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 
@@ -25,22 +26,18 @@ START_TIMEOUT_S = 240.0  # all tries together; one try takes 30-80 s on a 2-core
 LOG_NAME = "ray.log"
 
 
-def _local_only(ray) -> None:
-    """Make this process's Ray treat the node as local-only: node address 127.0.0.1 and every gRPC server bound to
-    it (what Ray does by default on macOS and Windows). The variable reaches the processes Ray starts."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False  # read when the node's address is chosen
-
-
 def start_ray(address: Optional[str] = None, num_cpus: int = 2, *, temp_dir: Optional[str] = None,
-              timeout_s: float = START_TIMEOUT_S, log_path: Optional[str] = None):
-    """Join the Ray cluster at ``address``, or start a local Ray with ``num_cpus`` CPUs bound to 127.0.0.1 (no
-    dashboard, workers' logs kept in Ray's log folder, not the terminal), in ``temp_dir`` when given, trying up to
-    ``START_TRIES`` times within ``timeout_s`` seconds on a busy machine. Returns Ray's context; raises
-    RuntimeError (one line naming ``--address`` and ``--engine local``, and ``log_path`` if given) when Ray cannot
-    be started."""
+              timeout_s: Optional[float] = None, log_path: Optional[str] = None):
+    """Join the Ray cluster at ``address``, or start a private local Ray (``rayproc.start_head``: 127.0.0.1 only,
+    no dashboard, ``num_cpus`` CPUs, its processes tagged with ``temp_dir``, a fresh one when None) and join it,
+    trying up to ``START_TRIES`` times within ``timeout_s`` seconds (default ``START_TIMEOUT_S``) on a busy machine.
+    Ray's own output goes to ``log_path`` (or the temp folder). Returns Ray's context; raises RuntimeError (one
+    line naming ``--engine local`` and ``--address``) when Ray cannot be started or joined. The caller ends a
+    local Ray with ``ray.shutdown()`` then ``rayproc.reap(temp_dir)`` (``private_ray`` does all of this)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
+
+    from . import rayproc
 
     quiet = dict(log_to_driver=False, logging_level="ERROR")
     if address:
@@ -49,23 +46,51 @@ def start_ray(address: Optional[str] = None, num_cpus: int = 2, *, temp_dir: Opt
         except Exception as err:
             raise RuntimeError(f"cannot join the Ray cluster at --address {address}: "
                                f"{' '.join(str(err).split())}") from None
-    _local_only(ray)
-    local = dict(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
-    if temp_dir:
-        local["_temp_dir"] = temp_dir
+    timeout_s = START_TIMEOUT_S if timeout_s is None else timeout_s
+    temp_dir = temp_dir or rayproc.make_temp_dir()
+    os.environ.update(rayproc.private_env(temp_dir))  # this driver joins without a token, like its Ray's processes
+    output = os.path.join(temp_dir, "ray_start.log")
     error, tries, begin = None, 0, time.monotonic()
     while tries < START_TRIES and (tries == 0 or time.monotonic() - begin < timeout_s):
         tries += 1
         try:
-            return ray.init(**local)
-        except Exception as err:  # a node that timed out under load: clean up and try again
+            head = rayproc.start_head(num_cpus, temp_dir, output, timeout_s - (time.monotonic() - begin))
+            return ray.init(address=head, **quiet)
+        except Exception as err:  # a node that failed or timed out under load: clean up and try again
             error = err
             ray.shutdown()
+            rayproc.reap(temp_dir)
     spent = time.monotonic() - begin
     raise RuntimeError(f"could not start a local Ray ({tries} tries in {spent:.0f} s: {' '.join(str(error).split())})"
                        + (f"; Ray's messages are in {log_path}" if log_path else "") +
                        "; run it without Ray (--engine local), or start one with `ray start --head "
                        "--node-ip-address 127.0.0.1` and pass its address with --address")
+
+
+@contextlib.contextmanager
+def private_ray(num_cpus: int = 2, *, timeout_s: Optional[float] = None, log_path: Optional[str] = None
+                ) -> Iterator[str]:
+    """A private local Ray for the duration of the block; yields its temp folder (the processes' tag). A watchdog
+    ends its processes if this process dies; on leaving the block (Ctrl-C included) Ray is shut down, every
+    process of it ended and the folder removed."""
+    import ray
+
+    from . import rayproc
+
+    temp_dir = rayproc.make_temp_dir()
+    watchdog = rayproc.start_watchdog(temp_dir)
+    try:
+        start_ray(None, num_cpus, temp_dir=temp_dir, timeout_s=timeout_s, log_path=log_path)
+        yield temp_dir
+    finally:
+        ray.shutdown()
+        rayproc.reap(temp_dir)
+        for key in rayproc.private_env(temp_dir):
+            os.environ.pop(key, None)
+        if log_path:
+            _keep_log(temp_dir, log_path)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        rayproc.stop_watchdog(watchdog)
 
 
 class VideoWorker:
@@ -98,10 +123,10 @@ def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional
                ) -> List[dict]:
     """Process ``jobs`` on Ray Data; returns ``[{"id", "status", "reason"}]`` in completion order. Joins the Ray
     instance already initialised in this process, else ``address``, else starts a private local one
-    (``start_ray`` in a fresh temp folder, watched by ``rayproc``'s watchdog) and ends it and all its processes
-    when done, failed or interrupted (start-up tries end after ``start_timeout_s``, default ``START_TIMEOUT_S``).
-    Ray's messages go to ``out/ray.log``; the progress bar counts videos (failed
-    and partial ones in its postfix)."""
+    (``private_ray``) and ends it and all its processes when done, failed or interrupted (start-up tries end after
+    ``start_timeout_s``, default ``START_TIMEOUT_S``). What Ray writes to this process's stderr goes to
+    ``out/ray.log`` (with a local Ray's own start-up output and error logs); the progress bar counts videos
+    (failed and partial ones in its postfix)."""
     import warnings
 
     import ray
@@ -109,54 +134,49 @@ def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional
     from . import rayproc
 
     out = Path(out)
-    started = not ray.is_initialized()
-    private = started and not address
-    temp_dir = rayproc.make_temp_dir() if private else None
-    log_file = os.path.join(temp_dir, "driver.log") if private else str(out / f".{LOG_NAME}.driver")
-    watchdog = None
-    if private:
-        os.environ[rayproc.MARK] = temp_dir  # inherited by every process Ray starts
-        watchdog = rayproc.start_watchdog(temp_dir)
+    log_path = str(out / LOG_NAME)
+    with contextlib.ExitStack() as stack:
+        stderr_log = stack.enter_context(_stderr_file(out))
+        terminal = stack.enter_context(rayproc.quiet_stderr(stderr_log))
+        if not ray.is_initialized():
+            if address:
+                start_ray(address)
+                stack.callback(ray.shutdown)
+            else:
+                stack.enter_context(private_ray(num_cpus, timeout_s=start_timeout_s, log_path=log_path))
+        with warnings.catch_warnings():  # Ray Data's deprecation notices about its own settings
+            warnings.simplefilter("ignore")
+            return _run(jobs, settings, out, num_workers, progress, log, terminal)
+
+
+@contextlib.contextmanager
+def _stderr_file(out: Path) -> Iterator[str]:
+    """A temporary file in ``out`` collecting this process's stderr during a Ray run, appended to ``out/ray.log``
+    (atomically, as a whole new file) when the run ends, however it ends."""
+    from ..files import partial_name
+
+    path = partial_name(out / "ray-stderr.log")
     try:
-        with rayproc.quiet_stderr(log_file) as terminal:
-            if started:
-                start_ray(address, num_cpus, temp_dir=temp_dir,
-                          timeout_s=START_TIMEOUT_S if start_timeout_s is None else start_timeout_s,
-                          log_path=str(out / LOG_NAME))
-            try:
-                with warnings.catch_warnings():  # Ray Data's deprecation notices about its own settings
-                    warnings.simplefilter("ignore")
-                    return _run(jobs, settings, out, num_workers, progress, log, terminal)
-            finally:
-                if started:
-                    ray.shutdown()
+        yield str(path)
     finally:
-        if private:
-            os.environ.pop(rayproc.MARK, None)
-            rayproc.reap(temp_dir)
-            _keep_log(log_file, temp_dir, out)
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            rayproc.stop_watchdog(watchdog)
-        else:
-            _keep_log(log_file, None, out)
+        if path.is_file():
+            _keep_log(None, str(out / LOG_NAME), extra=path.read_bytes())
+            path.unlink()
 
 
-def _keep_log(driver_log: str, temp_dir: Optional[str], out: Path) -> None:
-    """Write ``out/ray.log``: what reached stderr during the run (Ray's C++ and Python messages), then the error
-    files of the local Ray's own processes (``*.err`` in its session's log folder)."""
+def _keep_log(temp_dir: Optional[str], log_path: str, extra: bytes = b"") -> None:
+    """Add to ``log_path`` (rewritten atomically) ``extra`` (what reached stderr) and, for a local Ray's
+    ``temp_dir``, its start-up output and the non-empty error logs of its processes (``*.err``)."""
     from ..files import write_bytes
 
-    parts = []
-    if os.path.isfile(driver_log):
-        parts.append(b"== driver stderr ==\n" + Path(driver_log).read_bytes())
-        if temp_dir is None:
-            os.remove(driver_log)
-    for err in sorted(Path(temp_dir).glob("session_*/logs/*.err")) if temp_dir else []:
-        data = err.read_bytes()
-        if data.strip():
-            parts.append(f"== {err.name} ==\n".encode() + data)
-    if parts and out.is_dir():
-        write_bytes(out / LOG_NAME, b"\n".join(parts))
+    parts = [b"== stderr of the driver ==\n" + extra] if extra.strip() else []
+    if temp_dir:
+        for path in [Path(temp_dir) / "ray_start.log", *sorted(Path(temp_dir).glob("session_*/logs/*.err"))]:
+            if path.is_file() and path.read_bytes().strip():
+                parts.append(f"== {path.name} ==\n".encode() + path.read_bytes())
+    old = Path(log_path).read_bytes() if Path(log_path).is_file() else b""
+    if parts or not old:
+        write_bytes(log_path, old + b"\n".join(parts))
 
 
 def _run(jobs: List[dict], settings: dict, out: Path, num_workers: int, progress: bool, log, terminal) -> List[dict]:

@@ -22,6 +22,53 @@ from typing import Iterator, List, TextIO
 
 MARK = "GRADECLIP_RAY_RUN"  # environment variable naming the run's Ray temp folder in each of its processes
 POLL_S = 0.5  # how often the watchdog looks at the driver
+# `ray start` options given a free port each: with every agent's port fixed in advance the raylet need not wait
+# for the agents' port files (it gave up after ~15 s on a loaded 2-core machine and the node never registered)
+PORT_OPTIONS = ("port", "node-manager-port", "object-manager-port", "metrics-export-port",
+                "dashboard-agent-grpc-port", "dashboard-agent-listen-port", "runtime-env-agent-port")
+
+
+def private_env(tag: str) -> dict:
+    """Environment of a private local Ray: its processes tagged with ``tag``; Ray's local-only mode (every service
+    and the node address on 127.0.0.1, what Ray does by default on macOS and Windows); no token authentication
+    (nothing listens beyond loopback); no usage statistics."""
+    return {MARK: tag, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def free_ports(count: int) -> List[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 now (held together while chosen, so none repeats)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def start_head(num_cpus: int, tag: str, log_path: str, timeout_s: float) -> str:
+    """Start a private Ray head node (``ray start --head`` on 127.0.0.1, ``num_cpus`` CPUs, no dashboard, temp
+    folder ``tag``, every port chosen here) and return its address ``127.0.0.1:PORT``. Its output is appended to
+    ``log_path``. RuntimeError (one line) when it fails or takes longer than ``timeout_s``."""
+    ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS))))
+    command = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
+               "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=false",
+               f"--temp-dir={tag}", "--disable-usage-stats", *(f"--{k}={v}" for k, v in ports.items())]
+    with open(log_path, "ab") as log:
+        try:
+            done = subprocess.run(command, env={**os.environ, **private_env(tag)}, stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=log, timeout=max(timeout_s, 0.01))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"`ray start --head` did not finish within {timeout_s:.0f} s") from None
+    if done.returncode != 0:
+        raise RuntimeError(f"`ray start --head` failed (exit {done.returncode})")
+    return f"127.0.0.1:{ports['port']}"
 
 
 def make_temp_dir() -> str:
