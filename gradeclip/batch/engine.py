@@ -47,8 +47,12 @@ def start_ray(address: Optional[str] = None, num_cpus: int = 2, *, temp_dir: Opt
             raise RuntimeError(f"cannot join the Ray cluster at --address {address}: "
                                f"{' '.join(str(err).split())}") from None
     timeout_s = START_TIMEOUT_S if timeout_s is None else timeout_s
+    made = temp_dir is None
     temp_dir = temp_dir or rayproc.make_temp_dir()
     os.environ.update(rayproc.private_env(temp_dir))  # this driver joins without a token, like its Ray's processes
+    # Ray read RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when imported: without this it rewrites 127.0.0.1 in the head's
+    # address to the machine's network address, where nothing listens, and waits forever
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
     output = os.path.join(temp_dir, "ray_start.log")
     error, tries, begin = None, 0, time.monotonic()
     while tries < START_TRIES and (tries == 0 or time.monotonic() - begin < timeout_s):
@@ -61,6 +65,8 @@ def start_ray(address: Optional[str] = None, num_cpus: int = 2, *, temp_dir: Opt
             ray.shutdown()
             rayproc.reap(temp_dir)
     spent = time.monotonic() - begin
+    if made:
+        shutil.rmtree(temp_dir, ignore_errors=True)
     raise RuntimeError(f"could not start a local Ray ({tries} tries in {spent:.0f} s: {' '.join(str(error).split())})"
                        + (f"; Ray's messages are in {log_path}" if log_path else "") +
                        "; run it without Ray (--engine local), or start one with `ray start --head "
@@ -79,11 +85,13 @@ def private_ray(num_cpus: int = 2, *, timeout_s: Optional[float] = None, log_pat
 
     temp_dir = rayproc.make_temp_dir()
     watchdog = rayproc.start_watchdog(temp_dir)
+    cluster_mode = ray._private.ray_constants.ENABLE_RAY_CLUSTER  # restored for later joins of real clusters
     try:
         start_ray(None, num_cpus, temp_dir=temp_dir, timeout_s=timeout_s, log_path=log_path)
         yield temp_dir
     finally:
         ray.shutdown()
+        ray._private.ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
         rayproc.reap(temp_dir)
         for key in rayproc.private_env(temp_dir):
             os.environ.pop(key, None)
@@ -134,6 +142,7 @@ def run_on_ray(jobs: List[dict], settings: dict, out: Path, *, address: Optional
     from . import rayproc
 
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     log_path = str(out / LOG_NAME)
     with contextlib.ExitStack() as stack:
         stderr_log = stack.enter_context(_stderr_file(out))

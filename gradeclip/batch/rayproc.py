@@ -28,6 +28,26 @@ PORT_OPTIONS = ("port", "node-manager-port", "object-manager-port", "metrics-exp
                 "dashboard-agent-grpc-port", "dashboard-agent-listen-port", "runtime-env-agent-port")
 
 
+# `ray start` with one change: Ray waits a fixed 30 s for the new node to register with its GCS (node.py), too
+# short on a loaded 2-core machine (the GCS then answers "Deadline Exceeded"); here it waits until the deadline
+PATIENT_START = """
+import time
+import ray._private.services as services
+from ray.scripts.scripts import main
+original = services.get_node
+def get_node(*args, **kwargs):
+    while True:
+        try:
+            return original(*args, **kwargs)
+        except RuntimeError:
+            if time.time() > {deadline}:
+                raise
+            time.sleep(0.5)
+services.get_node = get_node
+main()
+"""
+
+
 def private_env(tag: str) -> dict:
     """Environment of a private local Ray: its processes tagged with ``tag``; Ray's local-only mode (every service
     and the node address on 127.0.0.1, what Ray does by default on macOS and Windows); no token authentication
@@ -57,7 +77,7 @@ def start_head(num_cpus: int, tag: str, log_path: str, timeout_s: float) -> str:
     folder ``tag``, every port chosen here) and return its address ``127.0.0.1:PORT``. Its output is appended to
     ``log_path``. RuntimeError (one line) when it fails or takes longer than ``timeout_s``."""
     ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS))))
-    command = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
+    command = [sys.executable, "-c", PATIENT_START.format(deadline=time.time() + timeout_s), "start", "--head",
                "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=false",
                f"--temp-dir={tag}", "--disable-usage-stats", *(f"--{k}={v}" for k, v in ports.items())]
     with open(log_path, "ab") as log:
