@@ -322,6 +322,7 @@ def test_local_ray_start_retried_then_one_line(monkeypatch):
     assert engine.start_ray(num_cpus=2) == "context" and len(calls) == 2
     assert calls[-1][0] == 2 and calls[-1][2] == "0" and calls[-1][1].startswith("/tmp/gcray-")
     assert joined == [{"address": "127.0.0.1:6390", "log_to_driver": False, "logging_level": "ERROR"}]
+    shutil.rmtree(calls[-1][1])  # the temp folder start_ray made (private_ray removes it in a real run)
     calls.clear()
 
     def failing(num_cpus, tag, log_path, timeout_s):
