@@ -58,7 +58,7 @@ def _args(dataset, checkpoint, out, *extra):
 def _driver(dataset, checkpoint, out, *extra):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "gradeclip", *_args(dataset, checkpoint, out, *extra)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(5))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _tag_of(driver, limit_s=120):

@@ -21,7 +21,7 @@ import numpy as np
 from .local import load_worker_model
 from .runner import process_video
 
-START_TRIES = 3
+START_TRIES = 5  # the raylet aborts when its agents start slower than 15 s; a later try often makes it
 START_TIMEOUT_S = 240.0  # all tries together; one try takes 30-80 s on a 2-core machine at load 5-14
 LOG_NAME = "ray.log"
 

@@ -22,25 +22,29 @@ from typing import Iterator, List, TextIO
 
 MARK = "GRADECLIP_RAY_RUN"  # environment variable naming the run's Ray temp folder in each of its processes
 POLL_S = 0.5  # how often the watchdog looks at the driver
-# `ray start` options given a free port each: with every agent's port fixed in advance the raylet need not wait
-# for the agents' port files (it gave up after ~15 s on a loaded 2-core machine and the node never registered)
+# `ray start` options given a free port each, chosen on 127.0.0.1: the raylet then skips waiting for the metrics
+# agent's port file (one of the waits that made it abort after 15 s on a loaded 2-core machine)
 PORT_OPTIONS = ("port", "node-manager-port", "object-manager-port", "metrics-export-port",
                 "dashboard-agent-grpc-port", "dashboard-agent-listen-port", "runtime-env-agent-port")
 
 
 # `ray start` with one change: Ray waits a fixed 30 s for the new node to register with its GCS (node.py), too
-# short on a loaded 2-core machine (the GCS then answers "Deadline Exceeded"); here it waits until the deadline
+# short on a loaded 2-core machine (the GCS then answers "Deadline Exceeded"); here it waits until the deadline,
+# unless the raylet has died: it aborts ("Check failed") when its agents have not written their port files within
+# a fixed 15 s, which no setting of Ray 2.60 changes; the start is then tried again (START_TRIES)
 PATIENT_START = """
-import time
+import os, time
 import ray._private.services as services
 from ray.scripts.scripts import main
 original = services.get_node
+raylet_err = os.path.join({tag!r}, "session_latest", "logs", "raylet.err")
 def get_node(*args, **kwargs):
     while True:
         try:
             return original(*args, **kwargs)
         except RuntimeError:
-            if time.time() > {deadline}:
+            if time.time() > {deadline} or (os.path.isfile(raylet_err)
+                                             and b"Check failed" in open(raylet_err, "rb").read()):
                 raise
             time.sleep(0.5)
 services.get_node = get_node
@@ -77,7 +81,7 @@ def start_head(num_cpus: int, tag: str, log_path: str, timeout_s: float) -> str:
     folder ``tag``, every port chosen here) and return its address ``127.0.0.1:PORT``. Its output is appended to
     ``log_path``. RuntimeError (one line) when it fails or takes longer than ``timeout_s``."""
     ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS))))
-    command = [sys.executable, "-c", PATIENT_START.format(deadline=time.time() + timeout_s), "start", "--head",
+    command = [sys.executable, "-c", PATIENT_START.format(deadline=time.time() + timeout_s, tag=tag), "start", "--head",
                "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=false",
                f"--temp-dir={tag}", "--disable-usage-stats", *(f"--{k}={v}" for k, v in ports.items())]
     with open(log_path, "ab") as log:
