@@ -22,16 +22,17 @@ from typing import Iterator, List, TextIO
 
 MARK = "GRADECLIP_RAY_RUN"  # environment variable naming the run's Ray temp folder in each of its processes
 POLL_S = 0.5  # how often the watchdog looks at the driver
-# `ray start` options given a free port each, chosen on 127.0.0.1: the raylet then skips waiting for the metrics
-# agent's port file (one of the waits that made it abort after 15 s on a loaded 2-core machine)
+# `ray start` options given a free port each, chosen on 127.0.0.1 (see PATIENT_START for why)
 PORT_OPTIONS = ("port", "node-manager-port", "object-manager-port", "metrics-export-port",
                 "dashboard-agent-grpc-port", "dashboard-agent-listen-port", "runtime-env-agent-port")
 
 
-# `ray start` with one change: Ray waits a fixed 30 s for the new node to register with its GCS (node.py), too
-# short on a loaded 2-core machine (the GCS then answers "Deadline Exceeded"); here it waits until the deadline,
-# unless the raylet has died: it aborts ("Check failed") when its agents have not written their port files within
-# a fixed 15 s, which no setting of Ray 2.60 changes; the start is then tried again (START_TRIES)
+# `ray start` with two changes for a loaded 2-core machine. (1) The raylet aborts ("Check failed") when the
+# dashboard and runtime-env agents have not written their port files within a fixed 15 s (no setting of Ray 2.60
+# changes it; their Python start-up alone took 17 s at load 20): the ports are chosen here, so their files are
+# written before the raylet starts (the agents then bind those same ports). (2) Ray waits a fixed 30 s for the node
+# to register with its GCS (node.py); here it waits until the deadline, unless the raylet died (then the start is
+# tried again, START_TRIES).
 PATIENT_START = """
 import os, time
 import ray._private.services as services
@@ -48,6 +49,16 @@ def get_node(*args, **kwargs):
                 raise
             time.sleep(0.5)
 services.get_node = get_node
+import inspect
+import ray._raylet as raylet_lib
+start_raylet = services.start_raylet
+def persist_then_start(*args, **kwargs):
+    given = inspect.signature(start_raylet).bind(*args, **kwargs).arguments
+    for name in ("metrics_agent_port", "metrics_export_port", "dashboard_agent_listen_port", "runtime_env_agent_port"):
+        if given.get(name):
+            raylet_lib.persist_port(given["session_dir"], given["node_id"], name, int(given[name]))
+    return start_raylet(*args, **kwargs)
+services.start_raylet = persist_then_start
 main()
 """
 
@@ -57,7 +68,7 @@ def private_env(tag: str) -> dict:
     and the node address on 127.0.0.1, what Ray does by default on macOS and Windows); no token authentication
     (nothing listens beyond loopback); no usage statistics."""
     return {MARK: tag, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-            "RAY_USAGE_STATS_ENABLED": "0"}
+            "RAY_USAGE_STATS_ENABLED": "0", "RAY_agent_register_timeout_ms": "240000"}
 
 
 def free_ports(count: int) -> List[int]:
