@@ -58,7 +58,13 @@ def _args(dataset, checkpoint, out, *extra):
 def _driver(dataset, checkpoint, out, *extra):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "gradeclip", *_args(dataset, checkpoint, out, *extra)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint():
+    """Ctrl-C as in a terminal, also when the tests run in a background job (which ignores SIGINT, inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _tag_of(driver, limit_s=120):
