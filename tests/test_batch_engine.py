@@ -109,10 +109,11 @@ def _cmdline(proc):
 
 
 def _gone(tag, limit_s=GONE_WITHIN_S):
-    """Pids and command lines of the run's processes still alive after waiting up to ``limit_s``."""
+    """Pids and command lines of the run's processes still alive, and its temp folder if it still exists, after
+    waiting up to ``limit_s``."""
     end = time.time() + limit_s
     while True:
-        left = [(p.pid, " ".join(_cmdline(p))[:80]) for p in _tagged(tag)]
+        left = [(p.pid, " ".join(_cmdline(p))[:80]) for p in _tagged(tag)] + ([tag] if Path(tag).exists() else [])
         if not left or time.time() > end:
             return left
         time.sleep(0.5)

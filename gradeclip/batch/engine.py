@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -59,7 +61,8 @@ def start_ray(address: Optional[str] = None, num_cpus: int = 2, *, temp_dir: Opt
         tries += 1
         try:
             head = rayproc.start_head(num_cpus, temp_dir, output, timeout_s - (time.monotonic() - begin))
-            return ray.init(address=head, **quiet)
+            with _sigint_deferred():
+                return ray.init(address=head, **quiet)
         except Exception as err:  # a node that failed or timed out under load: clean up and try again
             error = err
             ray.shutdown()
@@ -71,6 +74,23 @@ def start_ray(address: Optional[str] = None, num_cpus: int = 2, *, temp_dir: Opt
                        + (f"; Ray's messages are in {log_path}" if log_path else "") +
                        "; run it without Ray (--engine local), or start one with `ray start --head "
                        "--node-ip-address 127.0.0.1` and pass its address with --address")
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, then raise KeyboardInterrupt: a `ray.init` interrupted halfway leaves
+    Ray's core worker half made, and the process then crashed (SIGSEGV) on exit instead of exiting with 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
