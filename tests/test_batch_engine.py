@@ -80,12 +80,15 @@ def _tag_of(driver, limit_s=120):
 
 
 def _tagged(tag):
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    """The live processes whose /proc/PID/environ holds the run's tag, read raw (the test's own reading: Ray's
+    process titles blank the start of that area, and psutil's environ() then sees nothing)."""
+    found, entry = [], f"{MARK}={tag}".encode()
+    for proc in psutil.process_iter():
         try:
-            if proc.environ().get(MARK) == tag:
-                found.append(proc)
-        except (psutil.Error, OSError):
+            with open(f"/proc/{proc.pid}/environ", "rb") as f:
+                if entry in f.read().split(b"\0"):
+                    found.append(proc)
+        except OSError:
             continue
     return found
 

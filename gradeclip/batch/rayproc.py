@@ -122,28 +122,47 @@ def run_processes(tag: str) -> list:
         try:
             if proc.pid in me or proc.info["uids"] is None or proc.info["uids"].real != uid:
                 continue
-            if proc.environ().get(MARK) == tag:
+            if has_tag(proc.pid, tag):
                 found.append(proc)
         except (psutil.Error, OSError):  # gone meanwhile, or not ours to read
             continue
     return found
 
 
-def reap(tag: str, grace_s: float = 3.0) -> int:
-    """End every process of the run ``tag``: SIGTERM, then SIGKILL after ``grace_s``; returns how many were found.
-    Ray's shutdown normally leaves none; the agents of a killed driver would otherwise linger for minutes."""
+def has_tag(pid: int, tag: str) -> bool:
+    """Whether ``/proc/PID/environ`` holds ``GRADECLIP_RAY_RUN=tag``. Read raw: Ray's process titles
+    (``ray::DashboardAgent``) overwrite the start of that area with NUL bytes, and psutil's ``environ()`` then
+    returns nothing, though the entry is still there."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"{MARK}={tag}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def reap(tag: str, grace_s: float = 3.0, rounds: int = 5) -> int:
+    """End every process of the run ``tag``: SIGTERM, then SIGKILL after ``grace_s``, looking again until none is
+    left (the raylet restarts an agent that ends before it does; the new agent would be missed by one look), at most
+    ``rounds`` times. Returns how many processes were ended. Ray's shutdown normally leaves only such agents; those
+    of a killed driver would otherwise linger for minutes."""
     import psutil
 
-    procs = run_processes(tag)
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace_s)
-    return len(procs)
+    ended = 0
+    for _ in range(rounds):
+        procs = run_processes(tag)
+        if not procs:
+            break
+        ended += len(procs)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=grace_s)
+        time.sleep(0.2)  # time for a restarted agent to appear
+    return ended
 
 
 def start_watchdog(tag: str) -> subprocess.Popen:
