@@ -80,15 +80,16 @@ def _tag_of(driver, limit_s=120):
 
 
 def _tagged(tag):
-    """The live processes whose /proc/PID/environ holds the run's tag, read raw (the test's own reading: Ray's
-    process titles blank the start of that area, and psutil's environ() then sees nothing)."""
+    """The live processes of the run: /proc/PID/environ holds its tag (read raw: Ray's process titles blank that
+    area from its start, and psutil's environ() then sees nothing), or a file is open under its temp folder."""
     found, entry = [], f"{MARK}={tag}".encode()
     for proc in psutil.process_iter():
         try:
             with open(f"/proc/{proc.pid}/environ", "rb") as f:
-                if entry in f.read().split(b"\0"):
-                    found.append(proc)
-        except OSError:
+                tagged = entry in f.read().split(b"\0")
+            if tagged or any(f.path.startswith(tag + "/") for f in proc.open_files()):
+                found.append(proc)
+        except (OSError, psutil.Error):
             continue
     return found
 

@@ -130,14 +130,30 @@ def run_processes(tag: str) -> list:
 
 
 def has_tag(pid: int, tag: str) -> bool:
-    """Whether ``/proc/PID/environ`` holds ``GRADECLIP_RAY_RUN=tag``. Read raw: Ray's process titles
-    (``ray::DashboardAgent``) overwrite the start of that area with NUL bytes, and psutil's ``environ()`` then
-    returns nothing, though the entry is still there."""
+    """Whether process ``pid`` belongs to the run ``tag``: ``/proc/PID/environ`` holds ``GRADECLIP_RAY_RUN=tag``
+    (read raw: Ray's process titles such as ``ray::DashboardAgent`` overwrite that area with NUL bytes from its start,
+    and psutil's ``environ()`` then returns nothing), or, when the title erased it all, a file open under ``tag``."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return f"{MARK}={tag}".encode() in f.read().split(b"\0")
+            if f"{MARK}={tag}".encode() in f.read().split(b"\0"):
+                return True
     except OSError:
         return False
+    return holds_file_under(pid, tag)
+
+
+def holds_file_under(pid: int, folder: str) -> bool:
+    """Whether process ``pid`` has a file open under ``folder`` (its logs, for a Ray process whose title erased
+    the whole environment area)."""
+    prefix = folder.rstrip("/") + "/"
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                    return True
+    except OSError:
+        pass
+    return False
 
 
 def reap(tag: str, grace_s: float = 3.0, rounds: int = 5) -> int:
