@@ -11,16 +11,15 @@ from conftest import write_video
 
 @pytest.fixture(scope="session")
 def ray_address():
-    """One local Ray for the whole session (its start-up is slow), started as `batch` starts it (127.0.0.1, no
-    dashboard, retried under load), 2 CPUs; shut down at the end."""
+    """One private local Ray for the whole session (its start-up is slow), started as `batch` starts it (127.0.0.1
+    only, no dashboard, retried under load, watched), 2 CPUs; it and all its processes end with the session."""
     pytest.importorskip("ray")  # ray is an optional extra; requirements.txt installs it for the tests
     import ray
 
-    from gradeclip.batch.engine import start_ray
+    from gradeclip.batch.engine import private_ray
 
-    context = start_ray(num_cpus=2)
-    yield context.address_info["address"]
-    ray.shutdown()
+    with private_ray(num_cpus=2):
+        yield ray.get_runtime_context().gcs_address
 
 
 def moving_disc(n=12, h=48, w=64, seed=0, radius=7):

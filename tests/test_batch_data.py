@@ -24,8 +24,9 @@ SET, KIND = r"/(?P<set>[ab])-", r"[ab]-(?P<kind>good|half|head|corrupt|noise)\."
 
 @pytest.fixture
 def local_engine(monkeypatch, model):
-    """`batch` with its Ray engine replaced by a loop in this process over the same `process_video` (with the
-    session model, the checkpoint's weights); returns the list of id lists each run was given."""
+    """`batch` with both engines (Ray's and the local one) replaced by a loop in this process over the same
+    `process_video` (with the session model, the checkpoint's weights); returns the list of id lists each run was
+    given."""
     from gradeclip.batch.runner import process_video
 
     calls = []
@@ -35,6 +36,7 @@ def local_engine(monkeypatch, model):
         return [process_video(model, job, settings, Path(out)) for job in jobs]
 
     monkeypatch.setattr("gradeclip.batch.engine.run_on_ray", run)
+    monkeypatch.setattr("gradeclip.batch.local.run_local", run)
     return calls
 
 
@@ -297,33 +299,40 @@ def test_overwrite_removes_every_old_video(tmp_path):
 
 
 def test_local_ray_start_retried_then_one_line(monkeypatch):
-    """A local Ray that times out under load is tried again (bound to 127.0.0.1, no dashboard); when every try
-    fails, one line that names --address. Catches a single fixed-wait attempt and a multi-line Ray traceback."""
+    """A local Ray head that fails to start under load is tried again (in Ray's local-only mode: 127.0.0.1,
+    tagged processes), then joined; when every try fails, one line that names --address and --engine local.
+    Catches a single fixed-wait attempt, a multi-line Ray traceback, and a start outside the local-only mode."""
     ray = pytest.importorskip("ray")
-    from gradeclip.batch import engine
+    from gradeclip.batch import engine, rayproc
 
-    calls = []
+    calls, joined = [], []
 
-    def flaky(**kwargs):
-        calls.append(kwargs)
+    def flaky(num_cpus, tag, log_path, timeout_s):
+        calls.append((num_cpus, tag, os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")))
         if len(calls) < 2:
-            raise Exception("The current node timed out during startup.\nThis could happen because ...")
-        return "context"
+            raise RuntimeError("`ray start --head` failed (exit 1)")
+        return "127.0.0.1:6390"
 
-    monkeypatch.setattr(ray, "init", flaky)
+    monkeypatch.setattr(rayproc, "start_head", flaky)
+    monkeypatch.setattr(rayproc, "reap", lambda tag: 0)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: joined.append(kwargs) or "context")
     monkeypatch.setattr(ray, "shutdown", lambda: None)
+    for key in rayproc.private_env("x"):
+        monkeypatch.delenv(key, raising=False)
     assert engine.start_ray(num_cpus=2) == "context" and len(calls) == 2
-    assert calls[-1]["_node_ip_address"] == "127.0.0.1" and calls[-1]["include_dashboard"] is False
-    assert calls[-1]["num_cpus"] == 2 and calls[-1]["log_to_driver"] is False
+    assert calls[-1][0] == 2 and calls[-1][2] == "0" and calls[-1][1].startswith("/tmp/gcray-")
+    assert joined == [{"address": "127.0.0.1:6390", "log_to_driver": False, "logging_level": "ERROR"}]
+    shutil.rmtree(calls[-1][1])  # the temp folder start_ray made (private_ray removes it in a real run)
     calls.clear()
 
-    def failing(**kwargs):
-        calls.append(kwargs)
-        raise Exception("timed out\nmore")
+    def failing(num_cpus, tag, log_path, timeout_s):
+        calls.append(tag)
+        raise RuntimeError("`ray start --head` did not finish\nmore")
 
-    monkeypatch.setattr(ray, "init", failing)
+    monkeypatch.setattr(rayproc, "start_head", failing)
     with pytest.raises(RuntimeError) as err:
         engine.start_ray(num_cpus=2)
     message = str(err.value)
-    assert "--address" in message and "\n" not in message and "timed out" in message
+    assert "--address" in message and "--engine local" in message and "\n" not in message
+    assert "did not finish" in message
     assert len(calls) == engine.START_TRIES > 1

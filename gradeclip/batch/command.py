@@ -1,9 +1,10 @@
-"""The ``batch`` command: a dataset of videos explained on Ray Data, resumable, with a dataset summary.
+"""The ``batch`` command: a dataset of videos explained in this process or on Ray Data, resumable, with a summary.
 
     python -m gradeclip batch INPUT... --prompt P [...] --out DIR [--masks-root DIR [--masks-template T]]
                               [--group-by REGEX ...] [--cross A,B ...] [--paired FACTOR:BASELINE --unit NAME]
-                              [--seed S] [--resamples B] [--gallery-k K] [--include-partial] [--address ADDR]
-                              [--num-workers N] [--overwrite] [--retry-failed]
+                              [--seed S] [--resamples B] [--gallery-k K] [--include-partial]
+                              [--engine auto|local|ray] [--address ADDR] [--num-workers N] [--overwrite]
+                              [--retry-failed]
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from ..checks import output_folder, positive_int_arg
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``batch`` on an argparse subparsers object; returns its parser."""
     b = subparsers.add_parser(
-        "batch", help="explain a dataset of videos on Ray (resumable), with a summary per video and per group",
-        description="Explain every video of folders or a CSV manifest on Ray Data (a local Ray unless --address). "
+        "batch", help="explain a dataset of videos, in this process or on Ray (resumable), with a summary per "
+                      "video and per group",
+        description="Explain every video of folders or a CSV manifest, in this process or on Ray Data (--engine). "
                     "Per video: maps (.npz + JSON), scores, and with masks the annotation metrics, each video's "
                     "folder renamed into place when complete; a rerun skips complete videos. Then summary.csv "
                     "(video x prompt), summary_groups.csv, stats.csv/stats.md (n, mean, sd and a bootstrap "
@@ -69,7 +71,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--include-partial", action="store_true",
                    help="count partial videos (frames missing or damaged) in the group statistics (default: only "
                         "complete videos)")
-    b.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: start a local Ray)")
+    b.add_argument("--engine", choices=("auto", "local", "ray"), default="auto",
+                   help="local: one model in this process; ray: Ray Data actors (a private local Ray, or the "
+                        "cluster of --address); auto (default): ray with --address or on a machine with at least "
+                        "8 cores or 2 GPUs, else local")
+    b.add_argument("--address", metavar="ADDR",
+                   help="join this Ray cluster, e.g. 127.0.0.1:6379 (implies --engine ray; default: a private "
+                        "local Ray on 127.0.0.1 when the engine is ray)")
     b.add_argument("--num-workers", type=positive_int_arg, default=2, metavar="N",
                    help="model replicas (Ray actors, one CPU each; default: 2)")
     b.add_argument("--num-cpus", type=positive_int_arg, default=2, metavar="N",
@@ -189,10 +197,12 @@ def run(args) -> int:
     temporary folders removed, then ``Interrupted`` with what is complete and how to resume."""
     from ..files import Interrupted
     from .masks import check_template
+    from .local import choose_engine
     from .runner import check_run, find_videos, settle, status_of, tidy
     from .summary import groups_of
 
     settings = check(args)
+    choose_engine(args.engine, args.address, cores=1, gpus=0)  # refuses local with --address before any work
     fields_of = (lambda path: groups_of(path, args.group_by)) if args.group_by else None
     jobs = find_videos(args.inputs, args.masks_root, fields_of, args.masks_template)
     if args.masks_template is not None:
@@ -212,12 +222,19 @@ def run(args) -> int:
                   f"{', '.join(tidied['repaired'])}", file=sys.stderr)
         redo = (None, "failed", "partial") if args.retry_failed else (None,)
         todo = [j for j in jobs if status_of(out, j["id"]) in redo]
-        print(f"{len(jobs)} videos; {len(jobs) - len(todo)} already done in {out}; {len(todo)} to do")
-        if todo:
+        engine = choose_engine(args.engine, args.address)
+        print(f"{len(jobs)} videos; {len(jobs) - len(todo)} already done in {out}; {len(todo)} to do"
+              + (f" ({engine} engine)" if todo else ""))
+        log = lambda line: print(line, file=sys.stderr)  # noqa: E731 (sys.stderr as it is when called)
+        if todo and engine == "local":
+            from .local import run_local
+
+            run_local(todo, settings, out, progress=not args.quiet, log=log)
+        elif todo:
             from .engine import run_on_ray
 
             run_on_ray(todo, settings, out, address=args.address, num_workers=args.num_workers,
-                       num_cpus=args.num_cpus, progress=not args.quiet, log=lambda line: print(line, file=sys.stderr))
+                       num_cpus=args.num_cpus, progress=not args.quiet, log=log)
         return write_summaries(args, settings, jobs, out)
     except KeyboardInterrupt:
         settle(out)
