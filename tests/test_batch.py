@@ -158,8 +158,9 @@ def test_interrupted_run_resumes(full_run, dataset, checkpoint, ray_address, tmp
     out = tmp_path / "resumed"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     driver = subprocess.Popen([sys.executable, "-m", "gradeclip", *_args(dataset, out, checkpoint, ray_address, 1)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background
+    deadline = time.time() + 120  # job (CI) inherits SIGINT ignored: Python would then never raise Ctrl-C
     while time.time() < deadline and driver.poll() is None and not ((out / "videos").is_dir() and _complete(out)):
         time.sleep(0.02)
     driver.send_signal(signal.SIGINT)

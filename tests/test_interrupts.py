@@ -74,7 +74,9 @@ def interrupt_when(cmd, env, ready, what, timeout=600, children_first=False):
     SIGINT to the whole process group once it is true (``children_first``: to its child processes too, first, as
     a terminal does to children that share its process group). Returns (exit status, stderr). Fails if the
     command ended before the phase ``what`` was reached."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not ignored, as a
+    # background job (CI) would inherit it: Python raises KeyboardInterrupt only where SIGINT is not ignored
     chunks = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read1(4096), b"")), daemon=True)
     reader.start()
