@@ -265,8 +265,11 @@ def test_ray_start_failure_is_one_line(dataset, checkpoint, tmp_path, monkeypatc
         time.sleep(0.2)
         raise RuntimeError("`ray start --head` did not finish within 0 s")
 
+    import ray
+
     monkeypatch.setattr(rayproc, "start_head", slow_failure)
     monkeypatch.setattr(engine, "START_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # another test's session Ray would be joined instead
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     status = main(_args(dataset, checkpoint, tmp_path / "out", "--engine", "ray"))
     err = capsys.readouterr().err
