@@ -15,6 +15,14 @@ def positive_int(value, name: str, hint: str = "") -> int:
     return value
 
 
+def text_features_for(text_features, prompts) -> None:
+    """ValueError unless ``text_features`` (a tensor or array) is (K, D) with K = ``len(prompts)``: encoded prompts
+    handed in beside their labels (``explain_encoded``, ``explain_clip_encoded``)."""
+    if text_features.ndim != 2 or text_features.shape[0] != len(prompts):
+        raise ValueError(f"text_features must be (K, D) with K = {len(prompts)} prompts; got "
+                         f"{tuple(text_features.shape)}")
+
+
 def output_folder(out, flag: str = "--out") -> Path:
     """``out`` as an absolute path if it exists as a writable folder or can be created (its nearest existing parent
     is a writable folder) and a file can really be created in it (permissions alone do not say so: as root,

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .backbones.base import backbone_of
 from .backbones.inputs import input_view, model_pixels, warn_token_count
 from .backbones.pixels import FramesLike, as_frames
-from .checks import positive_int
+from .checks import positive_int, text_features_for
 from .methods.baselines import run_method  # noqa: F401 (importing it registers every method)
 from .methods.grad_eclip import decomposition_start, grad_eclip_tokens
 from .methods.registry import check_options, get_method
@@ -144,9 +144,7 @@ def explain_clip_encoded(model, frames: FramesLike, prompts: Sequence[str], text
     positive_int(batch_size, "batch_size")
     frames = as_frames(frames)
     prompts = list(prompts)
-    if text_features.ndim != 2 or text_features.shape[0] != len(prompts):
-        raise ValueError(f"text_features must be (K, D) with K = {len(prompts)} prompts; got "
-                         f"{tuple(text_features.shape)}")
+    text_features_for(text_features, prompts)
     view = input_view(bb, frames.shape[1], frames.shape[2], input, scale)
     warn_token_count(bb, view)
     starts = list(range(0, len(frames), batch_size))

@@ -19,7 +19,7 @@ from .backbones.base import backbone_of
 from .eval.shapes import warn_unknown_words
 from .backbones.inputs import InputView, input_view, model_pixels, warn_token_count
 from .backbones.pixels import FramesLike, as_frames
-from .checks import positive_int
+from .checks import positive_int, text_features_for
 from .methods.baselines import run_method  # noqa: F401 importing methods registers every method in METHODS
 from .methods.grad_eclip import grad_eclip_text
 from .methods.registry import check_options
@@ -134,9 +134,7 @@ def explain_encoded(model, frames: FramesLike, prompts: Sequence[str], text_feat
     positive_int(batch_size, "batch_size")
     frames = as_frames(frames)
     prompts = list(prompts)
-    if text_features.ndim != 2 or text_features.shape[0] != len(prompts):
-        raise ValueError(f"text_features must be (K, D) with K = {len(prompts)} prompts; got "
-                         f"{tuple(text_features.shape)}")
+    text_features_for(text_features, prompts)
     view = input_view(model, frames.shape[1], frames.shape[2], input, scale)
     warn_token_count(model, view)
     starts = range(0, len(frames), batch_size)
