@@ -80,14 +80,15 @@ def fabricate(out, videos, group):
     return rows
 
 
-def aligned_naive(mask):
+def aligned_naive(mask, image=None):
     """The test's own alignment of one silhouette: box from the True pixels, 10 % of its height added on each side
-    (clipped), bilinear resize to 64 rows keeping aspect (48 columns at most), zero padding centred."""
+    (clipped), bilinear resize to 64 rows keeping aspect (48 columns at most), zero padding centred. ``image``
+    (default: the mask itself) is what is cropped, on the mask's box."""
     ys, xs = np.nonzero(mask)
     top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     pad = int(round(0.1 * (bottom - top)))
     top, left, bottom, right = max(0, top - pad), max(0, left - pad), min(H, bottom + pad), min(W, right + pad)
-    crop = mask[top:bottom, left:right].astype(np.float32)
+    crop = (mask if image is None else image)[top:bottom, left:right].astype(np.float32)
     h, w = crop.shape
     nh, nw = 64, max(1, int(round(w * 64 / h)))
     if nw > 48:
@@ -133,19 +134,7 @@ def test_aligned_mean_equals_mean_silhouette(run_dir):
 
 def _naive_head(mask):
     """The head-only relevance aligned on the *whole* silhouette's box (the box comes from the mask, not the map)."""
-    ys, xs = np.nonzero(mask)
-    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    pad = int(round(0.1 * (bottom - top)))
-    top, left, bottom, right = max(0, top - pad), max(0, left - pad), min(H, bottom + pad), min(W, right + pad)
-    crop = top_rows(mask)[top:bottom, left:right].astype(np.float32)
-    h, w = crop.shape
-    nh, nw = 64, max(1, int(round(w * 64 / h)))
-    if nw > 48:
-        nh, nw = max(1, int(round(h * 48 / w))), 48
-    canvas = np.zeros((64, 48), np.float32)
-    y0, x0 = (64 - nh) // 2, (48 - nw) // 2
-    canvas[y0:y0 + nh, x0:x0 + nw] = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    return canvas
+    return aligned_naive(mask, top_rows(mask))
 
 
 def test_band_shares_match_numpy():
