@@ -195,6 +195,16 @@ def test_grad_eclip_layers_other_than_one_are_refused(rn):
 
 
 # ----- Grad-CAM on layer4 and MaskCLIP's value path
+def layer4_gradients(rn, x, text):
+    """layer4's output A (B, C, h, w) of ``x`` and, per prompt k, d cos_k / d A by autograd through the library's
+    own attention pool (frames independent, so one backward of the summed cosines serves a whole batch)."""
+    with torch.no_grad():
+        fmap = layer4_output(rn.visual, x)
+    a = fmap.clone().requires_grad_(True)
+    cos = F.normalize(library_pool(rn.visual.attnpool, a), dim=-1) @ F.normalize(text, dim=-1).T  # (B, K)
+    return fmap, [torch.autograd.grad(cos[:, kk].sum(), a, retain_graph=True)[0] for kk in range(cos.shape[1])]
+
+
 def test_grad_cam_is_layer4_grad_cam(rn):
     """Bugs caught: the gradient missing the path through the mean token (the pool's query), the ReLU left out, the
     weights averaged over channels instead of positions, the mean token's row taken as a position: Grad-CAM must
@@ -202,13 +212,10 @@ def test_grad_cam_is_layer4_grad_cam(rn):
     h*w / (h*w + 1): the shared pipeline averages the gradient over every token row, the mean token's too (whose
     gradient is 0, since the pool recomputes the mean from the spatial rows), a uniform factor (README)."""
     x, text = pixels(96, 160), text_features()
-    with torch.no_grad():
-        fmap = layer4_output(rn.visual, x)
-    a = fmap.clone().requires_grad_(True)
-    cos = F.normalize(library_pool(rn.visual.attnpool, a), dim=-1) @ F.normalize(text, dim=-1).T  # (B, K)
+    fmap, grads = layer4_gradients(rn, x, text)
     expected = torch.zeros(2, 3, 3, 5)
     for kk in range(3):
-        (g,) = torch.autograd.grad(cos[:, kk].sum(), a, retain_graph=True)  # frames independent
+        g = grads[kk]
         alpha = g.mean(dim=(2, 3), keepdim=True)
         expected[:, kk] = (alpha * fmap).sum(1).relu()
     got = grad_cam(rn, x, text)
@@ -222,13 +229,10 @@ def test_layercam_reads_layer4_with_gradients_through_the_mean_token(rn):
     the grad-cam package's LayerCAM must equal ReLU(sum_c ReLU(d cos / d A_cij) A_cij), min-max scaled per map as
     the package scales, with the gradient computed by autograd here."""
     x, text = pixels(96, 160), text_features()
-    with torch.no_grad():
-        fmap = layer4_output(rn.visual, x)
-    a = fmap.clone().requires_grad_(True)
-    cos = F.normalize(library_pool(rn.visual.attnpool, a), dim=-1) @ F.normalize(text, dim=-1).T  # (B, K)
+    fmap, grads = layer4_gradients(rn, x, text)
     expected = torch.zeros(2, 3, 3, 5)
     for kk in range(3):
-        (g,) = torch.autograd.grad(cos[:, kk].sum(), a, retain_graph=True)
+        g = grads[kk]
         cam = (g.relu() * fmap).sum(1).relu()  # (B, 3, 5)
         cam = cam - cam.amin(dim=(1, 2), keepdim=True)
         expected[:, kk] = cam / (1e-7 + cam.amax(dim=(1, 2), keepdim=True))
