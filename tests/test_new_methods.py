@@ -320,3 +320,19 @@ def test_features_of_the_same_forward_are_the_models(tiny, name):
     maps, features = run_method(name, model, pixels, text)
     torch.testing.assert_close(features, backbone_of(model).encode_pixels(pixels), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(maps, get_method(name)(model, pixels, text))
+
+
+@pytest.mark.parametrize("depth, blocks", [(14, 6), (4, 2)])
+def test_surgery_and_gem_default_depth_follows_the_authors(depth, blocks):
+    """The added path's default: the authors' last 6 blocks (CLIP Surgery and GEM modify blocks -1..-6 of ViT-B and
+    ViT-L alike), half the blocks below 12. Checked against the naive references with ``blocks`` last blocks, and
+    against one block more and one less. Catches: the old half-depth default (7 of 14), an off-by-one in the block
+    range (GEM's ``range(1, depth)`` read as depth blocks), the cap applied to small models (4 blocks -> 4)."""
+    model = tiny_clip(21, vision_layers=depth, vision_width=64)
+    torch.manual_seed(4)
+    pixels, text = torch.randn(1, 3, 24, 40), torch.randn(2, model.visual.output_dim)
+    for name, reference in (("clip_surgery", surgery_reference), ("gem", gem_reference)):
+        maps = get_method(name)(model, pixels, text)
+        torch.testing.assert_close(maps, reference(model, pixels, text, layers=blocks), atol=2e-5, rtol=1e-4)
+        for other in (blocks - 1, blocks + 1):
+            assert not torch.allclose(maps, reference(model, pixels, text, layers=other), atol=1e-3), (name, other)

@@ -17,6 +17,11 @@ Feature surgery, with the unit text features t_k (K prompts):
 
 With one prompt nothing is common to several prompts and S is the cosine f_i . t_k. Each map S[:, k] is min-max
 normalised over the patches (as the authors show them); a map with no spread is all zeros. Needs a class token.
+
+Default depth of the added path: the last 6 blocks, the authors' setting for every ViT they release (xmed-lab/
+CLIP_Surgery, ``clip/clip_surgery_model.py``: the same six last blocks for ViT-B/32, ViT-B/16, ViT-L/14 and
+ViT-L/14@336px, i.e. half of ViT-B's 12 blocks and a quarter of ViT-L's 24); a model with fewer than 12 blocks gets
+half its blocks (at least one), the ViT-B proportion. GEM (``gem.py``) uses the same six (``added_path_blocks``).
 """
 from __future__ import annotations
 
@@ -39,10 +44,19 @@ def head_merge(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).reshape(b, length, heads * d)
 
 
+AUTHORS_BLOCKS = 6  # the last blocks CLIP Surgery's and GEM's authors modify, whatever the ViT's depth
+
+
+def default_blocks(depth: int) -> int:
+    """How many last blocks carry the added path by default: the authors' 6 (ViT-B/32, ViT-B/16: 6 of 12; ViT-L/14:
+    6 of 24), half the blocks (at least one) below 12 blocks."""
+    return min(AUTHORS_BLOCKS, max(1, depth // 2))
+
+
 def added_path_blocks(bb, layers) -> int:
-    """The first block of the added path: depth - layers (default layers: half the blocks, at least one)."""
+    """The first block of the added path: depth - layers (default ``default_blocks(depth)``)."""
     if layers is None:
-        return bb.depth - max(1, bb.depth // 2)
+        return bb.depth - default_blocks(bb.depth)
     positive_int(layers, "layers", f" (last blocks with the added path, at most {bb.depth})")
     if layers > bb.depth:
         raise ValueError(f"layers must be at most the model's {bb.depth} blocks, got {layers}")
@@ -61,7 +75,8 @@ def clip_surgery(model, pixels, text_features, *, layers=None):
     """CLIP Surgery maps (B, K, h, w) float32 in [0, 1] on the token grid of ``pixels`` (B, 3, H, W normalised).
 
     ``text_features`` (K, D), not normalised. ``layers``: how many last blocks carry the added value-value path
-    (default half the blocks). Refused on models without a class token (SigLIP).
+    (default 6 as the authors, half the blocks below 12: ``default_blocks``). Refused on models without a class token
+    (SigLIP, CoCa).
     """
     return clip_surgery_with_features(model, pixels, text_features, layers=layers)[0]
 

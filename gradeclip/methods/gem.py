@@ -14,6 +14,10 @@ inverse temperature tau = mean_tokens ||h_l||_2 * d^-1/2 (d the head width; ``te
 Each patch's feature proj(norm_post(y_i)) is compared with the prompt (cosine); each map is min-max normalised over
 the patches (as the authors show them); a map with no spread is all zeros. Needs a class token (the per-token
 projection into the joint space is the class token's ``norm_post`` and ``proj``).
+
+Default depth of the parallel path: the last 6 blocks, the authors' setting (WalBouss/GEM, ``gem/gem_wrapper.py``:
+``depth=7`` swaps blocks -1 .. -6 for every open_clip ViT, the default of ``create_gem_model`` for ViT-B/16, ViT-B/32
+and ViT-L/14 alike); below 12 blocks half the blocks, at least one (``clip_surgery.default_blocks``).
 """
 from __future__ import annotations
 
@@ -36,9 +40,10 @@ def self_self(p: torch.Tensor, tau: torch.Tensor, iterations: int) -> torch.Tens
 def gem(model, pixels, text_features, *, layers=None, iterations: int = 1, temperature=None):
     """GEM maps (B, K, h, w) float32 in [0, 1] on the token grid of ``pixels`` (B, 3, H, W normalised).
 
-    ``text_features`` (K, D), not normalised. ``layers``: how many last blocks carry the parallel path (default
-    half the blocks); ``iterations``: self-self clustering steps (default 1, the authors'); ``temperature``: a fixed
-    positive inverse temperature instead of the adaptive one. Refused on models without a class token (SigLIP).
+    ``text_features`` (K, D), not normalised. ``layers``: how many last blocks carry the parallel path (default 6
+    as the authors, half the blocks below 12); ``iterations``: self-self clustering steps (default 1, the
+    authors'); ``temperature``: a fixed positive inverse temperature instead of the adaptive one. Refused on models
+    without a class token (SigLIP, CoCa).
     """
     return gem_with_features(model, pixels, text_features, layers=layers, iterations=iterations,
                              temperature=temperature)[0]
