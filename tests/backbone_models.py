@@ -125,6 +125,25 @@ def tiny_open_clip_siglip(seed=0, *, dynamic=False, width=64, layers=2, heads=4,
     return model.eval()
 
 
+def tiny_coca(seed=9):
+    """A random open_clip ``CoCa``: open_clip's own ViT (2 blocks of width 128, patch 8, 32 px, a class token), then
+    the attentional pooler (4 heads of width 32, 6 queries; its first query is the embedding); every vision weight
+    perturbed. Seed 9: the class token's key is the one nearest the probe's query (test_open_clip_pooling)."""
+    from open_clip.coca_model import CoCa
+
+    text = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}
+    vision = {"image_size": 32, "layers": 2, "width": 128, "patch_size": 8, "attentional_pool": True,
+              "attn_pooler_heads": 4, "attn_pooler_queries": 6, "output_tokens": True}
+    torch.manual_seed(seed)
+    model = CoCa(32, multimodal_cfg=dict(text, attn_pooler_heads=1), text_cfg=dict(text, embed_cls=True,
+                                                                                  output_tokens=True),
+                 vision_cfg=vision).eval()
+    with torch.no_grad():
+        for p in model.visual.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
 def naive_pooling_grad_eclip(h, q, key, value, heads, rest, text_features, skip=0):
     """Grad-ECLIP on an attention-pooling head (SigLIP) from the issue's formula, with loops over heads and
     tokens: o = the pooling attention's output at the probe (before its out-projection), w = dcos/do, v_i the value

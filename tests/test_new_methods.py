@@ -133,6 +133,34 @@ def test_legrad_start_layer(tiny):
         get_method("legrad")(model, pixels, text, start_layer=3)
 
 
+def legrad_head_reference(states, norm, query, key, value, heads, rest, text, skip=0):
+    """LeGrad on an attention-pooling head, with loops over frames, layers, heads and prompts. For the tokens z^l
+    (B, L, C) leaving each block (``states``, the library's own), h = norm(z^l) (the model's norm before its head),
+    the probe's weights per head a_m = softmax_i(q_m . k_m(h_i) / sqrt(d)) taken as leaves, o = concat_m a_m v_m,
+    s^l_k = cos(rest(o), t_k); E^l = mean_m ReLU(d s^l_k / d a_m); the map is the mean of E^l over the layers, over
+    the columns after ``skip`` prefix tokens (a class token: attended, not mapped). ``query`` (W,), ``key`` and
+    ``value``: h (L, C) -> (L, W), ``rest``: o (1, W) -> (1, D). Returns maps (B, K, L - skip) and the last
+    layer's features (B, D) (to be compared with the model's own embedding)."""
+    t = F.normalize(text, dim=-1)
+    maps = torch.zeros(states[0].shape[0], text.shape[0], states[0].shape[1] - skip)
+    last = []
+    slices, d = head_slices(query.shape[0], heads)
+    for b in range(states[0].shape[0]):
+        for z in states:
+            with torch.no_grad():
+                h = norm(z[b])
+                k, v = key(h), value(h)
+            weights = [torch.softmax(k[:, s] @ query[s] / math.sqrt(d), dim=0).detach().requires_grad_(True)
+                       for s in slices]
+            feature = rest(torch.cat([w @ v[:, s] for w, s in zip(weights, slices)])[None])[0]
+            score = F.normalize(feature, dim=-1) @ t.T
+            for kk in range(t.shape[0]):
+                grads = torch.autograd.grad(score[kk], weights, retain_graph=True)
+                maps[b, kk] += sum(g.clamp(min=0)[skip:] for g in grads) / heads
+        last.append(feature.detach())
+    return maps / len(states), torch.stack(last)
+
+
 def test_legrad_on_siglip_pooling_head():
     """On SigLIP the score of layer l is the pooling head on block l's tokens, and A^l the probe's attention.
     Reference: transformers' own hidden states, and the head computed here with loops over heads (catches the
@@ -141,33 +169,111 @@ def test_legrad_on_siglip_pooling_head():
     torch.manual_seed(8)
     pixels, text = torch.randn(2, 3, 32, 32), torch.randn(2, model.config.vision_config.hidden_size)
     vm, head = model.vision_model, model.vision_model.head
-    t = F.normalize(text, dim=-1)
     with torch.no_grad():
         out = vm(pixel_values=pixels, output_hidden_states=True)
         states, own = out.hidden_states[1:], out.pooler_output  # tokens after each layer; the head's embedding
     attn = head.attention
     wq, wk, wv = attn.in_proj_weight.chunk(3)
     bq, bk, bv = attn.in_proj_bias.chunk(3)
-    heads = attn.num_heads
-    expected = torch.zeros(2, 2, 16)
-    for b in range(2):
-        for layer, z in enumerate(states):
-            h = vm.post_layernorm(z[b])
-            q, k, v = F.linear(head.probe[0], wq, bq), F.linear(h, wk, bk), F.linear(h, wv, bv)
-            slices, d = head_slices(h.shape[1], heads)
-            weights = [torch.softmax(q[:, s] @ k[:, s].T / math.sqrt(d), dim=-1).detach().requires_grad_(True)
-                       for s in slices]
-            y = attn.out_proj(torch.cat([w @ v[:, s] for w, s in zip(weights, slices)], dim=1))
-            feature = (y + head.mlp(head.layernorm(y)))[0]
-            if layer == len(states) - 1:  # the reference's head is the model's own head
-                torch.testing.assert_close(feature, own[b], atol=1e-5, rtol=1e-5)
-            score = F.normalize(feature, dim=-1) @ t.T
-            for kk in range(2):
-                grads = torch.autograd.grad(score[kk], weights, retain_graph=True)
-                expected[b, kk] += sum(g.clamp(min=0)[0] for g in grads) / heads
-    expected = expected.reshape(2, 2, 4, 4) / len(states)
+
+    def rest(o):
+        y = attn.out_proj(o)
+        return y + head.mlp(head.layernorm(y))
+
+    expected, features = legrad_head_reference(
+        states, vm.post_layernorm, F.linear(head.probe[0], wq, bq)[0], lambda h: F.linear(h, wk, bk),
+        lambda h: F.linear(h, wv, bv), attn.num_heads, rest, text)
+    torch.testing.assert_close(features, own, atol=1e-5, rtol=1e-5)  # the reference's head is the model's own
+    expected = expected.reshape(2, 2, 4, 4)
     maps = get_method("legrad")(model, pixels, text)
     torch.testing.assert_close(maps, expected, atol=1e-6 * float(expected.abs().max()) + 1e-9, rtol=1e-4)
+
+
+def per_head(norm, t, heads):
+    """timm's per-head q/k norm of t (..., W) split into ``heads`` heads."""
+    return norm(t.reshape(*t.shape[:-1], heads, -1)).reshape(t.shape)
+
+
+def test_legrad_on_open_clip_timm_siglip():
+    """open_clip's SigLIP (timm trunk, ``AttentionPoolLatent`` head), non-square 3x5 grid (timm's dynamic size),
+    three prompts: the reference takes each block's tokens from hooks on timm's own blocks, then the trunk's final
+    ``norm``, the head's ``q``/``kv`` (per-head q/k norms), ``proj``, its norm + MLP residual, ``fc_norm`` and the
+    heads. Catches: the head fed without the trunk's final norm, the latent's q and the kv's k swapped, the head's
+    MLP residual left out of the layer's score, the same (last) block's tokens used for every layer."""
+    from backbone_models import tiny_open_clip_siglip
+
+    model = tiny_open_clip_siglip(4, dynamic=True, layers=3)
+    trunk, visual = model.visual.trunk, model.visual
+    ap = trunk.attn_pool
+    assert ap.pos_embed is None  # the reference below adds no positions inside the head
+    torch.manual_seed(3)
+    pixels, text = torch.randn(2, 3, 24, 40), torch.randn(3, 64)
+    states = []
+    hooks = [b.register_forward_hook(lambda _m, _i, out: states.append(out.detach())) for b in trunk.blocks]
+    with torch.no_grad():
+        own = model.encode_image(pixels, normalize=False)
+    for hook in hooks:
+        hook.remove()
+    assert len(states) == 3 and states[0].shape == (2, 15, 64)
+    heads = ap.num_heads
+
+    def rest(o):
+        y = ap.proj(o)
+        return visual.head(trunk.head(trunk.fc_norm(y + ap.mlp(ap.norm(y)))))
+
+    with torch.no_grad():
+        query = per_head(ap.q_norm, ap.q(ap.latent)[0, 0], heads)
+    expected, features = legrad_head_reference(
+        states, trunk.norm, query, lambda h: per_head(ap.k_norm, ap.kv(h).chunk(2, dim=-1)[0], heads),
+        lambda h: ap.kv(h).chunk(2, dim=-1)[1], heads, rest, text)
+    torch.testing.assert_close(features, own, atol=1e-5, rtol=1e-5)
+    expected = expected.reshape(2, 3, *GRID)
+    assert expected.amax(dim=(-1, -2)).gt(0).all()
+    maps = get_method("legrad")(model, pixels, text)
+    torch.testing.assert_close(maps, expected, atol=1e-6 * float(expected.abs().max()) + 1e-9, rtol=1e-4)
+    assert not torch.allclose(maps[:, 0], maps[:, 1])
+
+
+def test_legrad_on_coca():
+    """open_clip's CoCa: the embedding is the attentional pooler's first query after ``ln_post`` and ``proj``; the
+    class token is attended, not mapped. Reference from open_clip's own blocks and the pooler's ``ln_k``,
+    ``ln_q(query)``, projections, ``out_proj``, ``ln_post`` and ``proj``, on a non-square 3x5 grid (positions
+    resized as in test_open_clip_pooling). Catches: the class token's column mapped as a patch (maps shifted by one),
+    the pooler's second query used as the probe, ``ln_post`` skipped in the layer's score, the class token's row
+    read instead (CoCa has one, but its embedding is the pooler's)."""
+    from backbone_models import tiny_coca
+    from test_open_clip_pooling import _coca_embeds
+
+    model = tiny_coca()
+    v = model.visual
+    p = v.attn_pool
+    a = p.attn
+    wq, wk, wv = a.q_proj_weight, a.k_proj_weight, a.v_proj_weight  # pooler width 32, tower width 128
+    bq, bk, bv = a.in_proj_bias.chunk(3)
+    torch.manual_seed(6)
+    text = torch.randn(3, 32)
+
+    def reference(pixels):
+        states = []
+        with torch.no_grad():
+            x = _coca_embeds(v, pixels)
+            for block in v.transformer.resblocks:
+                x = block(x)
+                states.append(x)
+            query = p.ln_q(p.query)[0] @ wq.T + bq
+        return legrad_head_reference(states, p.ln_k, query, lambda h: h @ wk.T + bk, lambda h: h @ wv.T + bv,
+                                     a.num_heads, lambda o: v.ln_post(a.out_proj(o)) @ v.proj, text, skip=1)
+
+    square = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        own = model.encode_image(square, normalize=False)
+    torch.testing.assert_close(reference(square)[1], own, atol=1e-5, rtol=1e-5)  # the reference's pooler is CoCa's
+    pixels = torch.randn(2, 3, 24, 40)
+    expected = reference(pixels)[0].reshape(2, 3, *GRID)
+    assert expected.amax(dim=(-1, -2)).gt(0).all()
+    maps = get_method("legrad")(model, pixels, text)
+    torch.testing.assert_close(maps, expected, atol=1e-6 * float(expected.abs().max()) + 1e-9, rtol=1e-4)
+    assert not torch.allclose(maps[:, 0], maps[:, 2])
 
 
 # ----- CLIP Surgery
@@ -297,13 +403,18 @@ def test_gem_options(tiny):
 
 
 @pytest.mark.parametrize("name", ["clip_surgery", "gem"])
-def test_refused_without_class_token(name):
-    """SigLIP has no per-token projection into the joint space: refused in one line naming the method, why, and
-    the methods that work there, LeGrad among them (catches a silent map from the pooling head's inputs)."""
-    model = tiny_siglip(1)
-    text = torch.randn(2, model.config.vision_config.hidden_size)
+@pytest.mark.parametrize("family", ["SiglipModel", "CoCa"])
+def test_refused_without_class_token(name, family):
+    """SigLIP has no per-token projection into the joint space, and CoCa's class token is not its embedding (the
+    attentional pooler's first query is): refused in one line naming the method, the model class, why, and the
+    methods that work there, LeGrad among them (catches a silent map from the pooling head's inputs, or CoCa's
+    class token read as if it were the embedding)."""
+    from backbone_models import tiny_coca
+
+    model = tiny_siglip(1) if family == "SiglipModel" else tiny_coca()
+    text = torch.randn(2, model.config.vision_config.hidden_size if family == "SiglipModel" else 32)
     with pytest.raises(ValueError, match=rf"^{name} needs the image embedding to be the class token's row; "
-                                         r"SiglipModel pools its image embedding with an attention head instead "
+                                         rf"{family} pools its image embedding with an attention head instead "
                                          r"\(use grad_eclip, legrad, grad_cam, maskclip or rise\)$") as err:
         get_method(name)(model, torch.randn(1, 3, 32, 32), text)
     assert "\n" not in str(err.value)

@@ -15,7 +15,8 @@ from gradeclip import explain
 from gradeclip.backbones.base import backbone_of
 from gradeclip.methods.grad_eclip import grad_eclip_image_with_features
 
-from backbone_models import check_pooling_head_model, clip_tokenizer, naive_pooling_grad_eclip, tiny_open_clip_siglip
+from backbone_models import (check_pooling_head_model, clip_tokenizer, naive_pooling_grad_eclip, tiny_coca,
+                             tiny_open_clip_siglip)
 
 PROMPTS = ["a person walking", "a red car", "a tree"]
 
@@ -183,17 +184,9 @@ TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "lay
 
 @pytest.fixture(scope="module")
 def coca():
-    """A random open_clip ``CoCa`` (class token, then the attentional pooler; its first query is the embedding)."""
-    from open_clip.coca_model import CoCa
-
-    torch.manual_seed(9)  # a seed where the class token's key is the one nearest the probe's query (see below)
-    model = CoCa(32, multimodal_cfg=dict(TEXT, attn_pooler_heads=1),
-                 text_cfg=dict(TEXT, embed_cls=True, output_tokens=True),
-                 vision_cfg=dict(VISION_POOLER, output_tokens=True)).eval()
-    with torch.no_grad():
-        for p in model.visual.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    """A random open_clip ``CoCa`` (class token, then the attentional pooler; its first query is the embedding),
+    built with seed 9: the class token's key is the one nearest the probe's query (see below)."""
+    return tiny_coca(9)
 
 
 def _coca_embeds(v, pixels):
