@@ -17,6 +17,14 @@ On models pooled by an attention head (SigLIP, CoCa) the score of layer l is the
 post-norm, the probe's attention over all tokens, the head's MLP), and A^l is the probe's attention (B, heads, 1, L)
 in that pass, as the authors do for SigLIP; the columns of the patches are the map (a class token, CoCa's, is
 attended but not mapped).
+
+Layers and readout, against the authors' code (WalBouss/LeGrad, ``legrad/wrapper.py``): their wrapper's default
+``layer_index=-2`` explains the last two blocks of every model, ViT-B/16, ViT-B/32 and ViT-L/14 alike; the paper
+aggregates over all layers, as ``start_layer=0`` (the default here) does; ``start_layer=-2`` is their code's
+setting. Their CLIP path scores layer l by the mean of all of block l's tokens through ``ln_post`` and ``proj`` (and
+so averages the gradient over every row of A^l); here the score is the class token's, the model's own readout. On
+SigLIP and CoCa their head skips the trunk's final norm (SigLIP) or ``ln_post`` (CoCa); here the head is the model's
+own, so that the last layer's score is the model's score.
 """
 from __future__ import annotations
 
