@@ -39,8 +39,15 @@ def ref_cosine_weights(q_row, keys):
     return (s - s.min()) / (s.max() - s.min())
 
 
+def layer_scale(block, name):
+    """The per-channel gamma (W,) of an open_clip block's LayerScale ``ls_1``/``ls_2``; 1 where there is none."""
+    return getattr(getattr(block, name, None), "gamma", 1.0)
+
+
 def ref_image_maps(model, pixels, text_features, layers=1, heads=None, use_lambda=True):
+    """openai-clip's or open_clip's own ViT (LayerScale gammas applied where the blocks have them)."""
     visual = model.visual
+    batch_first = getattr(visual.transformer, "batch_first", False)
     blocks = list(visual.transformer.resblocks)
     patch = visual.conv1.kernel_size[0]
     gh, gw = pixels.shape[2] // patch, pixels.shape[3] // patch
@@ -58,7 +65,7 @@ def ref_image_maps(model, pixels, text_features, layers=1, heads=None, use_lambd
                 x = torch.cat([visual.class_embedding[None], x]) + torch.cat([pos[:1], grid_pos.flatten(2)[0].T])
                 x = visual.ln_pre(x)
                 for block in blocks[:len(blocks) - layers]:
-                    x = block(x[:, None])[:, 0]  # LND with N = 1
+                    x = block(x[None])[0] if batch_first else block(x[:, None])[:, 0]  # N = 1
             saved = []
             for block in blocks[len(blocks) - layers:]:
                 h = block.ln_1(x)
@@ -70,8 +77,8 @@ def ref_image_maps(model, pixels, text_features, layers=1, heads=None, use_lambd
                 if not o.requires_grad:
                     o.requires_grad_(True)
                 saved.append((q.detach(), k.detach(), v.detach(), o))
-                x = x + block.attn.out_proj(o)
-                x = x + block.mlp(block.ln_2(x))
+                x = x + layer_scale(block, "ls_1") * block.attn.out_proj(o)
+                x = x + layer_scale(block, "ls_2") * block.mlp(block.ln_2(x))
             emb = visual.ln_post(x[0]) @ visual.proj
             cos = emb @ text_features[kk] / (emb.norm() * text_features[kk].norm())
             cosines[b, kk] = cos.detach()
@@ -279,3 +286,41 @@ def test_resnet_clip_is_explained():
     rn.visual = torch.nn.Identity()
     with pytest.raises(TypeError, match=r"cannot explain this openai-clip image encoder \(Identity\)"):
         grad_eclip_image(rn, torch.randn(1, 3, 64, 64), torch.randn(1, 32))
+
+
+def test_open_clip_layer_scale_pieces_and_grad_eclip():
+    """open_clip's ViT built with LayerScale, every gamma random and not 1 (per channel, 0.3 .. 1.7): for each block
+    the Backbone's ``attention_out`` equals the block's own ``ls_1(attention(ln_1(x)))`` and ``finish`` the block's
+    own output; Grad-ECLIP over two blocks (non-square 3x5 grid, three prompts) equals the naive reference with the
+    gammas. Catches: LayerScale forgotten in ``attention_out`` (CLIP Surgery's and GEM's added paths) or in
+    ``finish`` (ls_1 or ls_2), a gamma applied twice, or applied to o before the out-projection."""
+    from open_clip.model import CLIP
+
+    from gradeclip.backbones.base import attend, backbone_of
+
+    torch.manual_seed(12)
+    model = CLIP(32, vision_cfg={"image_size": 32, "layers": 3, "width": 128, "patch_size": 8, "ls_init_value": 1.0},
+                 text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}).eval()
+    with torch.no_grad():
+        for block in model.visual.transformer.resblocks:
+            for ls in (block.ls_1, block.ls_2):
+                ls.gamma.copy_(0.3 + 1.4 * torch.rand_like(ls.gamma))
+    bb = backbone_of(model)
+    pixels, text = torch.randn(2, 3, 24, 40), torch.randn(3, 32)
+    with torch.no_grad():
+        x = bb.embed_image(pixels)
+        for i, block in enumerate(model.visual.transformer.resblocks):
+            q, k, v = bb.qkv(i, x)
+            o, _ = attend(q, k, v, bb.heads(i))
+            own = block.ls_1(block.attention(block.ln_1(x)))
+            torch.testing.assert_close(bb.attention_out(i, o), own, atol=1e-5, rtol=1e-5)
+            assert not torch.allclose(own, block.attention(block.ln_1(x)), atol=1e-3)  # the gammas matter
+            torch.testing.assert_close(bb.finish(i, x, o), block(x), atol=1e-5, rtol=1e-5)
+            x = block(x)
+    expected, cosines = ref_image_maps(model, pixels, text, layers=2)
+    maps = grad_eclip_image(model, pixels, text, layers=2)
+    assert expected.max() > 0
+    torch.testing.assert_close(maps, expected, atol=1e-6 * float(expected.max()), rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(F.normalize(bb.encode_pixels(pixels), dim=-1) @ F.normalize(text, dim=-1).T,
+                                   cosines, atol=1e-5, rtol=1e-5)
