@@ -9,10 +9,17 @@ What stays float32:
   ones run in reduced precision: the decomposed blocks, the score, its gradients and the maps (summed over layers)
   are float32 with autocast switched off (``methods/grad_eclip.py``). Other methods run under autocast throughout
   (their gradients carry reduced-precision rounding);
-- scores: the image features behind ``cosine`` and ``probs`` are recomputed once more per batch, exactly: the tokens
-  entering the last block (from a reduced-precision forward) are cast to float32 and the last block's readout and
-  the final projection run in float32 (``Backbone.readout``) — an extra forward of the blocks in reduced
-  precision, measured in ``benchmarks/precision.py``.
+- scores: the image features behind ``cosine`` and ``probs`` are a float32 readout of the last block: the tokens
+  entering it (from a reduced-precision forward) are cast to float32 and the last block's readout and the final
+  projection run in float32 (``Backbone.readout``). Grad-ECLIP with its defaults on a class-token model already
+  computes exactly that (its one decomposed block is the last, in float32, from the reduced-precision tokens
+  entering it), so its own features are used and no extra forward runs (``own_readout_is_exact``). Every other
+  case recomputes the features once more per batch (``exact_features``: the blocks before the last again in
+  reduced precision): other methods (their features are reduced-precision), Grad-ECLIP with ``layers`` > 1 (its
+  features would carry more float32 blocks, and a frame's score would depend on the option), with
+  ``single_head`` (scored by a second, reduced-precision forward) and on attention-pooling heads (its last block
+  ran in reduced precision; only the head is float32). So a frame's score is the same whatever the method.
+  Costs in ``benchmarks/precision.py``.
 
 The grad-cam package's methods (gradcam_pp, xgradcam, layercam, eigencam, scorecam) read activations as numpy,
 which has no bfloat16: they are refused under bf16/fp16. float16 needs a GPU: on CPU it is refused (bfloat16 works there). A model whose weights are not float32 (an
@@ -72,14 +79,25 @@ def exact_features(model, pixels: torch.Tensor, dtype: Optional[torch.dtype]) ->
         return model.readout(x.to(model.dtype), last).float()
 
 
+def own_readout_is_exact(method: str, model, options: dict) -> bool:
+    """True where ``method``'s own image features under reduced precision already are ``exact_features``' float32
+    readout of the last block: Grad-ECLIP on a class-token model (``model``: a ``Backbone``) with ``layers`` 1
+    and without ``single_head``."""
+    return (method == "grad_eclip" and model.has_class_token and options.get("layers", 1) == 1
+            and not options.get("single_head", False))
+
+
 def run_method_at(precision: str, method: str, model, pixels: torch.Tensor, text_features: torch.Tensor,
                   **options) -> Tuple[torch.Tensor, torch.Tensor]:
     """``run_method`` at ``precision`` (``model``: a ``Backbone``): returns (raw maps (B, K, h, w) float32, image
-    features (B, D)); under bf16/fp16 the maps come from the reduced-precision run and the features from
-    ``exact_features``. fp32 is ``run_method`` unchanged."""
+    features (B, D) float32); under bf16/fp16 the maps come from the reduced-precision run and the features are
+    the float32 readout of the last block (the method's own where ``own_readout_is_exact``, else
+    ``exact_features``). fp32 is ``run_method`` unchanged."""
     dtype = check_precision(precision, model, method)
     if dtype is None:
         return run_method(method, model, pixels, text_features, **options)
     with autocast(model, dtype):
-        raw, _ = run_method(method, model, pixels, text_features, **options)
+        raw, features = run_method(method, model, pixels, text_features, **options)
+    if own_readout_is_exact(method, model, options):
+        return raw.float(), features.float()
     return raw.float(), exact_features(model, pixels, dtype)

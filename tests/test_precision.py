@@ -273,3 +273,43 @@ def test_batch_folder_from_before_precision_resumes_as_fp32(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match="precision: 'fp32' -> 'bf16'"):
         check_run(tmp_path, settings | {"precision": "bf16"}, overwrite=False)
+
+
+def test_grad_eclip_skips_the_extra_readout_only_where_its_own_is_the_same():
+    """Under bf16, Grad-ECLIP with its defaults on a class-token model reports its own features (its decomposed
+    last block already ran in float32) and ``exact_features`` is not called; with single_head, layers=2, on
+    SigLIP's pooling head and for another method the features are ``exact_features``' (called once). Every case
+    is compared with a float32 readout of the last block computed here from ``Backbone`` pieces. Catches: the extra
+    forward kept for the default (the cost this saves), single_head scored by its bf16 second forward, layers=2
+    scored by its own float32 blocks (a frame's score then depends on the option), a pooling head's bf16 last
+    block reported."""
+    import gradeclip.precision as precision
+    from gradeclip.backbones.base import backbone_of
+
+    calls = []
+    original = precision.exact_features
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    torch.manual_seed(2)
+    pixels = torch.randn(2, 3, 24, 40)
+    clip_model = tiny_clip(vision_layers=3)
+    cases = [(clip_model, "grad_eclip", {}, 0), (clip_model, "grad_eclip", {"single_head": True}, 1),
+             (clip_model, "grad_eclip", {"layers": 2}, 1), (clip_model, "grad_cam", {}, 1),
+             (tiny_siglip(), "grad_eclip", {}, 1)]
+    for model, method, options, expected_calls in cases:
+        bb = backbone_of(model)
+        text = torch.randn(3, bb.output_dim)
+        with torch.no_grad():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                x = bb.tokens_before(pixels, bb.depth - 1)
+            readout = bb.readout(x.float(), bb.depth - 1)  # the last block, head and projection in float32
+        calls.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(precision, "exact_features", counted)
+            raw, features = precision.run_method_at("bf16", method, bb, pixels, text, **options)
+        assert len(calls) == expected_calls, (method, options)
+        assert raw.dtype == features.dtype == torch.float32
+        torch.testing.assert_close(features, readout, atol=2e-6, rtol=1e-5, msg=f"{method} {options}")
