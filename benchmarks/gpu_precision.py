@@ -24,6 +24,7 @@ from scipy.stats import spearmanr
 
 import gradeclip  # first: it imports openai-clip with its pkg_resources warning silenced
 from clip.model import CLIP
+from gradeclip.backbones.base import backbone_of
 from gradeclip.explain import explain_encoded
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -83,7 +84,7 @@ def rows_for(name, model, methods, frames, prompts, repeats, device, refusals):
     """Table rows (tuples of strings) of one model: every method in every precision; ``refusals`` (a set) gets the
     one-line reason of each refused cell."""
     model = model.to(device)
-    dim = gradeclip.backbones.base.backbone_of(model).output_dim
+    dim = backbone_of(model).output_dim
     text = torch.randn(len(prompts), dim, generator=torch.Generator().manual_seed(1)).to(device)
     rows = []
     for method in methods:
@@ -116,7 +117,10 @@ def print_table(rows):
     header = ("model", "method", "precision", "seconds", "÷ fp32", "Spearman min / median", "max |Δcos|",
               "max |Δprob|")
     widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"
+
+    def line(row):
+        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths)) + " |"
+
     print(line(header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
