@@ -28,39 +28,45 @@ def vit_b32() -> CLIP:
                 transformer_layers=12).eval()
 
 
-def timed(model, frames, prompts, precision: str, repeats: int):
-    """(best seconds of ``repeats`` runs, the last Explanation)."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
+def run_once(model, frames, prompts, precision: str, extra_readout: bool):
+    """(seconds, Explanation) of one ``explain`` call; ``extra_readout``: with the float32-readout forward that
+    Grad-ECLIP's own readout makes redundant (``precision.own_readout_is_exact`` switched off for the call)."""
+    own = precision_module.own_readout_is_exact
+    if extra_readout:
+        precision_module.own_readout_is_exact = lambda *_: False
+    try:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
         result = gradeclip.explain(model, frames, prompts, progress=False, precision=precision, input="native")
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        return time.perf_counter() - start, result
+    finally:
+        precision_module.own_readout_is_exact = own
 
 
 def measure(device: str, precisions, frames, prompts, repeats: int) -> None:
+    """Each configuration's best of ``repeats`` rounds; every round runs all configurations in turn, so that a load
+    that changes during the run (a shared machine) weighs on all of them alike."""
     model = vit_b32().to(device)
-    timed(model, frames[:1], prompts, "fp32", 1)  # warm-up (allocations, kernels)
-    base, full = timed(model, frames, prompts, "fp32", repeats)
-    print(f"{device}: fp32 {base:.3f} s for {len(frames)} frames x {len(prompts)} prompts")
+    configs = [("fp32", False)] + [(p, extra) for p in precisions for extra in (False, True)]
+    for precision, extra in configs:  # warm-up (allocations, kernels)
+        run_once(model, frames[:1], prompts, precision, extra)
+    best, results = {c: float("inf") for c in configs}, {}
+    for _ in range(repeats):
+        for config in configs:
+            seconds, results[config] = run_once(model, frames, prompts, *config)
+            best[config] = min(best[config], seconds)
+    base, full = best[("fp32", False)], results[("fp32", False)]
+    print(f"{device}: fp32 {base:.3f} s for {len(frames)} frames x {len(prompts)} prompts (best of {repeats})")
     for precision in precisions:
-        timed(model, frames[:1], prompts, precision, 1)
-        seconds, reduced = timed(model, frames, prompts, precision, repeats)
+        seconds, reduced = best[(precision, False)], results[(precision, False)]
+        extra, again = best[(precision, True)], results[(precision, True)]
         rho = min(spearmanr(full.maps[i, j].ravel(), reduced.maps[i, j].ravel())[0]  # frame-size maps, as tested
                   for i in range(full.raw.shape[0]) for j in range(full.raw.shape[1]))
         print(f"{device}: {precision} {seconds:.3f} s; time {precision}/fp32 = {seconds / base:.2f}; "
               f"min rank correlation {rho:.4f}; max |cosine difference| {np.abs(full.cosine - reduced.cosine).max():.2e}")
-        # the same run with the extra float32-readout forward that Grad-ECLIP's own readout makes redundant
-        own = precision_module.own_readout_is_exact
-        precision_module.own_readout_is_exact = lambda *_: False
-        try:
-            extra, again = timed(model, frames, prompts, precision, repeats)
-        finally:
-            precision_module.own_readout_is_exact = own
         print(f"{device}: {precision} with the extra readout forward {extra:.3f} s ({extra / base:.2f} of fp32); "
               f"without it / with it = {seconds / extra:.2f}; max |cosine difference| between the two "
               f"{np.abs(again.cosine - reduced.cosine).max():.1e}")
