@@ -54,8 +54,9 @@ def hf_backbone(model, tokenizer=None, name: str = "") -> Backbone:
         raise TypeError(f"expected {ACCEPTED_MODELS}; got transformers {type(model).__name__}, which has both towers "
                         f"but is none of the classes whose layers gradeclip decomposes ({DECOMPOSED}): where its "
                         f"attention, norms and pooling lie is not known")
-    raise TypeError(f"expected {ACCEPTED_MODELS}; got transformers {type(model).__name__} (use the full CLIPModel "
-                    f"or SiglipModel, which has both towers)")
+    raise TypeError(f"expected {ACCEPTED_MODELS}; got transformers {type(model).__name__}, which lacks an image or a "
+                    f"text tower (use the full CLIPModel or SiglipModel, which has both towers, or the full "
+                    f"CLIPSegModel, AltCLIPModel or ChineseCLIPModel)")
 
 
 def _layer_qkv(layer, x):
