@@ -53,11 +53,11 @@ def library_logits(bb, pixel_values, **kwargs):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_scores_are_the_library_forward(loaded, frames, family):
     """cosine and probs of ``explain`` with ``input="library"`` equal the library's ``model(input_ids,
-    attention_mask, pixel_values)`` on what the family's own image processor makes of the frames, for three prompts of
-    2, 10 and 6 words (padded by gradeclip to the tokenizer's limit, by the reference to the longest prompt).
-    Bugs caught: the attention mask dropped (XLM-R / BERT attend to the padding: off by 1e-1 here), AltCLIP read
-    after ``pre_LN`` without ``transformation`` or at the last token, Chinese-CLIP's processor (squash, no crop) or
-    CLIPSeg's (48 px, more patches than the trained 32, ImageNet mean) replaced by CLIP's crop at the trained size,
+    attention_mask, pixel_values)`` on what the family's own image processor makes of the frames, for three prompts
+    of 2, 10 and 6 words (padded by gradeclip to the tokenizer's limit, by the reference to the longest prompt).
+    Bugs caught: ``takes_attention_mask`` False on the bidirectional towers (padding attended: off by 1e-1 here),
+    CLIPSeg's processor refused or replaced by the trained 32 px (``library_any_size`` lost: its processor makes 48
+    px), the family dispatch handing AltCLIP/Chinese-CLIP to the plain CLIP adapter (no ``encoder.layers`` there),
     the softmax taken over frames instead of prompts."""
     bb = loaded[family]
     assert type(bb).__name__ == FAMILIES[family][2]
@@ -82,6 +82,22 @@ def test_image_features_at_a_non_square_grid_are_the_library_own(loaded, family)
         own = bb.model.get_image_features(pixel_values=pixels, interpolate_pos_encoding=True)
     own = own if isinstance(own, torch.Tensor) else own.pooler_output
     torch.testing.assert_close(bb.encode_pixels(pixels), own, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_model_objects_default_to_the_family_preprocessing(loaded, frames, family):
+    """A model object passed without its folder (no image processor) is normalised and, with ``input="library"``,
+    resized as the family's checkpoints ship (the folders' processors: CLIPSeg ImageNet mean and std, AltCLIP CLIP's
+    crop, Chinese-CLIP CLIP's mean squashed without a crop): its cosines equal the folder's. Bugs caught: CLIPSeg
+    given CLIP's mean, Chinese-CLIP's ``crop`` True (a centre crop of the 40 x 56 frames instead of the whole)."""
+    folder = loaded[family]
+    bare = backbone_of(folder.model, folder.tokenizer)
+    assert not hasattr(bare, "image_processor")
+    modes = ["native"] + ([] if family == "clipseg" else ["library"])  # CLIPSeg's own processor is 48 px, not 32
+    for mode in modes:
+        want = gradeclip.explain(folder, frames, PROMPTS, input=mode, progress=False).cosine
+        got = gradeclip.explain(bare, frames, PROMPTS, input=mode, progress=False).cosine
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5, err_msg=mode)
 
 
 def naive_grad_eclip(bb, pixels, text_features):
@@ -140,8 +156,9 @@ def naive_grad_eclip(bb, pixels, text_features):
 def test_grad_eclip_equals_the_naive_reference(loaded, family):
     """Grad-ECLIP on a non-square input (24 x 40: 3 x 5 patches), K = 3 prompts whose text features are the
     library's (the padded prompts' mask used), equals ``naive_grad_eclip``, and the maps differ between prompts.
-    Bugs caught: the class token included in lambda's min-max, heads split along the wrong axis, the ReLU taken per
-    head, the map read at the wrong token (off by one), the grid transposed."""
+    Bugs caught: an adapter reading another norm or projection than the library's (e.g. ``post_layernorm`` skipped,
+    ``text_projection`` for ``visual_projection``), positions interpolated to (w, h), the class token included in
+    lambda's min-max, the ReLU taken per head."""
     bb = loaded[family]
     pixels = torch.randn(1, 3, 24, 40, generator=torch.Generator().manual_seed(7))
     text = gradeclip.encode_prompts(bb, PROMPTS)

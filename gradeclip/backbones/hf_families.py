@@ -48,9 +48,6 @@ class _BidirectionalTextBackbone(HFClipBackbone):
         self.text_depth = len(self.text_blocks)
         self.context_length = self._text_positions(model.config.text_config)
 
-    def text_query(self, tokens):
-        return tokens.new_zeros(tokens.shape[:1])  # the first token (<s> or [CLS]) is read
-
     def text_embed(self, tokens):
         raise ValueError(f"word importance needs a CLIP-style text tower (causal, read at the end-of-text token); "
                          f"{type(self.model).__name__}'s text tower ({self.tower}) is bidirectional, post-norm and "
