@@ -57,14 +57,16 @@ def test_scores_are_the_library_forward(loaded, frames, family):
     of 2, 10 and 6 words (padded by gradeclip to the tokenizer's limit, by the reference to the longest prompt).
     Bugs caught: ``takes_attention_mask`` False on the bidirectional towers (padding attended: off by 1e-1 here),
     CLIPSeg's processor refused or replaced by the trained 32 px (``library_any_size`` lost: its processor makes 48
-    px), the family dispatch handing AltCLIP/Chinese-CLIP to the plain CLIP adapter (no ``encoder.layers`` there),
-    the softmax taken over frames instead of prompts."""
+    px), or its input size reported as 32, the family dispatch handing AltCLIP/Chinese-CLIP to the plain CLIP
+    adapter (no ``encoder.layers`` there), the softmax taken over frames instead of prompts."""
     bb = loaded[family]
     assert type(bb).__name__ == FAMILIES[family][2]
     result = gradeclip.explain(bb, frames, PROMPTS, input="library", progress=False)
     from PIL import Image
     pixel_values = bb.image_processor(images=[Image.fromarray(f) for f in frames], return_tensors="pt")["pixel_values"]
     assert pixel_values.shape[-1] == (48 if family == "clipseg" else 32)
+    assert result.view.size == tuple(pixel_values.shape[-2:])  # what the figure and sidecar say the input was
+    assert result.raw.shape[-2:] == tuple(s // bb.patch_size for s in pixel_values.shape[-2:])
     logits = library_logits(bb, pixel_values, interpolate_pos_encoding=family == "clipseg")
     cosine = (logits / bb.model.logit_scale.exp()).detach().numpy()
     np.testing.assert_allclose(result.cosine, cosine, rtol=0, atol=1e-5)
