@@ -4,8 +4,8 @@ Per backbone (openai-clip ViT-B/32, open_clip ViT-B-32, transformers CLIPModel V
 base patch16 224, open_clip ViT-B-16-SigLIP with its timm tower, open_clip coca_ViT-B-32, openai-clip and open_clip
 RN50, transformers CLIPSegModel, AltCLIPModel and ChineseCLIPModel with ViT-B/16 image towers at 224, small text
 towers, which are not timed): the library's own image forward (``encode_image`` / ``get_image_features``, no
-autograd) on a batch of frames at the native resolution, then Grad-ECLIP as ``explain`` runs it (``run_method``: maps and image features of one forward) with 1 and 16 prompts on
-the same batch. Targets: 1 prompt <= 1.3x the forward, 16 prompts <= 1.5x 1 prompt. Timings are medians of
+autograd) on a batch of frames at the native resolution, then Grad-ECLIP as ``explain`` runs it (``run_method``:
+maps and image features of one forward) with 1 and 16 prompts on the same batch. Targets: 1 prompt <= 1.3x the forward, 16 prompts <= 1.5x 1 prompt. Timings are medians of
 --repeats rounds in one process (the three take turns); each backbone ends with a line
 ``BACKBONE grad_eclip_vs_forward=R prompts_16_vs_1=S``.
 
