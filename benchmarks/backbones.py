@@ -5,9 +5,9 @@ base patch16 224, open_clip ViT-B-16-SigLIP with its timm tower, open_clip coca_
 RN50, transformers CLIPSegModel, AltCLIPModel and ChineseCLIPModel with ViT-B/16 image towers at 224, small text
 towers, which are not timed): the library's own image forward (``encode_image`` / ``get_image_features``, no
 autograd) on a batch of frames at the native resolution, then Grad-ECLIP as ``explain`` runs it (``run_method``:
-maps and image features of one forward) with 1 and 16 prompts on the same batch. Targets: 1 prompt <= 1.3x the forward, 16 prompts <= 1.5x 1 prompt. Timings are medians of
---repeats rounds in one process (the three take turns); each backbone ends with a line
-``BACKBONE grad_eclip_vs_forward=R prompts_16_vs_1=S``.
+maps and image features of one forward) with 1 and 16 prompts on the same batch. Targets: 1 prompt <= 1.3x the
+forward, 16 prompts <= 1.5x 1 prompt. Timings are medians of --repeats rounds in one process (the three take
+turns); each backbone ends with a line ``BACKBONE grad_eclip_vs_forward=R prompts_16_vs_1=S``.
 
     python benchmarks/backbones.py [--frames 8] [--repeats 3] [--only openai,open_clip,hf_clip,hf_siglip,...]
 """
