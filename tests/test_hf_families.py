@@ -257,3 +257,20 @@ def test_cli_explain_on_each_family(folders, tmp_path, capsys):
         record = json.loads(next(out.glob("*_scores.json")).read_text())
         assert record["library"] == "transformers" and record["model"] == f"hf:{folder}"
         assert "(transformers)" in capsys.readouterr().out
+
+
+def test_every_method_runs_with_the_model_own_cosine(loaded, frames):
+    """Every method of the CLI but Score-CAM (the grad-cam package's, on the layer its other CAMs use; 64 forwards per
+    map) on AltCLIP (Chinese-CLIP's adapter differs only in its text tower's names): maps of the frame's grid (40 x 56
+    native: 5 x 7 patches), finite, and the cosine the model's own (``similarity`` at the same input). Bug caught: a
+    method reaching a text-tower piece these adapters lack (``text_model.encoder.layers``) or scoring with unmasked
+    text features."""
+    from gradeclip.cli import METHOD_NAMES
+
+    bb, frame = loaded["altclip"], frames[:1]
+    own = gradeclip.similarity(bb, frame, PROMPTS)[0]  # (cosine, probs)
+    for method in sorted(set(METHOD_NAMES) - {"scorecam"}):
+        options = {"n_masks": 8} if method == "rise" else {}
+        result = gradeclip.explain(bb, frame, PROMPTS, method=method, progress=False, **options)
+        assert result.raw.shape == (1, 3, 5, 7) and np.isfinite(result.raw).all(), method
+        np.testing.assert_allclose(result.cosine, own, rtol=0, atol=1e-5, err_msg=method)
