@@ -231,18 +231,84 @@ def test_clipseg_segmentation_model_refused_and_its_clip_explained(frames):
                                atol=1e-5)
 
 
-def test_word_importance(loaded, frames):
-    """CLIPSeg's text tower is CLIP's: word importance gives one weight per word token, summing to 1. The
-    bidirectional towers (AltCLIP's XLM-R, Chinese-CLIP's BERT) refuse in one line naming the tower. Bug caught:
-    a BERT tower decomposed as if causal and read at the end token (numbers for a score the model never makes)."""
-    pairs = gradeclip.word_importance(loaded["clipseg"], frames[0], "a photo of two red cats", layers=2)
-    assert [w for w, _ in pairs] == ["a", "photo", "of", "two", "red", "cats"]
-    assert abs(sum(v for _, v in pairs) - 1) < 1e-5
-    for family, tower in [("altclip", "XLM-R"), ("chinese_clip", "BERT")]:
-        with pytest.raises(ValueError, match=f"text tower \\({tower}\\) is bidirectional, post-norm and read at its "
-                                             f"first token") as err:
-            gradeclip.word_importance(loaded[family], frames[0], "a dog")
-        assert "\n" not in str(err.value)
+def naive_word_weights(bb, pixels, prompt, layers):
+    """Grad-ECLIP word weights of one prompt on a BERT-style text tower (AltCLIP, Chinese-CLIP), with loops, on the
+    library's own modules: the prompt tokenized alone (no padding), the tokens entering the first decomposed layer
+    caught by a hook on ``get_text_features``; in each of the last ``layers`` layers, per head, o = softmax(q k^T /
+    sqrt(d)) v, then LayerNorm(dense(o) + x) and the feed-forward; the text feature read at the first token through
+    the family's pooling; w = d cos / d o at the first token (autograd); token t's relevance ReLU(sum over layers and
+    heads of sum_c w_c v_tc * lambda_t), lambda_t the first token's query-key cosine min-max normalised over all
+    tokens; the words (between the first and the last token) normalised to sum 1."""
+    tm, model = bb.model.text_model, bb.model
+    blocks = tm.roberta.encoder.layers if hasattr(tm, "roberta") else tm.encoder.layer
+    ids = bb.tokenizer([prompt], return_tensors="pt")["input_ids"]
+    first = len(blocks) - layers
+    seen = []
+    handle = blocks[first].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        own = model.get_text_features(input_ids=ids).pooler_output[0]
+        image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output[0], dim=0)
+    handle.remove()
+    x = seen[0][0].detach()  # (T, W)
+    records = []
+    for block in blocks[first:]:
+        a = block.attention.self
+        heads, d = a.num_attention_heads, a.attention_head_size
+        q, k, v = a.query(x), a.key(x), a.value(x)
+        o = torch.cat([torch.softmax(q[:, h * d:(h + 1) * d] @ k[:, h * d:(h + 1) * d].T * d ** -0.5, dim=-1)
+                       @ v[:, h * d:(h + 1) * d] for h in range(heads)], dim=1)
+        if not o.requires_grad:
+            o.requires_grad_(True)
+        records.append((q, k, v, o, heads, d))
+        h1 = block.attention.output.LayerNorm(block.attention.output.dense(o) + x)
+        x = block.output.LayerNorm(block.output.dense(block.intermediate(h1)) + h1)
+    row = x[0]
+    feature = model.text_projection(tm.transformation(tm.pre_LN(row)) if hasattr(tm, "pre_LN") else row)
+    torch.testing.assert_close(feature.detach(), own, rtol=0, atol=2e-6)  # the reference is the library's forward
+    cos = F.cosine_similarity(feature, image, dim=0)
+    grads = torch.autograd.grad(cos, [r[3] for r in records])
+    count = ids.shape[1]
+    total = torch.zeros(count)
+    for (q, k, v, _, heads, d), grad in zip(records, grads):
+        w = grad[0]
+        qk = torch.stack([F.cosine_similarity(q[0], k[t], dim=0) for t in range(count)]).detach()
+        lam = (qk - qk.min()) / (qk.max() - qk.min())
+        for t in range(count):
+            total[t] += sum((w[h * d:(h + 1) * d] * v[t, h * d:(h + 1) * d]).sum() for h in range(heads)) * lam[t]
+    words = torch.relu(total)[1:count - 1]
+    return words / words.sum() if words.sum() > 0 else words
+
+
+@pytest.mark.parametrize("family", ["altclip", "chinese_clip"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_bidirectional_word_importance_equals_the_naive_reference(loaded, family, layers):
+    """Word weights of three padded prompts (2, 10 and 6 words, one call) equal ``naive_word_weights`` of each
+    prompt alone, for the last layer and for both. Bugs caught: padding attended (``text_lengths`` ignored: every
+    weight moves), the query read at the end token instead of the first, the words cut at the first token (none) or
+    including the end token, the post-norm block run as pre-norm, AltCLIP's ``pre_LN``/``transformation`` skipped."""
+    from gradeclip.methods.grad_eclip import grad_eclip_text
+
+    bb = loaded[family]
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(15))  # several words weighted
+    tokens = bb.tokenize(PROMPTS)
+    got = grad_eclip_text(bb, pixels, tokens, layers=layers)
+    assert [len(g) for g in got] == [len(bb.tokenizer([p])["input_ids"][0]) - 2 for p in PROMPTS]
+    spread = 0
+    for prompt, weights in zip(PROMPTS, got):
+        want = naive_word_weights(bb, pixels, prompt, layers)
+        spread += int((want > 0).sum() > 1)
+        torch.testing.assert_close(weights, want, rtol=1e-4, atol=1e-6)
+    assert spread >= 2  # at least two prompts with several weighted words: a shift of words would show
+
+
+def test_word_importance_words(loaded, frames):
+    """``word_importance`` pairs each word token with its weight, summing to 1: CLIPSeg (CLIP's causal tower) and
+    AltCLIP (XLM-R's ▁ pieces decoded without the marker). Bug caught: the words read up to the query token (none
+    for a tower read at its first token) or including the end token."""
+    for family in ("clipseg", "altclip"):
+        pairs = gradeclip.word_importance(loaded[family], frames[0], "a photo of two red cats", layers=2)
+        assert [w for w, _ in pairs] == ["a", "photo", "of", "two", "red", "cats"], family
+        assert abs(sum(v for _, v in pairs) - 1) < 1e-5, family
 
 
 def test_cli_explain_on_each_family(folders, tmp_path, capsys):

@@ -19,12 +19,12 @@ every image method are ``HFClipBackbone``'s. What differs:
   image transform resizes the frame to the square input without cropping (the original Chinese-CLIP's).
 
 The bidirectional text towers are encoded by the library's own ``get_text_features`` with the tokenizer's attention
-mask (without it padding tokens are attended and every score moves); word importance, which decomposes causal towers
-read at the end-of-text token, refuses them in one line.
+mask (without it padding tokens are attended and every score moves). Word importance decomposes them read at their
+first token, each prompt without its padding.
 """
 from __future__ import annotations
 
-from .hf import HFClipBackbone
+from .hf import HFClipBackbone, _run_layer
 from .pixels import CLIP_MEAN, CLIP_STD
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -38,48 +38,90 @@ class CLIPSegBackbone(HFClipBackbone):
 
 
 class _BidirectionalTextBackbone(HFClipBackbone):
-    """CLIP's image tower with a BERT-style text tower read at its first token (AltCLIP, Chinese-CLIP)."""
+    """CLIP's image tower with a BERT-style text tower read at its first token (AltCLIP, Chinese-CLIP).
 
-    tower = "?"
+    Text blocks are post-norm: q, k, v (``attention.self.query/key/value``) from the block's input itself; after
+    attention ``attention.output``: LayerNorm(dense(o) + x); then ``output``: LayerNorm(dense(intermediate(h)) + h).
+    Word importance decomposes each prompt alone without its trailing padding (the library masks it: the same
+    numbers, no mask needed), read at the first token; the words lie between it and the end token."""
 
     def _text_tower(self, model):
         self.tm = model.text_model
         self.text_blocks = self._text_layers()
         self.text_depth = len(self.text_blocks)
         self.context_length = self._text_positions(model.config.text_config)
+        self.pad_id = model.config.text_config.pad_token_id
+
+    def text_lengths(self, tokens):
+        return (tokens != self.pad_id).sum(dim=1)  # the tokenizer pads on the right
+
+    def text_query(self, tokens):
+        return tokens.new_zeros(tokens.shape[:1])  # <s> / [CLS]
+
+    def text_word_end(self, tokens):
+        return self.text_lengths(tokens) - 1  # </s> / [SEP]
+
+    def text_mask(self, length, device, dtype):
+        return None  # bidirectional; padding is dropped before decomposing (text_lengths)
 
     def text_embed(self, tokens):
-        raise ValueError(f"word importance needs a CLIP-style text tower (causal, read at the end-of-text token); "
-                         f"{type(self.model).__name__}'s text tower ({self.tower}) is bidirectional, post-norm and "
-                         f"read at its first token, which gradeclip does not decompose")
+        return self._text_embeddings()(input_ids=tokens)  # the library's: word + token type + position, LayerNorm
+
+    def text_run_blocks(self, x, start, stop):
+        for layer in self.text_blocks[start:stop]:
+            x = _run_layer(layer, x)
+        return x
+
+    def text_heads(self, i):
+        return self.text_blocks[i].attention.self.num_attention_heads
+
+    def text_qkv(self, i, x):
+        a = self.text_blocks[i].attention.self
+        return a.query(x), a.key(x), a.value(x)
+
+    def text_finish(self, i, x, o):
+        block = self.text_blocks[i]
+        after = block.attention.output
+        h = after.LayerNorm(after.dense(o) + x)
+        return block.output.LayerNorm(block.output.dense(block.intermediate(h)) + h)
 
 
 class AltCLIPBackbone(_BidirectionalTextBackbone):
     """``AltCLIPModel``: CLIP's image tower, XLM-R's text tower (``text_model.roberta``)."""
 
     mean, std, crop = CLIP_MEAN, CLIP_STD, True
-    tower = "XLM-R"
 
     def _text_layers(self):
         return self.tm.roberta.encoder.layers
 
+    def _text_embeddings(self):
+        return self.tm.roberta.embeddings  # positions counted from pad id + 1 over the non-pad tokens
+
     @staticmethod
     def _text_positions(config):
         return config.max_position_embeddings - config.pad_token_id - 1  # positions start after the pad id
+
+    def text_pool(self, rows):
+        return self.model.text_projection(self.tm.transformation(self.tm.pre_LN(rows)))
 
 
 class ChineseCLIPBackbone(_BidirectionalTextBackbone):
     """``ChineseCLIPModel``: CLIP's image tower, BERT's text tower; the square input is not cropped."""
 
     mean, std, crop = CLIP_MEAN, CLIP_STD, False
-    tower = "BERT"
 
     def _text_layers(self):
         return self.tm.encoder.layer
 
+    def _text_embeddings(self):
+        return self.tm.embeddings
+
     @staticmethod
     def _text_positions(config):
         return config.max_position_embeddings
+
+    def text_pool(self, rows):
+        return self.model.text_projection(rows)
 
 
 FAMILIES = {"CLIPSegModel": CLIPSegBackbone, "AltCLIPModel": AltCLIPBackbone,
