@@ -210,11 +210,18 @@ def test_altclip_context_is_512_positions(loaded):
     assert torch.isfinite(features).all()
 
 
-def test_clipseg_segmentation_model_refused_and_its_clip_explained(frames):
+def test_clipseg_segmentation_model_refused_and_its_clip_explained(frames, tmp_path):
     """``CLIPSegForImageSegmentation`` is refused in one line that names ``model.clip``; its ``.clip`` is explained
-    with scores equal to the library's forward. Bug caught: the segmentation model let through to fail deep inside
-    (it has no ``vision_model`` at the top), or refused with the generic "use the full CLIPModel" advice."""
+    with scores equal to the library's forward; a folder saved from the segmentation model (what CLIPSeg's
+    checkpoints are) loads with ``hf:FOLDER`` as its CLIP. Bug caught: the segmentation model let through to fail
+    deep inside (it has no ``vision_model`` at the top), or refused with the generic "use the full CLIPModel"
+    advice; the folder's weights not those of ``.clip``."""
     seg = tiny_clipseg(segmentation=True)
+    loaded_seg, _ = gradeclip.load_clip("hf:" + save_clipseg(seg, tmp_path / "seg"), device="cpu")
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded_seg.encode_pixels(pixels),
+                                   seg.clip.get_image_features(pixel_values=pixels).pooler_output, rtol=0, atol=0)
     with pytest.raises(TypeError, match=r"^got transformers CLIPSegForImageSegmentation, .*pass its CLIP, model\.clip "
                                         r"\(a CLIPSegModel\)") as err:
         backbone_of(seg)
