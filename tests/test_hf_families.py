@@ -1,6 +1,7 @@
-"""CLIPSeg, AltCLIP and Chinese-CLIP (transformers): scores equal the library's own forward, Grad-ECLIP equals a naive
-loop reference on a non-square frame, the text attention mask is used, ``hf:FOLDER`` and the CLI work, and what
-cannot be explained is refused in one line. Tiny random models saved as folders (``hf_family_models.py``), offline.
+"""CLIPSeg, AltCLIP and Chinese-CLIP (transformers): scores equal the library's own forward, Grad-ECLIP and the
+bidirectional towers' word importance equal naive loop references, the text attention mask is used, ``hf:FOLDER``
+and the CLI work, and the segmentation model is refused in one line. Tiny random models saved as folders
+(``hf_family_models.py``), offline.
 """
 import json
 
