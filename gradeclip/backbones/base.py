@@ -78,8 +78,9 @@ scale where the block has one, of o: the attention's residual term alone); ``poo
     ``pool_qkv(x)`` -> the probe's q (B, 1, W), k, v and ``pool_finish(o)`` (B, R, W) -> (B, R, D). Text side:
     ``text_embed(tokens)``, ``text_run_blocks``, ``text_heads``, ``text_qkv``, ``text_finish``,
     ``text_mask(T, device, dtype)`` (additive or None), ``text_query(tokens)`` -> (K,) pooled position,
-    ``text_pool(rows)`` (K, W) -> (K, D); ``text_word_end`` and ``text_lengths`` where the defaults do not hold. Under a pooling head the keys and values of ``pool_qkv`` span all tokens,
-    the first ``prefix`` of them (a class token) before the patches.
+    ``text_pool(rows)`` (K, W) -> (K, D); ``text_word_end`` and ``text_lengths`` where the defaults do not hold.
+    Under a pooling head the keys and values of ``pool_qkv`` span all tokens, the first ``prefix`` of them (a class
+    token) before the patches.
     """
 
     library = "?"
