@@ -177,8 +177,8 @@ def word_importance(model, frame: FramesLike, prompt: str, *, layers: int = 8, s
     """Grad-ECLIP weight of each word token of ``prompt`` for one frame.
 
     The frame (uint8 RGB (H, W, 3) or PIL image) goes through the library's own preprocessing (CLIP: resize,
-    centre crop). Needs a CLIP-style text tower (not SigLIP's). Returns a list of ``(token, weight)`` pairs in
-    prompt order, weights float summing to 1 (or all 0).
+    centre crop). Needs a CLIP-style text tower, or AltCLIP's or Chinese-CLIP's (not SigLIP's). Returns a list of
+    ``(token, weight)`` pairs in prompt order, weights float summing to 1 (or all 0).
     """
     model = backbone_of(model, tokenizer)
     frames = as_frames(frame)

@@ -335,11 +335,11 @@ def test_load_clip_accepts_resnet_checkpoints_and_folders(tmp_path, rn):
 def test_transformers_refusal_names_the_class_honestly():
     """Bug caught: a transformers model with both towers told to "use the full CLIPModel ..., which has both
     towers" (the issue's wrong message); a vision tower alone is still told so."""
-    both = type("AltCLIPModel", (), {"__module__": "transformers.models.altclip",
-                                     "get_text_features": lambda self: None, "get_image_features": lambda self: None})
+    both = type("FlavaModel", (), {"__module__": "transformers.models.flava",
+                                   "get_text_features": lambda self: None, "get_image_features": lambda self: None})
     with pytest.raises(TypeError) as err:
         backbone_of(both())
-    assert "has both towers but is neither a CLIPModel nor a SiglipModel" in str(err.value)
+    assert "has both towers but is none of the classes whose layers gradeclip decomposes" in str(err.value)
     assert "use the full" not in str(err.value) and "\n" not in str(err.value)
     vision = type("CLIPVisionModel", (), {"__module__": "transformers.models.clip"})
     with pytest.raises(TypeError, match="use the full CLIPModel or SiglipModel, which has both towers"):

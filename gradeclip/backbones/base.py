@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from .tokens import call_tokenizer, check_prompts, tokenizer_inputs  # noqa: F401 (call_tokenizer: public name)
 
 ACCEPTED_MODELS = ("an openai-clip clip.model.CLIP (ViT or ResNet), an open_clip CLIP, CustomTextCLIP or CoCa, "
-                   "a transformers CLIPModel or SiglipModel, or a gradeclip Backbone")
+                   "a transformers CLIPModel, SiglipModel, CLIPSegModel, AltCLIPModel or ChineseCLIPModel, "
+                   "or a gradeclip Backbone")
 
 
 def interpolate_grid(patches: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
@@ -77,8 +78,9 @@ scale where the block has one, of o: the attention's residual term alone); ``poo
     ``pool_qkv(x)`` -> the probe's q (B, 1, W), k, v and ``pool_finish(o)`` (B, R, W) -> (B, R, D). Text side:
     ``text_embed(tokens)``, ``text_run_blocks``, ``text_heads``, ``text_qkv``, ``text_finish``,
     ``text_mask(T, device, dtype)`` (additive or None), ``text_query(tokens)`` -> (K,) pooled position,
-    ``text_pool(rows)`` (K, W) -> (K, D). Under a pooling head the keys and values of ``pool_qkv`` span all tokens,
-    the first ``prefix`` of them (a class token) before the patches.
+    ``text_pool(rows)`` (K, W) -> (K, D); ``text_word_end`` and ``text_lengths`` where the defaults do not hold.
+    Under a pooling head the keys and values of ``pool_qkv`` span all tokens, the first ``prefix`` of them (a class
+    token) before the patches.
     """
 
     library = "?"
@@ -205,9 +207,19 @@ scale where the block has one, of o: the attention's residual term alone); ``poo
             return self.encode_text(ids, attention_mask=mask).float()
         return self.encode_text(ids).float()
 
+    def text_word_end(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(K,) position of the token that ends the words of each prompt (K, T): the query token (CLIP's end of
+        text) unless the tower is read elsewhere."""
+        return self.text_query(tokens)
+
+    def text_lengths(self, tokens: torch.Tensor) -> Optional[torch.Tensor]:
+        """(K,) tokens of each prompt that a bidirectional text tower attends to (the rest is padding its library
+        masks), or None where padding cannot change the score (causal towers read before it)."""
+        return None
+
     def token_words(self, tokens: torch.Tensor) -> list:
-        """The word tokens (strings) of one tokenised prompt (T,), between its start token and its query token."""
-        end = int(self.text_query(tokens[None])[0])
+        """The word tokens (strings) of one tokenised prompt (T,), between its start token and its last word."""
+        end = int(self.text_word_end(tokens[None])[0])
         ids = tokens[1:end].tolist()
         decode = getattr(getattr(self.tokenizer, "tokenizer", self.tokenizer), "decode", None)
         if decode is not None:

@@ -1,4 +1,5 @@
-"""Adapter for Hugging Face ``transformers``: ``CLIPModel`` and ``SiglipModel`` (separate q, k, v projections).
+"""Adapter for Hugging Face ``transformers``: ``CLIPModel`` and ``SiglipModel`` (separate q, k, v projections);
+CLIPSeg, AltCLIP and Chinese-CLIP build on ``HFClipBackbone`` in ``hf_families.py``.
 
 CLIP: class token, ``pre_layrnorm``, encoder layers, ``post_layernorm`` on the class token, ``visual_projection``;
 the text is read at the end-of-text token. SigLIP: no class token; after ``post_layernorm`` the attention-pooling
@@ -17,6 +18,7 @@ from .base import Backbone, interpolate_grid
 from .pixels import CLIP_MEAN, CLIP_STD
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+DECOMPOSED = "CLIPModel, SiglipModel, XCLIPModel, CLIPSegModel, AltCLIPModel, ChineseCLIPModel"
 
 
 def _features(out) -> torch.Tensor:
@@ -43,12 +45,18 @@ def hf_backbone(model, tokenizer=None, name: str = "") -> Backbone:
     if "XCLIPModel" in names:  # a video CLIP: its adapter registers here, transformers imported by the model
         from .xclip import XClipBackbone
         return XClipBackbone(model, tokenizer, name)
+    from .hf_families import family_backbone  # CLIPSeg, AltCLIP, Chinese-CLIP; imports this module, hence here
+    family = family_backbone(model, tokenizer, name, names)
+    if family is not None:
+        return family
     from .base import ACCEPTED_MODELS
     if hasattr(model, "get_text_features") and hasattr(model, "get_image_features"):  # both towers, another class
         raise TypeError(f"expected {ACCEPTED_MODELS}; got transformers {type(model).__name__}, which has both towers "
-                        f"but is neither a CLIPModel nor a SiglipModel, whose layers gradeclip decomposes")
-    raise TypeError(f"expected {ACCEPTED_MODELS}; got transformers {type(model).__name__} (use the full CLIPModel "
-                    f"or SiglipModel, which has both towers)")
+                        f"but is none of the classes whose layers gradeclip decomposes ({DECOMPOSED}): where its "
+                        f"attention, norms and pooling lie is not known")
+    raise TypeError(f"expected {ACCEPTED_MODELS}; got transformers {type(model).__name__}, which lacks an image or a "
+                    f"text tower (use the full CLIPModel or SiglipModel, which has both towers, or the full "
+                    f"CLIPSegModel, AltCLIPModel or ChineseCLIPModel)")
 
 
 def _layer_qkv(layer, x):
@@ -78,6 +86,10 @@ class _HFBackbone(Backbone):
         self.patch_size = emb.patch_embedding.kernel_size[0]
         self.resolution = model.config.vision_config.image_size
         self.depth = len(self.layers)
+        self._text_tower(model)
+
+    def _text_tower(self, model):
+        """The text tower's pieces: ``tm``, its blocks, their count and the positions a prompt may fill."""
         self.tm = model.text_model
         self.text_blocks = self.tm.encoder.layers
         self.text_depth = len(self.text_blocks)

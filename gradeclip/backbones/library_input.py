@@ -107,10 +107,11 @@ def _transformers(backbone) -> LibraryInput:
     size = dict(processor.size)
     crop = dict(processor.crop_size) if getattr(processor, "do_center_crop", False) else None
     out = (crop["height"], crop["width"]) if crop else (size.get("height"), size.get("width"))
-    if set(size) - {"shortest_edge", "height", "width"} or out != (backbone.resolution,) * 2:
+    # a library that interpolates positions at any size (CLIPSeg) takes any square input its processor makes
+    side = out[0] if getattr(backbone, "library_any_size", False) and isinstance(out[0], int) else backbone.resolution
+    if set(size) - {"shortest_edge", "height", "width"} or out != (side, side):
         raise ValueError(f"input='library' supports image processors that resize to 'shortest_edge' or 'height'/"
-                         f"'width' and give the model's square input {backbone.resolution}; this one has size "
-                         f"{size}, crop {crop}")
+                         f"'width' and give the model's square input {side}; this one has size {size}, crop {crop}")
 
     def geometry(height, width):
         resized = shortest_side(height, width, size["shortest_edge"]) if "shortest_edge" in size \
@@ -122,7 +123,7 @@ def _transformers(backbone) -> LibraryInput:
         return processor(images=image, return_tensors="pt")["pixel_values"][0]
 
     rule = "shortest + centre crop" if crop else "squash"
-    return LibraryInput(transform, geometry, backbone.resolution, rule)
+    return LibraryInput(transform, geometry, side, rule)
 
 
 def library_input(backbone) -> LibraryInput:

@@ -5,7 +5,8 @@ relevance of token i is
 
     H_i = ReLU( sum_c  w_c * v_{i,c} * lambda_i ),   w = d cosine / d o[query row]
 
-where the query row is the class token (image) or the end-of-text token (text), and lambda_i is the cosine between
+where the query row is the class token (image) or the token the text tower is read at (CLIP's end-of-text token;
+the first token of AltCLIP's and Chinese-CLIP's bidirectional towers), and lambda_i is the cosine between
 q[query row] and k_i, min-max normalised over the tokens ("spatial weight"). Image maps are summed over the last
 ``layers`` blocks after the ReLU of each; word weights are summed over layers before the ReLU, as the paper's code
 does.
@@ -180,10 +181,12 @@ def grad_eclip_text(model, pixels: torch.Tensor, tokens: torch.Tensor, *, layers
     """Grad-ECLIP word importance of K prompts for one image.
 
     ``model``: as for ``grad_eclip_image``, with a CLIP-style text tower (causal, read at the end-of-text token:
-    openai-clip, open_clip, transformers ``CLIPModel``). ``pixels``: (1, 3, S, S) preprocessed image (the
-    library's own transform); its embedding is the ordinary image forward. ``tokens``: (K, T) token ids as the
-    model's tokenizer gives them (T the tokenizer's length, at most the tower's positions). The end-of-text token
-    is the query; keys and values span the whole sequence; the last ``layers`` text blocks are decomposed.
+    openai-clip, open_clip, transformers ``CLIPModel``) or a bidirectional one read at its first token (AltCLIP,
+    Chinese-CLIP: each prompt is decomposed alone, without its padding, which the library masks). ``pixels``:
+    (1, 3, S, S) preprocessed image (the library's own transform); its embedding is the ordinary image forward.
+    ``tokens``: (K, T) token ids as the model's tokenizer gives them (T the tokenizer's length, at most the tower's
+    positions). The token the tower is read at is the query; keys and values span the whole sequence; the last
+    ``layers`` text blocks are decomposed.
 
     Returns K float32 tensors (on the model's device), one weight per word token between start and end token,
     each summing to 1, or all zeros when no token has positive relevance.
@@ -196,6 +199,10 @@ def grad_eclip_text(model, pixels: torch.Tensor, tokens: torch.Tensor, *, layers
         raise ValueError(f"tokens must be (K, T<={bb.context_length}) token ids from the model's tokenizer, got "
                          f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
     tokens = tokens.to(bb.device).long()
+    kept = bb.text_lengths(tokens)  # (K,) tokens a bidirectional tower attends to, or None (causal: padding unread)
+    if kept is not None and bool((kept < tokens.shape[1]).any()):  # each prompt alone, its padding dropped
+        return [grad_eclip_text(bb, pixels, row[None, :n], layers=layers, single_head=single_head)[0]
+                for row, n in zip(tokens, kept.tolist())]
     x0 = bb.text_embed(tokens)  # refuses text towers it cannot decompose before any work
     n = _layer_count(layers, bb.text_depth, "text")
     eos = bb.text_query(tokens)  # (K,)
@@ -226,7 +233,7 @@ def grad_eclip_text(model, pixels: torch.Tensor, tokens: torch.Tensor, *, layers
         total = total + torch.einsum("kc,ktc->kt", w, v) * qk_weight(q_eos, k)
     total = total.relu()
     out = []
-    for i, end in enumerate(eos.tolist()):
+    for i, end in enumerate(bb.text_word_end(tokens).tolist()):
         words = total[i, 1:end].float()
         s = words.sum()
         out.append((words / s if s > 0 else torch.zeros_like(words)).detach())
