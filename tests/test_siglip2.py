@@ -183,7 +183,7 @@ def test_every_method_runs_or_refuses_in_one_line(model, frames):
                                       f"pools its image embedding with an attention head instead (use grad_eclip, "
                                       f"legrad, grad_cam, maskclip or rise)")
             continue
-        options = {"n_masks": 16} if method == "rise" else {}
+        options = {"rise": {"n_masks": 16}, "scorecam": {"batch_size": 128}}.get(method, {})
         result = gradeclip.explain(model, frame, PROMPTS, method=method, tokenizer=tok, progress=False, **options)
         assert result.raw.shape == (1, 3, 3, 5) and np.isfinite(result.raw).all(), method
         assert np.abs(result.raw).max() > 0, method
@@ -229,6 +229,22 @@ def test_model_mode_is_the_processor_grid(model, folder):
         assert input_view(loaded, height, width, "library").size == (h, w)
         assert input_view(loaded, height, width, "native").size == (int(height / 8 + 0.5) * 8, int(width / 8 + 0.5) * 8)
     assert size_for(28, 60, PATCH, 16) != size_for(28, 60, PATCH, MAX_PATCHES)
+
+
+def test_token_count_warning_counts_the_trained_grid(model):
+    """Bug caught: the trained token count taken from the processor's or a wrong side (``resolution`` set to the
+    patch size times ``num_patches`` instead of times its square root): the warning fires above 4 x 16 = 64
+    tokens (a 8 x 9 grid) and not at 56 (7 x 8)."""
+    import warnings
+
+    from gradeclip.backbones.inputs import warn_token_count
+
+    bb = backbone_of(model)
+    with pytest.warns(UserWarning, match="8×9 token grid, 4.5 times the 4×4"):
+        warn_token_count(bb, input_view(bb, 64, 72, "native"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_token_count(bb, input_view(bb, 56, 64, "native"))
 
 
 def library_cosines(model, folder, frame):
