@@ -21,7 +21,8 @@ from gradeclip.backbones.inputs import input_view
 from gradeclip.cli import main
 from gradeclip.methods.registry import method_names
 
-from backbone_models import check_pooling_head_model, naive_pooling_grad_eclip, write_wordpiece_tokenizer
+from backbone_models import (check_pooling_head_model, naive_pooling_grad_eclip, perturbed_sigmoid_model,
+                             write_wordpiece_tokenizer)
 from conftest import write_video
 
 PATCH, MAX_PATCHES, PROMPTS = 8, 24, ["a photo of a dog", "a red car", "two cats walking"]
@@ -39,13 +40,7 @@ def tiny_siglip2(seed=0):
                          num_attention_heads=1, max_position_embeddings=16, projection_size=128),
         vision_config=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                            patch_size=PATCH, num_patches=16))
-    model = Siglip2Model(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        model.logit_scale.fill_(2.0)
-        model.logit_bias.fill_(-3.0)
-    return model.eval()
+    return perturbed_sigmoid_model(Siglip2Model(config))
 
 
 @pytest.fixture(scope="module")
