@@ -1,13 +1,14 @@
 """Grad-ECLIP on every supported backbone against the library's own image forward, ViT-B sizes, random weights.
 
 Per backbone (openai-clip ViT-B/32, open_clip ViT-B-32, transformers CLIPModel ViT-B/32, transformers SiglipModel
-base patch16 224, open_clip ViT-B-16-SigLIP with its timm tower, open_clip coca_ViT-B-32, openai-clip and open_clip
-RN50, transformers CLIPSegModel, AltCLIPModel and ChineseCLIPModel with ViT-B/16 image towers at 224, small text
-towers, which are not timed): the library's own image forward (``encode_image`` / ``get_image_features``, no
-autograd) on a batch of frames at the native resolution, then Grad-ECLIP as ``explain`` runs it (``run_method``:
-maps and image features of one forward) with 1 and 16 prompts on the same batch. Targets: 1 prompt <= 1.3x the
-forward, 16 prompts <= 1.5x 1 prompt. Timings are medians of --repeats rounds in one process (the three take
-turns); each backbone ends with a line ``BACKBONE grad_eclip_vs_forward=R prompts_16_vs_1=S``.
+base patch16 224, transformers Siglip2Model base patch16 NaFlex (at 256 x 256, its 256 trained patches), open_clip
+ViT-B-16-SigLIP with its timm tower, open_clip coca_ViT-B-32, openai-clip and open_clip RN50, transformers
+CLIPSegModel, AltCLIPModel and ChineseCLIPModel with ViT-B/16 image towers at 224, small text towers, which are not
+timed): the library's own image forward (``encode_image`` / ``get_image_features``, no autograd) on a batch of frames
+at the native resolution, then Grad-ECLIP as ``explain`` runs it (``run_method``: maps and image features of one
+forward) with 1 and 16 prompts on the same batch. Targets: 1 prompt <= 1.3x the forward, 16 prompts <= 1.5x 1
+prompt. Timings are medians of --repeats rounds in one process (the three take turns); each backbone ends with a
+line ``BACKBONE grad_eclip_vs_forward=R prompts_16_vs_1=S``.
 
     python benchmarks/backbones.py [--frames 8] [--repeats 3] [--only openai,open_clip,hf_clip,hf_siglip,...]
 """
@@ -64,6 +65,11 @@ def hf_siglip_b16():
     return SiglipModel(SiglipConfig())  # the default configuration is SigLIP base patch16 224
 
 
+def hf_siglip2_b16():
+    from transformers import Siglip2Config, Siglip2Model
+    return Siglip2Model(Siglip2Config())  # the default configuration is SigLIP 2 base patch16 NaFlex (16 x 16 positions)
+
+
 def _b16():
     return dict(patch_size=16, image_size=224)  # ViT-B/16 at 224 (CLIPSeg's and Chinese-CLIP's base checkpoints)
 
@@ -91,6 +97,7 @@ def hf_chinese_clip_b16():
 BACKBONES = {"openai": ("openai-clip ViT-B/32", openai_b32), "open_clip": ("open_clip ViT-B-32", open_clip_b32),
              "hf_clip": ("transformers CLIPModel ViT-B/32", hf_clip_b32),
              "hf_siglip": ("transformers SiglipModel B/16-224", hf_siglip_b16),
+             "hf_siglip2": ("transformers Siglip2Model B/16 NaFlex, 256 patches", hf_siglip2_b16),
              "open_clip_siglip": ("open_clip ViT-B-16-SigLIP (timm tower)", open_clip_siglip_b16),
              "open_clip_coca": ("open_clip coca_ViT-B-32", open_clip_coca_b32),
              "openai_rn50": ("openai-clip RN50 (ModifiedResNet)", openai_rn50),

@@ -23,8 +23,9 @@ def add_input_options(parser) -> None:
     parser.add_argument("--input", choices=INPUT_CHOICES, default=None,
                         help="model input: native = the frame's size and aspect rounded to the patch grid (the "
                              "paper's choice); model = the longer side at the model's trained resolution, aspect "
-                             "kept; library = the library's own resize and crop (its exact score; the map covers "
-                             "the crop). Default: the model's own (model for the shipped shapes CLIP, else native)")
+                             "kept (SigLIP 2 NaFlex: the grid its image processor picks); library = the library's "
+                             "own resize and crop (its exact score; the map covers the crop). Default: the "
+                             "model's own (model for the shipped shapes CLIP, else native)")
     parser.add_argument("--scale", type=positive_float_arg, default=1.0, metavar="F",
                         help="multiply the native or model input size by F (default: 1; not with --input library)")
 

@@ -90,7 +90,12 @@ def tiny_siglip(seed=0, *, width=128, layers=2, patch=8, resolution=32, text_len
                          num_attention_heads=width // 64, max_position_embeddings=text_length),
         vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
                            num_attention_heads=width // 64, image_size=resolution, patch_size=patch))
-    model = SiglipModel(config)
+    return perturbed_sigmoid_model(SiglipModel(config))
+
+
+def perturbed_sigmoid_model(model):
+    """A transformers SigLIP-family model (``SiglipModel``, ``Siglip2Model``) with every weight perturbed (so every
+    path carries signal), logit scale 2 and logit bias -3, in eval mode."""
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from .tokens import call_tokenizer, check_prompts, tokenizer_inputs  # noqa: F401 (call_tokenizer: public name)
 
 ACCEPTED_MODELS = ("an openai-clip clip.model.CLIP (ViT or ResNet), an open_clip CLIP, CustomTextCLIP or CoCa, "
-                   "a transformers CLIPModel, SiglipModel, CLIPSegModel, AltCLIPModel or ChineseCLIPModel, "
-                   "or a gradeclip Backbone")
+                   "a transformers CLIPModel, SiglipModel, Siglip2Model, CLIPSegModel, AltCLIPModel, "
+                   "ChineseCLIPModel or XCLIPModel, or a gradeclip Backbone")
 
 
 def interpolate_grid(patches: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:

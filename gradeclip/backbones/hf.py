@@ -18,7 +18,7 @@ from .base import Backbone, interpolate_grid
 from .pixels import CLIP_MEAN, CLIP_STD
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
-DECOMPOSED = "CLIPModel, SiglipModel, XCLIPModel, CLIPSegModel, AltCLIPModel, ChineseCLIPModel"
+DECOMPOSED = "CLIPModel, SiglipModel, Siglip2Model, XCLIPModel, CLIPSegModel, AltCLIPModel, ChineseCLIPModel"
 
 
 def _features(out) -> torch.Tensor:
@@ -42,6 +42,9 @@ def hf_backbone(model, tokenizer=None, name: str = "") -> Backbone:
         return HFClipBackbone(model, tokenizer, name)
     if "SiglipModel" in names:
         return HFSiglipBackbone(model, tokenizer, name)
+    if "Siglip2Model" in names:  # NaFlex: its adapter registers here, transformers imported by the model
+        from .hf_siglip2 import HFSiglip2Backbone
+        return HFSiglip2Backbone(model, tokenizer, name)
     if "XCLIPModel" in names:  # a video CLIP: its adapter registers here, transformers imported by the model
         from .xclip import XClipBackbone
         return XClipBackbone(model, tokenizer, name)

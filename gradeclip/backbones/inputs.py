@@ -3,7 +3,8 @@ the frame.
 
 ``input="native"``: the frame's own size and aspect, times ``scale``, each side rounded to the patch grid (the
 paper's and the official code's choice). ``"model"``: the frame resized so that its longer side is the model's
-trained resolution (times ``scale``), aspect kept, rounded to the patch grid. ``"library"``: the library's own
+trained resolution (times ``scale``), aspect kept, rounded to the patch grid (a backbone with ``model_size`` says its
+own: SigLIP 2 NaFlex, the grid its processor picks). ``"library"``: the library's own
 preprocessing (``library_input.py``): the score is exactly the library's, the map covers the cropped region only.
 ``None``: the model's default (``default_input``): ``"model"`` for a model that says so (the shipped shapes CLIP,
 through its JSON sidecar), else ``"native"``.
@@ -127,9 +128,13 @@ def input_view(backbone, height: int, width: int, input: Optional[str] = None, s
         lib = library_input(backbone)
         window, box = lib.geometry(height, width)
         box = tuple(int(round(v)) for v in box)
-        return InputView(mode, 1.0, (height, width), (lib.size, lib.size), window, box, rule=lib.rule)
-    factor = scale * (backbone.resolution / max(height, width) if mode == "model" else 1.0)
-    size = native_size(height, width, backbone.patch_size, factor)
+        size = tuple(lib.input_size(height, width))
+        return InputView(mode, 1.0, (height, width), size, window, box, rule=lib.rule)
+    if mode == "model" and hasattr(backbone, "model_size"):  # the model's own rule (SigLIP 2 NaFlex: its processor's)
+        size = backbone.model_size(height, width, scale)
+    else:
+        factor = scale * (backbone.resolution / max(height, width) if mode == "model" else 1.0)
+        size = native_size(height, width, backbone.patch_size, factor)
     return InputView(mode, float(scale), (height, width), size, (0.0, 0.0, float(size[0]), float(size[1])), whole)
 
 

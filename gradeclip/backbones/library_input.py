@@ -8,7 +8,7 @@ so that maps can be placed back on the frame and the rest marked as not seen.
 """
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -42,10 +42,14 @@ def shortest_side(height: int, width: int, size: int) -> Tuple[int, int]:
 class LibraryInput:
     """One library's transform for one model: ``transform(PIL image) -> (3, S, S)`` float tensor, and
     ``geometry(height, width) -> (window, box)``: the rectangle of the model input that shows the frame (input
-    pixels; all of it unless the library pads) and the rectangle of the frame it shows (frame pixels, float)."""
+    pixels; all of it unless the library pads) and the rectangle of the frame it shows (frame pixels, float).
+    ``input_size(height, width) -> (H', W')``: the model input's size for such a frame, (S, S) unless the library's
+    size depends on the frame (SigLIP 2 NaFlex)."""
 
-    def __init__(self, transform: Callable, geometry: Callable, size: int, rule: str):
+    def __init__(self, transform: Callable, geometry: Callable, size: int, rule: str,
+                 input_size: Optional[Callable] = None):
         self.transform, self.geometry, self.size, self.rule = transform, geometry, size, rule
+        self.input_size = input_size or (lambda height, width: (size, size))
 
     def pixels(self, frames: np.ndarray, device) -> torch.Tensor:
         """uint8 RGB frames (N, H, W, 3) -> float32 (N, 3, S, S) on ``device``, each through the library's transform."""
@@ -128,6 +132,8 @@ def _transformers(backbone) -> LibraryInput:
 
 def library_input(backbone) -> LibraryInput:
     """The ``LibraryInput`` of any ``Backbone``: its library's own transform and crop geometry."""
+    if hasattr(backbone, "library_input"):  # a backbone that knows its own (SigLIP 2 NaFlex)
+        return backbone.library_input()
     if backbone.library == "openai-clip":
         return LibraryInput(backbone.preprocess(), _torchvision_rule(backbone.resolution, True), backbone.resolution,
                             "shortest")
