@@ -2,7 +2,7 @@
 
 Per backbone (openai-clip ViT-B/32, open_clip ViT-B-32, transformers CLIPModel ViT-B/32, transformers SiglipModel
 base patch16 224, open_clip ViT-B-16-SigLIP with its timm tower, open_clip coca_ViT-B-32, openai-clip and open_clip
-RN50): the library's own image forward (``encode_image`` / ``get_image_features``, no autograd) on a batch of frames
+RN50, open_clip EVA02-B-16 and PE-Core-B-16 with timm Eva towers): the library's own image forward (``encode_image`` / ``get_image_features``, no autograd) on a batch of frames
 at the native resolution, then
 Grad-ECLIP as ``explain`` runs it (``run_method``: maps and image features of one forward) with 1 and 16 prompts on
 the same batch. Targets: 1 prompt <= 1.3x the forward, 16 prompts <= 1.5x 1 prompt. Timings are medians of
@@ -42,6 +42,16 @@ def open_clip_coca_b32():
     return open_clip.create_model("coca_ViT-B-32", pretrained=None)  # open_clip's ViT with the attentional pooler
 
 
+def open_clip_eva02_b16():
+    import open_clip
+    return open_clip.create_model("EVA02-B-16", pretrained=None)  # timm Eva tower: rotary, SwiGLU, class token
+
+
+def open_clip_pe_core_b16():
+    import open_clip
+    return open_clip.create_model("PE-Core-B-16", pretrained=None)  # timm Eva tower: rotary, latent-probe pool
+
+
 def openai_rn50():
     from clip.model import CLIP
     return CLIP(embed_dim=1024, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=64,
@@ -70,7 +80,9 @@ BACKBONES = {"openai": ("openai-clip ViT-B/32", openai_b32), "open_clip": ("open
              "open_clip_siglip": ("open_clip ViT-B-16-SigLIP (timm tower)", open_clip_siglip_b16),
              "open_clip_coca": ("open_clip coca_ViT-B-32", open_clip_coca_b32),
              "openai_rn50": ("openai-clip RN50 (ModifiedResNet)", openai_rn50),
-             "open_clip_rn50": ("open_clip RN50 (ModifiedResNet)", open_clip_rn50)}
+             "open_clip_rn50": ("open_clip RN50 (ModifiedResNet)", open_clip_rn50),
+             "open_clip_eva02": ("open_clip EVA02-B-16 (timm Eva, rotary)", open_clip_eva02_b16),
+             "open_clip_pe_core": ("open_clip PE-Core-B-16 (timm Eva, rotary, probe pool)", open_clip_pe_core_b16)}
 
 
 def median_times(fns, repeats):
