@@ -237,6 +237,75 @@ def test_grad_eclip_matches_naive_reference(towers, tower):
                                cosines.numpy(), rtol=0, atol=1e-5)
 
 
+def naive_eva02_two_blocks(dynamic, pixels, text, grid):
+    """Grad-ECLIP with ``layers=2`` on EVA02, written out: tokens entering block -2 from timm's own forward (a hook);
+    block -2's attention over all rows with loops over heads (rope rotated here on every patch row's q and k), its
+    output o1 a leaf; the rest of block -2 and the last block's class-token row (o2) and head; per prompt the
+    gradients of the cosine at o1's and o2's class-token rows; the map is the sum over the two blocks of
+    ReLU(sum_c w_c v_ic lambda_i), lambda the min-max cosine of the class token's query with the rotated keys."""
+    trunk = dynamic.visual.trunk
+    first, last = trunk.blocks[-2], trunk.blocks[-1]
+    seen = []
+    handle = first.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        dynamic.encode_image(pixels)
+    handle.remove()
+    emb = trunk.rope.get_embed(shape=list(grid))
+
+    def project(blk, x):
+        a = blk.attn
+        h = blk.norm1(x)
+        return (naive_rope(a.q_proj(h), emb, a.num_heads), naive_rope(a.k_proj(h), emb, a.num_heads),
+                a.v_proj(h))
+
+    def attention(q, k, v, heads):  # q (R, W), k and v (L, W) -> (R, W)
+        d = q.shape[1] // heads
+        return torch.cat([(q[:, m * d:(m + 1) * d] @ k[:, m * d:(m + 1) * d].T / d ** 0.5).softmax(-1)
+                          @ v[:, m * d:(m + 1) * d] for m in range(heads)], dim=1)
+
+    def rest(blk, x, o):
+        y = x + blk.attn.proj(blk.attn.norm(o))
+        return y + blk.mlp(blk.norm2(y))
+
+    def spatial(q_cls, k):
+        c = F.cosine_similarity(q_cls[None], k[1:], dim=1)
+        return (c - c.min()) / (c.max() - c.min())
+
+    maps = torch.zeros(pixels.shape[0], text.shape[0], grid[0] * grid[1])
+    for b in range(pixels.shape[0]):
+        x = seen[0][b]
+        with torch.no_grad():
+            q1, k1, v1 = project(first, x)
+            o1 = attention(q1, k1, v1, first.attn.num_heads)
+        o1.requires_grad_(True)
+        y = rest(first, x, o1)
+        q2, k2, v2 = project(last, y)
+        o2 = attention(q2[:1], k2, v2, last.attn.num_heads)
+        emb_cls = dynamic.visual.head(trunk.head(trunk.fc_norm(trunk.norm(rest(last, y[:1], o2)))))[0]
+        for j in range(text.shape[0]):
+            cos = F.cosine_similarity(emb_cls, text[j], dim=0)
+            w1, w2 = torch.autograd.grad(cos, [o1, o2], retain_graph=True)
+            for w, q, k, v in [(w1[0], q1, k1, v1), (w2[0], q2, k2, v2)]:
+                lam = spatial(q[0].detach(), k.detach())
+                for i in range(grid[0] * grid[1]):
+                    maps[b, j, i] += torch.relu((w * v[1 + i].detach()).sum() * lam[i])
+    return maps
+
+
+def test_grad_eclip_two_layers_matches_naive_reference(towers):
+    """Bugs caught: the rope missing (or put on the class token) in a decomposed block below the last one, where
+    every row's q and k are rotated; block -2's gradient taken without the path through the last block's keys and
+    values: ``layers=2`` maps of 2 non-square frames for 3 prompts equal the written-out reference."""
+    model, dynamic = towers[EVA02]
+    pixels = gradeclip.to_pixels(model, frames())
+    text = text_features(model)
+    got = gradeclip.grad_eclip_image(model, pixels, text, layers=2)
+    want = naive_eva02_two_blocks(dynamic, pixels, text, (5, 8)).reshape(2, 3, 5, 8)
+    one = gradeclip.grad_eclip_image(model, pixels, text)
+    assert not torch.allclose(want, one)  # the second block adds something
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.max()))
+
+
 # ----- (4) the other methods
 CLASS_TOKEN_ONLY = ("self_attention", "rollout", "game", "gem", "clip_surgery")
 
