@@ -97,10 +97,15 @@ class EvaTowerBackbone(TimmTowerBackbone):
         rope = self.trunk.rope
         if rope is None:
             return None
-        if not rope._use_cached_embed:
+        cached = getattr(rope, "_use_cached_embed", True)  # a fixed-size tower caches its grid's embedding
+        if not cached:
             return rope.get_embed(shape=list(grid))
         if tuple(grid) == self.trained_grid:
             return rope.get_embed()
+        if not hasattr(rope, "_build_embed_cat"):
+            h, w = self.trained_grid
+            raise ValueError(f"this timm version cannot build the rotary embedding of a {grid[0]}x{grid[1]} patch "
+                             f"grid for a fixed-size tower; use input='library' (its {h}x{w} grid) or a newer timm")
         return rope._build_embed_cat(list(grid), rope.bands)
 
     def _rope_for(self, x: torch.Tensor):
