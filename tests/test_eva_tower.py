@@ -148,6 +148,22 @@ def test_stale_grid_is_refused_in_one_line(towers):
     assert "\n" not in str(err.value)
 
 
+def test_grid_timm_cannot_build_is_refused_in_one_line(towers, monkeypatch):
+    """Bug caught: where timm offers no way to build the rotary embedding of another grid for a fixed-size tower,
+    the cached trained-grid embedding silently used for a 5 x 8 grid (or a crash deep inside): one line naming the
+    grid and what works; the trained grid still runs."""
+    from timm.layers.pos_embed_sincos import RotaryEmbeddingCat
+
+    monkeypatch.delattr(RotaryEmbeddingCat, "_build_embed_cat")
+    bb = backbone_of(towers[EVA02][0])
+    with pytest.raises(ValueError) as err:
+        bb.encode_pixels(torch.randn(1, 3, 40, 64))
+    assert str(err.value).startswith("this timm version cannot build the rotary embedding of a 5x8 patch grid "
+                                     "for a fixed-size tower; use input='library' (its 6x6 grid)")
+    assert "\n" not in str(err.value)
+    assert bb.encode_pixels(torch.randn(1, 3, 48, 48)).shape == (1, 32)
+
+
 # ----- (3) Grad-ECLIP against a naive reference, non-square frames, 3 prompts
 def naive_rope(t, emb, heads):
     """timm's interleaved rotation written out: t (L, W) with the class token first, emb (P, 2d) timm's rope output
