@@ -395,9 +395,10 @@ def test_other_eva_towers_are_refused_in_one_line():
 def test_bf16_agrees_with_fp32(towers, tower):
     """Issue 18's bf16 agreement, on the rotary towers: under ``precision="bf16"`` (autocast over timm's blocks,
     with timm's float32 rope) Grad-ECLIP's maps keep a rank correlation >= 0.95 with float32's for every frame and
-    prompt, and the scores stay within 1e-2. Bug caught: a score reported from the bf16 forward instead of the
-    float32 readout, or a rotary path that breaks or drifts under autocast. (Casting the rope to bf16 before the
-    rotation, tried by hand, stays within these bounds: the test does not catch that.)"""
+    prompt, and the scores stay within 1e-2. Bug caught: a rotary path that raises or gives NaN under autocast (a
+    dtype clash between timm's float32 rope and bf16 q/k, say ``torch.cat`` of rows of two dtypes on a torch that
+    does not promote). Casting the rope to bf16 before the rotation, tried by hand, stays within these bounds: the
+    test does not catch that."""
     from scipy.stats import spearmanr
 
     model, _ = towers[tower]
