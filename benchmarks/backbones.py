@@ -2,8 +2,8 @@
 
 Per backbone (openai-clip ViT-B/32, open_clip ViT-B-32, transformers CLIPModel ViT-B/32, transformers SiglipModel
 base patch16 224, open_clip ViT-B-16-SigLIP with its timm tower, open_clip coca_ViT-B-32, openai-clip and open_clip
-RN50, open_clip EVA02-B-16 and PE-Core-B-16 with timm Eva towers): the library's own image forward (``encode_image`` / ``get_image_features``, no autograd) on a batch of frames
-at the native resolution, then
+RN50, open_clip EVA02-B-16 and PE-Core-B-16 with timm Eva towers): the library's own image forward
+(``encode_image`` / ``get_image_features``, no autograd) on a batch of frames at the native resolution, then
 Grad-ECLIP as ``explain`` runs it (``run_method``: maps and image features of one forward) with 1 and 16 prompts on
 the same batch. Targets: 1 prompt <= 1.3x the forward, 16 prompts <= 1.5x 1 prompt. Timings are medians of
 --repeats rounds in one process (the three take turns); each backbone ends with a line

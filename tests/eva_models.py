@@ -1,7 +1,8 @@
 """Tiny random open_clip models with timm ``Eva`` towers (EVA02-CLIP and PE-Core shapes), built offline.
 
-``register_tiny_eva_towers`` adds two timm model names that build the library's own ``eva02_base_patch16_clip_224``
-and ``vit_pe_core_base_patch16_224`` with small widths (their rotary, SwiGLU, inner-norm, pooling settings kept),
+``register_tiny_eva_towers`` adds timm model names that build the library's own ``eva02_base_patch16_clip_224``,
+``vit_pe_core_base_patch16_224`` (and ``eva02_enormous_patch14_clip_224``, ``vit_pe_core_gigantic_patch14_448``) with
+small widths (their rotary, SwiGLU, inner-norm, pooling settings kept),
 so that open_clip's ``TimmModel`` (which passes no size to timm) builds them from a config and a saved folder
 loads them. ``tiny_eva_clip`` is the open_clip ``CustomTextCLIP`` around one, every weight perturbed.
 """
@@ -12,16 +13,19 @@ import torch
 
 EVA02 = "gradeclip_tiny_eva02_clip"
 PE_CORE = "gradeclip_tiny_pe_core"
+EVA02_E = "gradeclip_tiny_eva02_e"  # EVA02-E-14's tower: residual post-norm blocks, no rotary embedding
+PE_CORE_G = "gradeclip_tiny_pe_core_g"  # PE-Core-bigG-14-448's tower: no class token
 # a 6 x 6 trained grid (48 px, patch 8), 4 heads of 16 channels; PE's pool has 2 heads
 TOWER = dict(img_size=48, patch_size=8, embed_dim=64, depth=2, num_heads=4)
-POOL = {EVA02: "token", PE_CORE: "map"}
+POOL = {EVA02: "token", PE_CORE: "map", EVA02_E: "token", PE_CORE_G: "map"}
 
 
 def register_tiny_eva_towers():
-    """Register the two tiny tower names with timm (once per process). PE's tiny tower has layer scale
+    """Register the tiny tower names with timm (once per process). PE's tiny tower has layer scale
     (``init_values``), which the B-16 config lacks, so that ``gamma_1``/``gamma_2`` are exercised."""
     from timm.models import is_model, register_model
-    from timm.models.eva import eva02_base_patch16_clip_224, vit_pe_core_base_patch16_224
+    from timm.models.eva import (eva02_base_patch16_clip_224, eva02_enormous_patch14_clip_224,
+                                 vit_pe_core_base_patch16_224, vit_pe_core_gigantic_patch14_448)
 
     if is_model(EVA02):
         return
@@ -33,8 +37,14 @@ def register_tiny_eva_towers():
         return vit_pe_core_base_patch16_224(pretrained=False, **dict(TOWER, attn_pool_num_heads=2,
                                                                      init_values=0.5, **kwargs))
 
-    register_model(gradeclip_tiny_eva02_clip)
-    register_model(gradeclip_tiny_pe_core)
+    def gradeclip_tiny_eva02_e(pretrained=False, **kwargs):
+        return eva02_enormous_patch14_clip_224(pretrained=False, **dict(TOWER, **kwargs))
+
+    def gradeclip_tiny_pe_core_g(pretrained=False, **kwargs):
+        return vit_pe_core_gigantic_patch14_448(pretrained=False, **dict(TOWER, attn_pool_num_heads=2, **kwargs))
+
+    for fn in (gradeclip_tiny_eva02_clip, gradeclip_tiny_pe_core, gradeclip_tiny_eva02_e, gradeclip_tiny_pe_core_g):
+        register_model(fn)
 
 
 def model_cfg(tower: str) -> dict:

@@ -19,10 +19,11 @@ from gradeclip.eval.metrics import is_constant
 
 from backbone_models import clip_tokenizer, naive_pooling_grad_eclip
 from conftest import numbered_frames, write_video
-from eva_models import EVA02, PE_CORE, model_cfg, same_weights, save_eva_folder, tiny_eva_clip
+from eva_models import EVA02, EVA02_E, PE_CORE, PE_CORE_G, model_cfg, same_weights, save_eva_folder, tiny_eva_clip
 
 PROMPTS = ["a red car", "two cats on a sofa", "a dog"]
-TOWERS = [EVA02, PE_CORE]
+TOWERS = [EVA02, PE_CORE]  # the two configurations of the issue
+MORE = [EVA02_E, PE_CORE_G]  # post-norm blocks without rope (EVA02-E); no class token (PE-Core-bigG)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def towers():
     """tower name -> (the model open_clip builds (fixed size), its twin with timm's dynamic_img_size, same
     weights)."""
     out = {}
-    for tower in TOWERS:
+    for tower in TOWERS + MORE:
         model = tiny_eva_clip(tower)
         out[tower] = (model, same_weights(model, tower, dynamic_img_size=True))
     return out
@@ -46,16 +47,19 @@ def text_features(model):
 
 
 # ----- (1) the adapter's pieces are open_clip's encode_image at the trained input
-@pytest.mark.parametrize("tower,kwargs", [(EVA02, {}), (EVA02, {"qkv_fused": True}), (PE_CORE, {})],
-                         ids=["eva02", "eva02-fused-qkv", "pe-core"])
+@pytest.mark.parametrize("tower,kwargs", [(EVA02, {}), (EVA02, {"qkv_fused": True}), (PE_CORE, {}), (EVA02_E, {}),
+                                         (PE_CORE_G, {})],
+                         ids=["eva02", "eva02-fused-qkv", "pe-core", "eva02-e-post-norm", "pe-core-g-no-class-token"])
 def test_pieces_equal_open_clip_encode_image(tower, kwargs):
     """Bugs caught: the rotary embedding applied to the class token's q/k (or not at all), sin and cos swapped,
     q_bias/v_bias dropped from the fused projection, the inner ``attn.norm`` or the layer scale gammas skipped in
-    ``finish``, the class token's position left out: embed_image -> run_blocks -> pool, and the decomposed last
+    ``finish``, the class token's position left out, EVA02-E's post-norms applied as pre-norms, PE-bigG's first
+    patch treated as a class token (left unrotated): embed_image -> run_blocks -> pool, and the decomposed last
     block (``qkv`` with rope, ``attend``, ``finish``) -> pool, equal ``model.encode_image`` within 1e-5."""
     model = tiny_eva_clip(tower, **kwargs)
     bb = backbone_of(model)
-    assert type(bb).__name__ == "EvaTowerBackbone" and bb.pooled_by_head == (tower == PE_CORE)
+    assert type(bb).__name__ == "EvaTowerBackbone" and bb.pooled_by_head == (tower in (PE_CORE, PE_CORE_G))
+    assert bb.prefix == (0 if tower == PE_CORE_G else 1)
     torch.manual_seed(1)
     pixels = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
@@ -112,7 +116,7 @@ def test_full_size_configs_are_taken():
 
 
 # ----- (2) non-square grids: timm's own dynamic-size forward
-@pytest.mark.parametrize("tower", TOWERS)
+@pytest.mark.parametrize("tower", TOWERS + MORE)
 @pytest.mark.parametrize("size", [(40, 64), (64, 40)])
 def test_non_square_grid_equals_timm_dynamic_forward(towers, tower, size):
     """Bugs caught: the rope built for the trained 6 x 6 grid (or for (w, h): 'ij'/'xy' indexing swapped), absolute
@@ -180,33 +184,52 @@ def naive_rope(t, emb, heads):
     return out
 
 
+def projections(a, t):
+    """q, k, v (L, W) of an Eva attention ``a`` for rows t (L, C): separate projections, or EVA's fused ``qkv``
+    weight with ``q_bias`` and ``v_bias`` (and no key bias)."""
+    if a.qkv is None:
+        return a.q_proj(t), a.k_proj(t), a.v_proj(t)
+    q, k, v = F.linear(t, a.qkv.weight).chunk(3, dim=-1)
+    return q + a.q_bias, k, v + a.v_bias
+
+
 def naive_eva02(dynamic, pixels, text, grid):
     """Grad-ECLIP of the class token's attention output in the last block: tokens entering it from timm's own
     dynamic forward (a hook), q/k/v from the block's projections, rope from timm's rope module output for the grid,
-    rotated here; the rest of the block and the head applied to o."""
+    rotated here; the rest of the block and the head applied to o. Post-norm blocks (EVA02-E): the projections
+    read x itself, ``norm1``/``norm2`` normalise the attention and MLP outputs."""
     trunk = dynamic.visual.trunk
     blk = trunk.blocks[-1]
+    post = type(blk).__name__ == "EvaBlockPostNorm"
     seen = []
     handle = blk.register_forward_pre_hook(lambda module, args, kwargs: seen.append(args[0]), with_kwargs=True)
     with torch.no_grad():
         dynamic.encode_image(pixels)
     handle.remove()
     x = seen[0]
-    emb = trunk.rope.get_embed(shape=list(grid))
+    emb = None if trunk.rope is None else trunk.rope.get_embed(shape=list(grid))
     a = blk.attn
     maps, cosines = [], []
     for b in range(x.shape[0]):
-        h = blk.norm1(x[b:b + 1])
+        h = x[b:b + 1] if post else blk.norm1(x[b:b + 1])
         with torch.no_grad():
-            q = a.q_proj(h[0])[0]  # the class token's query: no rotation
+            q = projections(a, h[0])[0][0]  # the class token's query: no rotation
 
         def rest(o, xc=x[b, 0]):
-            y = xc + a.proj(a.norm(o))
-            y = y + blk.mlp(blk.norm2(y))
+            if post:
+                y = xc + blk.norm1(a.proj(a.norm(o)))
+                y = y + blk.norm2(blk.mlp(y))
+            else:
+                y = xc + a.proj(a.norm(o))
+                y = y + blk.mlp(blk.norm2(y))
             return dynamic.visual.head(trunk.head(trunk.fc_norm(trunk.norm(y))))
 
-        m, c = naive_pooling_grad_eclip(h, q, lambda t: naive_rope(a.k_proj(t), emb, a.num_heads), a.v_proj,
-                                        a.num_heads, rest, text, skip=1)
+        def key(t):
+            k = projections(a, t)[1]
+            return k if emb is None else naive_rope(k, emb, a.num_heads)
+
+        m, c = naive_pooling_grad_eclip(h, q, key, lambda t: projections(a, t)[2], a.num_heads, rest, text,
+                                        skip=1)
         maps.append(m)
         cosines.append(c)
     return torch.cat(maps), torch.cat(cosines)
@@ -214,8 +237,8 @@ def naive_eva02(dynamic, pixels, text, grid):
 
 def naive_pe(dynamic, pixels, text):
     """Grad-ECLIP of PE's latent probe in ``AttentionPoolLatent``: tokens after timm's own forward_features (final
-    norm included), the probe's query, keys and values from the pool's projections, the class token attended but
-    not mapped; the pool's out-projection, MLP residual and heads applied to o."""
+    norm included), the probe's query, keys and values from the pool's projections, the class token (where the
+    tower has one) attended but not mapped; the pool's out-projection, MLP residual and heads applied to o."""
     trunk = dynamic.visual.trunk
     ap = trunk.attn_pool
     assert isinstance(ap.q_norm, torch.nn.Identity) and isinstance(ap.k_norm, torch.nn.Identity)
@@ -230,14 +253,15 @@ def naive_pe(dynamic, pixels, text):
         return dynamic.visual.head(trunk.head(trunk.fc_norm(y)))
 
     return naive_pooling_grad_eclip(h, q, lambda t: ap.kv(t)[:, :width], lambda t: ap.kv(t)[:, width:],
-                                    ap.num_heads, rest, text, skip=1)
+                                    ap.num_heads, rest, text, skip=trunk.num_prefix_tokens)
 
 
-@pytest.mark.parametrize("tower", TOWERS)
+@pytest.mark.parametrize("tower", TOWERS + MORE)
 def test_grad_eclip_matches_naive_reference(towers, tower):
     """Bugs caught: rope missing from the keys the spatial weight compares (or applied to the class token's
     query), the gradient taken after the inner norm instead of at the attention output, PE's class token mapped
-    or left out of the probe's attention, heads split in the wrong layout: Grad-ECLIP maps of 2 non-square frames
+    or left out of the probe's attention (PE-bigG: its first patch skipped as if a class token), EVA02-E's
+    post-norm misplaced, heads split in the wrong layout: Grad-ECLIP maps of 2 non-square frames
     (5 x 8 grid) for 3 prompts equal the loop reference, and so do the cosines."""
     model, dynamic = towers[tower]
     pixels = gradeclip.to_pixels(model, frames())
@@ -245,7 +269,8 @@ def test_grad_eclip_matches_naive_reference(towers, tower):
     assert grid == (5, 8)
     text = text_features(model)
     got = gradeclip.grad_eclip_image(model, pixels, text)
-    want, cosines = naive_eva02(dynamic, pixels, text, grid) if tower == EVA02 else naive_pe(dynamic, pixels, text)
+    pooled = tower in (PE_CORE, PE_CORE_G)
+    want, cosines = naive_pe(dynamic, pixels, text) if pooled else naive_eva02(dynamic, pixels, text, grid)
     want = want.reshape(2, 3, *grid)
     assert want.max() > 0 and not torch.allclose(want[:, 0], want[:, 1])  # prompts differ
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.max()))
@@ -378,14 +403,14 @@ def test_maskclip_matches_value_path_reference(towers):
 
 def test_other_eva_towers_are_refused_in_one_line():
     """Bug caught: an Eva tower with register tokens (or average pooling) explained as if its first token were the
-    only prefix: one line naming what is not supported."""
+    only prefix (or as if a class token or probe made its embedding): one line naming what is not supported."""
     import timm
 
     model = tiny_eva_clip(EVA02)
     model.visual.trunk = timm.create_model(EVA02, num_classes=32, global_pool="token", num_reg_tokens=2)
     with pytest.raises(TypeError) as err:
         backbone_of(model)
-    assert str(err.value).startswith("this open_clip timm Eva image tower has no class token or has register tokens;")
+    assert str(err.value).startswith("this open_clip timm Eva image tower has register tokens;")
     model.visual.trunk = timm.create_model(EVA02, num_classes=32, global_pool="avg")
     with pytest.raises(TypeError, match="^this open_clip timm Eva image tower pools with 'avg';"):
         backbone_of(model)
