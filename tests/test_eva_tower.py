@@ -377,6 +377,24 @@ def test_every_method_runs_or_refuses_in_one_line(towers, tower):
         np.testing.assert_allclose(result.cosine, own, rtol=0, atol=1e-5, err_msg=method)
 
 
+@pytest.mark.parametrize("tower", TOWERS + MORE)
+def test_cam_layer_outputs_what_the_last_attention_reads(towers, tower):
+    """Bug caught: the grad-cam package hooked on a layer whose output is not the last block's attention input
+    (EVA02-E's post-norm ``norm1`` normalises the attention output, not its input): the CAM layer's output during
+    open_clip's own forward equals the tensor timm's last attention module receives."""
+    model, _ = towers[tower]
+    layer, batch_first = backbone_of(model).cam_layer()
+    assert batch_first
+    got, want = [], []
+    hooks = [layer.register_forward_hook(lambda module, args, out: got.append(out)),
+             model.visual.trunk.blocks[-1].attn.register_forward_pre_hook(lambda module, args: want.append(args[0]))]
+    with torch.no_grad():
+        model.encode_image(torch.randn(1, 3, 48, 48))
+    for hook in hooks:
+        hook.remove()
+    torch.testing.assert_close(got[-1], want[0], rtol=0, atol=0)
+
+
 def test_maskclip_matches_value_path_reference(towers):
     """Bugs caught: MaskCLIP's value path skipping EVA02's inner attention norm or the SwiGLU MLP residual, or
     reading the rotated q/k instead of v: each patch's value through ``attn.norm``, ``proj``, the MLP residual, the
