@@ -4,11 +4,12 @@ Per backbone (openai-clip ViT-B/32, open_clip ViT-B-32, transformers CLIPModel V
 base patch16 224, transformers Siglip2Model base patch16 NaFlex (at 256 x 256, its 256 trained patches), open_clip
 ViT-B-16-SigLIP with its timm tower, open_clip coca_ViT-B-32, openai-clip and open_clip RN50, transformers
 CLIPSegModel, AltCLIPModel and ChineseCLIPModel with ViT-B/16 image towers at 224, small text towers, which are not
-timed): the library's own image forward (``encode_image`` / ``get_image_features``, no autograd) on a batch of frames
-at the native resolution, then Grad-ECLIP as ``explain`` runs it (``run_method``: maps and image features of one
-forward) with 1 and 16 prompts on the same batch. Targets: 1 prompt <= 1.3x the forward, 16 prompts <= 1.5x 1
-prompt. Timings are medians of --repeats rounds in one process (the three take turns); each backbone ends with a
-line ``BACKBONE grad_eclip_vs_forward=R prompts_16_vs_1=S``.
+timed, open_clip EVA02-B-16 and PE-Core-B-16 with timm Eva towers): the library's own image forward
+(``encode_image`` / ``get_image_features``, no autograd) on a batch of frames at the native resolution, then
+Grad-ECLIP as ``explain`` runs it (``run_method``: maps and image features of one forward) with 1 and 16 prompts on
+the same batch. Targets: 1 prompt <= 1.3x the forward, 16 prompts <= 1.5x 1 prompt. Timings are medians of
+--repeats rounds in one process (the three take turns); each backbone ends with a line
+``BACKBONE grad_eclip_vs_forward=R prompts_16_vs_1=S``.
 
     python benchmarks/backbones.py [--frames 8] [--repeats 3] [--only openai,open_clip,hf_clip,hf_siglip,...]
 """
@@ -41,6 +42,16 @@ def open_clip_siglip_b16():
 def open_clip_coca_b32():
     import open_clip
     return open_clip.create_model("coca_ViT-B-32", pretrained=None)  # open_clip's ViT with the attentional pooler
+
+
+def open_clip_eva02_b16():
+    import open_clip
+    return open_clip.create_model("EVA02-B-16", pretrained=None)  # timm Eva tower: rotary, SwiGLU, class token
+
+
+def open_clip_pe_core_b16():
+    import open_clip
+    return open_clip.create_model("PE-Core-B-16", pretrained=None)  # timm Eva tower: rotary, latent-probe pool
 
 
 def openai_rn50():
@@ -104,7 +115,9 @@ BACKBONES = {"openai": ("openai-clip ViT-B/32", openai_b32), "open_clip": ("open
              "open_clip_rn50": ("open_clip RN50 (ModifiedResNet)", open_clip_rn50),
              "hf_clipseg": ("transformers CLIPSegModel B/16-224", hf_clipseg_b16),
              "hf_altclip": ("transformers AltCLIPModel B/16-224 (AltCLIP ships L/14)", hf_altclip_b16),
-             "hf_chinese_clip": ("transformers ChineseCLIPModel B/16-224", hf_chinese_clip_b16)}
+             "hf_chinese_clip": ("transformers ChineseCLIPModel B/16-224", hf_chinese_clip_b16),
+             "open_clip_eva02": ("open_clip EVA02-B-16 (timm Eva, rotary)", open_clip_eva02_b16),
+             "open_clip_pe_core": ("open_clip PE-Core-B-16 (timm Eva, rotary, probe pool)", open_clip_pe_core_b16)}
 
 
 def median_times(fns, repeats):

@@ -5,9 +5,9 @@ run batch-first or sequence-first as the tower says; patch dropout is off in eva
 embedding is the class token after ``ln_post`` and ``proj``; with CoCa's attentional pooler
 (``OpenClipPoolerBackbone``) it is the pooler's first query after ``ln_post`` and ``proj``. Towers that pool
 otherwise (averaging, parallel or cascaded poolers) are refused with one line. A timm tower with an attention-pooling
-head (open_clip's SigLIP) has its own adapter, ``timm_tower.py``, chosen by ``open_clip_backbone``; other timm
-towers are refused there. The text side is read at the token open_clip pools (argmax or end-of-text id) with
-``ln_final`` and ``text_projection``.
+head (open_clip's SigLIP) has its own adapter, ``timm_tower.py``, and a timm ``Eva`` tower (EVA02-CLIP, PE-Core)
+``eva_tower.py``, both chosen by ``open_clip_backbone``; other timm towers are refused there. The text side is read
+at the token open_clip pools (argmax or end-of-text id) with ``ln_final`` and ``text_projection``.
 """
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ def open_clip_backbone(model, tokenizer=None, name: str = "") -> Backbone:
         from .resnet import OpenClipResNetBackbone
         return OpenClipResNetBackbone(model, tokenizer, name)
     if type(getattr(model, "visual", None)).__name__ == "TimmModel":
+        if type(getattr(model.visual, "trunk", None)).__name__ == "Eva":  # rotary ViTs: EVA02-CLIP, PE-Core
+            from .eva_tower import EvaTowerBackbone
+            return EvaTowerBackbone(model, tokenizer, name)
         from .timm_tower import TimmTowerBackbone
         return TimmTowerBackbone(model, tokenizer, name)
     if getattr(getattr(model, "visual", None), "attn_pool", None) is not None:
