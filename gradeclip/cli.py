@@ -134,7 +134,7 @@ def _video(args) -> int:
     progress = args.progress
     progress.begin(f"loading the model {args.model}")
     model, _ = load_model(args.model, args.device, args.truncate)
-    from .eval.shapes import warn_unknown_words
+    from .backbones.shapes_model import warn_unknown_words
 
     warn_unknown_words(model, args.prompt)
     failed = []
