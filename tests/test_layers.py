@@ -17,8 +17,8 @@ gradeclip module, at the top of a file or inside a function, is an edge of the i
 (b) No import cycle among gradeclip modules (a depth-first search over the whole graph).
 (c) No module over 320 lines.
 
-Existing exceptions are listed by name below (``KNOWN_UPWARD``, ``KNOWN_CYCLE_EDGES``), each waiting for its fix;
-the tests fail when a new one appears and when a listed one is gone (so that the list only shrinks).
+The cycles that exist today are listed by name below (``KNOWN_CYCLE_EDGES``), each waiting for its fix; the test
+fails when a new one appears and when a listed one is gone (so that the list only shrinks).
 """
 from __future__ import annotations
 
@@ -40,12 +40,6 @@ LAYERS = (
     ("batch", {"batch"}),
     ("cli", {"cli", "cli_status", "cli_checks", "demo_command", "clip_command", "__main__", "__init__"}),
 )
-
-# Upward imports that exist today, to be removed: ``video.save_video_maps`` asks eval for the temporal stability it
-# writes into a video's JSON sidecar (a statistic the caller should compute and pass).
-KNOWN_UPWARD = {
-    ("gradeclip.video", "gradeclip.eval.stability"),
-}
 
 # Function-level imports that close a cycle today, one edge per cycle (removing them leaves the graph acyclic):
 # modules that dispatch to the adapters or methods which import them back.
@@ -161,12 +155,10 @@ def test_no_module_imports_from_a_layer_above():
     """Catches e.g. ``backbones/x.py`` importing ``gradeclip.viz``, ``methods`` importing ``explain``, or ``eval``
     importing ``batch``, at the top of the file or inside a function."""
     graph = import_graph(PACKAGE)
-    found = upward_imports(graph)
-    new = sorted(found - KNOWN_UPWARD)
-    assert not new, "upward imports: " + "; ".join(
+    found = sorted(upward_imports(graph))
+    assert not found, "upward imports: " + "; ".join(
         f"{a} (layer {LAYERS[layer_of(a)][0]}, line {graph[a][b]}) imports {b} (layer {LAYERS[layer_of(b)][0]})"
-        for a, b in new)
-    assert not KNOWN_UPWARD - found, f"fixed, remove from KNOWN_UPWARD: {sorted(KNOWN_UPWARD - found)}"
+        for a, b in found)
 
 
 def test_no_import_cycles():
