@@ -29,7 +29,8 @@ _EXPORTS = {
     **dict.fromkeys(["ClipExplanation", "explain_clip", "explain_clip_video"], ".clip_level"),
     **dict.fromkeys(["METHODS", "get_method", "method_names"], ".methods.registry"),
     **dict.fromkeys(["FrameBatch", "select_indices", "stream_frames"], ".io.stream"),
-    **dict.fromkeys(["VideoExplanation", "explain_video", "save_video_maps"], ".video"),
+    **dict.fromkeys(["VideoExplanation", "explain_video"], ".video"),
+    "save_video_maps": ".viz.maps_file",
     **dict.fromkeys(["keyframes", "plot_timeline", "write_overlay_video"], ".viz.video_export"),
     **dict.fromkeys(["output_dir", "resolve_model", "resolve_video"], ".paths"),
     **dict.fromkeys(["explore", "Explorer"], ".viz.explorer"),  # imports ipywidgets, so only on first use

@@ -1,6 +1,8 @@
-"""Command line: ``python -m gradeclip explain VIDEO ...`` (one frame) and ``python -m gradeclip video ...`` (all).
+"""Command line: ``python -m gradeclip explain VIDEO ...`` (one frame) and ``python -m gradeclip video ...`` (all);
+the other commands (``demo``, ``evaluate``, ``batch``, ``clip``) live in their own modules and register here.
 
-Errors in what the user gave print one line (``gradeclip: error: ...``) and exit with status 1, no traceback.
+Errors in what the user gave print one line (``gradeclip: error: ...``) and exit with status 1, no traceback; Ctrl-C
+prints one line and exits 130 (``cli_status``).
 """
 from __future__ import annotations
 
@@ -11,14 +13,16 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from . import demo_command
 from .checks import positive_int_arg
-from .files import INTERRUPT_STATUS, Interrupted
-from .input_args import (add_input_options, add_precision_option, check_input_options,
-                         check_precision_option)
+from .cli_checks import check_common, load_model
+from .cli_status import UserError, exit_status, one_line_warnings
+from .input_args import add_input_options, add_precision_option
 from .interrupts import Progress, caused_by_ctrl_c, frames_bar, noting_sigint, reported
 from .viz.export import export_frame, export_video, export_words
 
 DEFAULT_MODEL = "ViT-B/32"
+DEMO_PROMPTS = demo_command.DEMO_PROMPTS  # public here too: the prompts of ``demo``
 # The built-in method names, for --help without importing torch (a test keeps this equal to method_names())
 METHOD_NAMES = ("clip_surgery", "eigencam", "game", "gem", "grad_cam", "grad_eclip", "grad_eclip_no_spatial",
                 "gradcam_pp", "layercam", "legrad", "maskclip", "rise", "rollout", "scorecam", "self_attention",
@@ -27,11 +31,7 @@ METHOD_NAMES = ("clip_surgery", "eigencam", "game", "gem", "grad_cam", "grad_ecl
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse would exit with 2 and print the usage; we promise one line and 1
-        raise _UserError(f"{message} (see {self.prog} --help)")
-
-
-class _UserError(Exception):
-    pass
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def _frame(text: str):
@@ -41,8 +41,6 @@ def _frame(text: str):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid frame {text!r}: give 'middle' or an integer index") from None
-
-
 
 
 def _common(p) -> None:
@@ -93,65 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "changes, or scaled per frame")
     vid.add_argument("--no-gif", action="store_true", help="write the MP4 only")
     _common(vid)
-    demo = sub.add_parser("demo", help="offline demo: the shipped shapes CLIP on the moving-shapes video",
-                          description="Runs with no network: the small CLIP trained on synthetic shapes "
-                                      "(data/shapes_clip.pt) explains data/shapes_demo.avi: scores and Grad-ECLIP "
-                                      "overlays of the middle frame, then every frame as MP4, GIF and timeline.")
-    demo.add_argument("--out", "-o", default="outputs/demo", metavar="DIR", help="output folder (default: outputs/demo)")
-    demo.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    add_input_options(demo)
+    demo_command.add_parser(sub)
     from .eval import command as evaluate_command
 
     evaluate_command.add_parser(sub)
     from .batch import command as batch_command
 
     batch_command.add_parser(sub)
-    __import__(f"{__package__}.clip_command", fromlist=["add_parser"]).add_parser(sub)
+    from . import clip_command
+
+    clip_command.add_parser(sub)
     return parser
-
-
-DEMO_PROMPTS = ["a red circle", "a blue square", "a yellow triangle", "a green circle"]
-
-
-def _demo(args) -> int:
-    _check_out(args.out)
-    check_input_options(args)
-    from .eval.evaluate import shapes_model, shapes_video
-    from .explain import explain
-    from .viz.figures import format_scores
-    from .io.frames import read_frames, video_info
-    from .backbones.model import load_clip
-    from .io.stream import select_indices
-    from .video import explain_video
-    from .viz.export import frame_files, video_files
-
-    progress = args.progress
-    progress.begin("loading the shapes model")
-    model, _ = load_clip(shapes_model(), device=args.device)
-    video = shapes_video()
-    info = video_info(video)
-    index = info.num_frames // 2  # input: the model's own default (its size: "model"), unless --input says
-    progress.begin(f"explaining frame {index}")
-    result = explain(model, read_frames(video, [index]), DEMO_PROMPTS, input=args.input, scale=args.scale)
-    print(f"{Path(video).name}, frame {index} of {info.num_frames}; model {Path(shapes_model()).name} (offline)")
-    print(f"{result.view.label()}")
-    print(format_scores(result.prompts, result.cosine[0], result.probs[0]))
-    progress.begin(f"writing the files of frame {index}", expected=frame_files("demo_frame", args.out))
-    paths = export_frame(result, "demo_frame", args.out, title=f"shapes CLIP · frame {index}",
-                         meta={"model": shapes_model(), "video": video, "frame_index": index,
-                               "input": result.view.as_json()},
-                         written=progress.written)
-    progress.finish(f"frame {index}")
-    bar = frames_bar(len(select_indices(info.num_frames)), f"{Path(video).name} (grad_eclip)")
-    progress.begin(f"explaining every frame of {Path(video).name}", bar=bar)
-    whole = explain_video(model, video, DEMO_PROMPTS, input=args.input, scale=args.scale, model_name=shapes_model(),
-                          progress=bar)
-    bar.close()
-    progress.begin(f"writing the files of {Path(video).name}",
-                   expected=video_files("demo_video", args.out, timeline="demo_timeline"))
-    paths += export_video(whole, "demo_video", args.out, timeline="demo_timeline", written=progress.written)
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
 
 
 def _evaluate(args) -> int:
@@ -166,69 +116,16 @@ def _batch(args) -> int:
     return batch_command.run(args)
 
 
-def _check_out(out) -> None:
-    from .checks import output_folder
+def _clip(args) -> int:
+    from . import clip_command
 
-    output_folder(out)
-
-
-def _check_cmap(name: str) -> None:
-    import difflib
-
-    import matplotlib
-
-    if name not in matplotlib.colormaps:
-        close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise _UserError(f"unknown colour map {name!r}; {hint}any name of matplotlib.colormaps works, "
-                         f"e.g. jet, turbo, viridis, inferno")
-
-
-def _check_common(args) -> None:
-    """Every option of explain and video, before any video is read or model loaded."""
-    from .methods.registry import get_method
-
-    if not 0 <= args.alpha <= 1:
-        raise _UserError(f"--alpha must be in [0, 1], got {args.alpha}")
-    if args.dpi <= 0:
-        raise _UserError(f"--dpi must be positive, got {args.dpi}")
-    if any(not p.strip() for p in args.prompt):
-        raise _UserError("empty --prompt: every prompt needs some text")
-    _check_cmap(args.cmap)
-    get_method(args.method)
-    check_input_options(args)
-    check_precision_option(args, args.device)
-    _check_out(args.out)
-
-
-def _load_model(name: str, device, truncate: bool = False):
-    """``load_clip`` with a CLI message when a model name's weights are neither cached nor downloadable: the
-    expected file, the cache folder and ``--model PATH``; with ``truncate`` (``--truncate``) the model cuts
-    over-long prompts instead of refusing them."""
-    from .backbones.model import DEFAULT_CACHE, load_clip  # first: it imports clip with its warning silenced
-
-    import clip
-
-    try:
-        model, preprocess = load_clip(name, device=device)
-        if truncate:
-            from .backbones.base import with_truncation
-            model = with_truncation(model)
-        return model, preprocess
-    except RuntimeError as err:
-        if name not in clip.available_models():
-            raise
-        expected = clip.clip._MODELS[name].rsplit("/", 1)[-1]
-        cause = str(err).split("downloading them failed", 1)[-1].split(". Download", 1)[0].strip(" ()")
-        raise _UserError(f"the weights of {name} ({expected}) are not in the cache folder {DEFAULT_CACHE} and could "
-                         f"not be downloaded ({cause}); copy {expected} into {DEFAULT_CACHE}, or pass "
-                         f"--model PATH with the path of a local checkpoint") from None
+    return clip_command.run(args)
 
 
 def _video(args) -> int:
     from .video import explain_video
 
-    _check_common(args)
+    check_common(args)
     from .io.frames import list_videos, video_info
     from .io.stream import select_indices
     from .viz.export import video_files
@@ -236,8 +133,8 @@ def _video(args) -> int:
     videos = list_videos(args.video, lambda entry, why: print(f"gradeclip: skipped {entry}: {why}", file=sys.stderr))
     progress = args.progress
     progress.begin(f"loading the model {args.model}")
-    model, _ = _load_model(args.model, args.device, args.truncate)
-    from .eval.shapes import warn_unknown_words
+    model, _ = load_model(args.model, args.device, args.truncate)
+    from .backbones.shapes_model import warn_unknown_words
 
     warn_unknown_words(model, args.prompt)
     failed = []
@@ -286,7 +183,7 @@ def _video(args) -> int:
                   f"{(best == j).mean():6.0%}")
         print("  wrote " + ", ".join(str(p) for p in paths))
     if failed:
-        raise _UserError(f"{len(failed)} of {len(videos)} videos failed: {', '.join(failed)}")
+        raise UserError(f"{len(failed)} of {len(videos)} videos failed: {', '.join(failed)}")
     return 0
 
 
@@ -296,14 +193,14 @@ def _explain(args) -> int:
     from .io.frames import MAX_SIDE, read_frames, resolve_indices, video_info
     from .viz.export import frame_files, words_files
 
-    _check_common(args)
+    check_common(args)
     info = video_info(args.video)
     index = int(resolve_indices(args.frame, info.num_frames)[0])
     progress = args.progress
     progress.begin(f"reading frame {index}")
     frames = read_frames(args.video, [index], max_side=MAX_SIDE)  # a 4K frame explained at 1920 px
     progress.begin(f"loading the model {args.model}")
-    model, _ = _load_model(args.model, args.device, args.truncate)
+    model, _ = load_model(args.model, args.device, args.truncate)
     progress.begin(f"explaining frame {index}")
     result = explain(model, frames, args.prompt, method=args.method, input=args.input, scale=args.scale,
                      precision=args.precision)
@@ -327,44 +224,23 @@ def _explain(args) -> int:
     return 0
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"gradeclip: warning: {' '.join(str(message).split())}", file=sys.stderr)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    import warnings
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status (0, 1, or 130 on Ctrl-C)."""
+    with one_line_warnings():
+        parser = build_parser()
+        return exit_status(lambda: _run(parser, argv))
 
-    with warnings.catch_warnings():  # restores the caller's warning settings afterwards
-        warnings.showwarning = _show_warning  # one line, no source excerpt
-        return _main(argv)
 
-
-def _main(argv: Optional[List[str]]) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 1
-        commands = {"explain": _explain, "video": _video, "demo": _demo, "evaluate": _evaluate, "batch": _batch,
-                    "clip": lambda a: __import__(f"{__package__}.clip_command", fromlist=["run"]).run(a)}
-        with noting_sigint():
-            if args.command not in ("explain", "video", "demo"):  # these keep args.progress, for Ctrl-C's line
-                return commands[args.command](args)
-            args.progress = Progress(args.out)
-            with reported(args.progress):
-                return commands[args.command](args)
-    except Interrupted as err:  # a command caught Ctrl-C and says what was completed and how to resume
-        print(f"gradeclip: interrupted: {' '.join(str(err).split())}", file=sys.stderr)
-        return INTERRUPT_STATUS
-    except KeyboardInterrupt:
-        print("gradeclip: interrupted: no output file was left incomplete under its final name", file=sys.stderr)
-        return INTERRUPT_STATUS
-    except (_UserError, FileNotFoundError, ValueError, IndexError, TypeError, RuntimeError, OSError) as err:
-        if caused_by_ctrl_c(err):  # a pipe to an FFmpeg child that the same Ctrl-C stopped
-            print("gradeclip: interrupted: no output file was left incomplete under its final name",
-                  file=sys.stderr)
-            return INTERRUPT_STATUS
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"gradeclip: error: {message}", file=sys.stderr)
+def _run(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> int:
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
         return 1
+    commands = {"explain": _explain, "video": _video, "demo": demo_command.run, "evaluate": _evaluate,
+                "batch": _batch, "clip": _clip}
+    with noting_sigint():
+        if args.command not in ("explain", "video", "demo"):  # these keep args.progress, for Ctrl-C's line
+            return commands[args.command](args)
+        args.progress = Progress(args.out)
+        with reported(args.progress):
+            return commands[args.command](args)

@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .backbones.base import backbone_of
-from .eval.shapes import warn_unknown_words
+from .backbones.shapes_model import warn_unknown_words
 from .backbones.inputs import InputView, input_view, model_pixels, warn_token_count
 from .backbones.pixels import FramesLike, as_frames
 from .checks import positive_int, text_features_for

@@ -1,7 +1,7 @@
 """Explain a whole video: every selected frame x every prompt, streamed in batches, with one forward per batch.
 
 Only the token-grid maps and the scores are kept (a 1,500-frame video with 4 prompts at ViT-B/32 is about 2 MB),
-never the frames; exports decode the frames again as they write.
+never the frames; exports decode the frames again as they write (the maps' own file: ``viz.maps_file``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 from .backbones.base import backbone_of
 from .backbones.inputs import InputView, input_view, model_pixels, warn_token_count
 from .explain import normalize_maps, scores
-from .files import atomic_path, write_json
 from .io.frames import MAX_SIDE, video_info
 from .io.index import shape_after
 from .methods.baselines import run_method  # noqa: F401 (importing methods registers them)
@@ -154,40 +153,3 @@ def explain_video(model, video, prompts: Union[str, Sequence[str]], *, method: s
         frame_size=(info.height, info.width), input_size=input_size,
         options=dict(options), failed=list(errors.failed), frame_similarity=consecutive, view=view,
         precision=precision)
-
-
-def save_video_maps(result: VideoExplanation, out_dir, name: Optional[str] = None) -> List[Path]:
-    """Write ``name_maps.npz`` (raw maps float16, cosine, probs, indices, times) and a JSON sidecar ``name_maps.json``
-    (library and model, prompts, method and options, preprocessing, normalisation, frame indices, timestamps)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = name or f"{Path(result.video).stem}_{result.method}"
-    npz, sidecar = out / f"{stem}_maps.npz", out / f"{stem}_maps.json"
-    with atomic_path(npz) as temp:  # complete or absent under its final name (gradeclip.files)
-        np.savez_compressed(temp, maps=result.raw.astype(np.float16), cosine=result.cosine, probs=result.probs,
-                            indices=result.indices, times=result.times)
-    record = {
-        "video": result.video, "library": result.library, "model": result.model, "method": result.method, "options": result.options,
-        "precision": result.precision,
-        "prompts": result.prompts,
-        "maps": {"file": npz.name, "key": "maps", "dtype": "float16", "shape": list(result.raw.shape),
-                 "axes": "frame, prompt, grid row, grid column", "values": "raw, not normalised"},
-        "preprocessing": {"frame_size_hw": list(result.frame_size), "input_size_hw": list(result.input_size),
-                          "input_mode": result.view.mode if result.view is not None else "native",
-                          "resize": (result.view.rule if result.view is not None else
-                                     "bicubic to the nearest multiple of the patch size, no crop")
-                          + " (frames above the decoding bound reduced by area interpolation first)",
-                          "normalisation": "the model's own mean and std",
-                          **({"input": result.view.as_json()} if result.view is not None else {})},
-        "display_normalisation": "min-max per prompt over the video ('shared') unless the figure says 'per frame'",
-        "fps": result.fps, "fps_note": "average rate; timestamps_s are the frames' presentation times",
-        "frame_indices": result.indices.tolist(),
-        "timestamps_s": [round(float(t), 6) for t in result.times],
-        "failed_frames": [{"index": i, "reason": r} for i, r in result.failed],
-    }
-    if len(result.indices) > 1:
-        from .eval.stability import temporal_stability
-
-        record["temporal_stability"] = temporal_stability(result).as_json()
-    write_json(sidecar, record)
-    return [npz, sidecar]

@@ -158,6 +158,27 @@ def test_unknown_words_warn_with_the_shapes_model_only(model):
         explain(model, image[:32, :32], ["a person walking"], progress=False)
 
 
+def test_the_vocabulary_is_the_words_of_the_scenes():
+    """The shapes CLIP's vocabulary (``backbones.shapes_model``, where the warning lives) holds exactly the words of
+    the captions ``eval.shapes`` draws: "a", "and", its colours and shapes; ``eval.shapes`` still answers for it, and
+    its scenes alone import no torch. Catches a colour or shape added to the scenes but not to the vocabulary (the warning
+    would fire on a trained word), and a re-export that pulls torch into the scene scripts."""
+    import subprocess
+    import sys
+
+    from gradeclip.backbones.shapes_model import SHAPES_VOCABULARY
+    from gradeclip.eval.shapes import SHAPES_VOCABULARY as seen_from_eval
+
+    captions = {w for c in class_prompts() for w in c.split()} | {"and"}
+    assert SHAPES_VOCABULARY == {"a", "and", *COLOURS, *SHAPES} == captions
+    assert seen_from_eval is SHAPES_VOCABULARY
+    code = ("import sys\nfrom gradeclip.eval.shapes import render_scene\nprint('TORCH', 'torch' in sys.modules)\n"
+            "from gradeclip.eval.shapes import unknown_words\nprint(unknown_words(['a red dog']))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.stdout.split("\n")[:2] == ["TORCH False", "['dog']"], run.stdout + run.stderr
+
+
 def _table(path):
     """The CSV table without its timing column (the only one that differs between runs)."""
     import csv

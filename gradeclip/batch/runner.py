@@ -165,7 +165,8 @@ def process_video(model, job: dict, settings: dict, out: Path) -> dict:
     """Explain one video and write its folder (temporary name, renamed when complete). Returns its record."""
     from ..eval.annotations import open_masks, score_frames, summarize
     from ..io.frames import video_info
-    from ..video import explain_video, save_video_maps
+    from ..video import explain_video
+    from ..viz.maps_file import save_video_maps
     from .record import constant_maps, declared_frames, frame_status, mask_record
 
     final = out / "videos" / job["id"]

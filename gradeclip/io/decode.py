@@ -13,16 +13,14 @@ that its threaded decoder reports on the good neighbours of a corrupt frame.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import sys
-import tempfile
 
 from typing import List, Tuple, Union
 
 import numpy as np
 
+from .native_stderr import native_stderr_silenced
 from .opencv import _OpenCVVideo, _opencv_frame
 
 BACKENDS = ("auto", "pyav", "decord", "opencv")
@@ -32,26 +30,6 @@ _DECORD_EXACT_CODECS = {"h264", "hevc", "vp9", "mjpeg"}
 _DECORD_EXACT_CONTAINERS = ("mov", "mp4", "matroska", "webm")
 _CHUNK = 32  # frames per decord get_batch call; small batches keep decord's buffers from growing
 _PROBE_BACK = 16  # how far back from the reported end we look for a decodable last frame
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Hide what decord and FFmpeg print from C++ straight to file descriptor 2 (their errors reach us as
-    exceptions, which we turn into one clear message)."""
-    fd = 2  # native code writes to the process's descriptor 2, whatever sys.stderr is
-    try:
-        sys.stderr.flush()
-        saved = os.dup(fd)
-    except (AttributeError, OSError, ValueError):  # no descriptor 2 to redirect
-        yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), fd)
-        try:
-            yield
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
 
 
 def _decord():
@@ -98,7 +76,7 @@ class _DecordVideo:
 
     def __init__(self, path: str, index=None):
         decord = _decord()
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             try:
                 self.reader = decord.VideoReader(path, ctx=decord.cpu(0))
             except Exception as err:  # decord raises RuntimeError or its own DECORDError
@@ -147,7 +125,7 @@ class _DecordVideo:
         single-frame decode tells the frame that is really bad. ValueError when neither decodes it."""
         decord = _decord()
         try:
-            with _native_stderr_silenced():
+            with native_stderr_silenced():
                 reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
                 try:
                     return self._rotated(reader[index].asnumpy()[None])[0]
@@ -167,7 +145,7 @@ class _DecordVideo:
         """``(index, frame)`` for each of at most ``_CHUNK`` sorted indices, or ``(index, ValueError)`` for a frame
         that does not decode: one get_batch call, frame by frame only when that call fails."""
         try:
-            with _native_stderr_silenced():
+            with native_stderr_silenced():
                 return list(zip(chunk, self._rotated(self.reader.get_batch(chunk).asnumpy())))
         except Exception:
             self.reopen()  # its decoder state is unreliable after an error
@@ -196,7 +174,7 @@ class _DecordVideo:
     def reopen(self):
         """A fresh reader: decord's buffers grow over many get_batch calls on one reader."""
         del self.reader
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             self.reader = _decord().VideoReader(self.path, ctx=_decord().cpu(0))
 
     def close(self):
@@ -232,7 +210,7 @@ def _decord_exact(index, path: str) -> bool:
         return False
     decord = _decord()
     try:
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             reader = decord.VideoReader(path, ctx=decord.cpu(0))
             stamps = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0] if len(reader) else np.zeros(0)
             del reader

@@ -29,6 +29,8 @@ _PLACEHOLDER = 16  # bytes: a "keyframe" packet this small is a packed-B-frame p
 _TAIL = 16  # frames at the end whose decoding is checked (a truncated file loses its last ones)
 _CACHE = 8  # indices kept per process, keyed by path, inode, size and modification/change times
 _FORWARD = {"apng", "gif"}  # keyframe flags not to be trusted: a seek there returns a picture blended on nothing
+# decoders measured to return the same frames with non-reference frames skipped (AV_DISCARD_NONREF)
+SKIPS_NONREF = {"h264", "hevc", "mpeg4"}
 _cache: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
 
 
@@ -122,8 +124,6 @@ def _decode_labels(container, stream, limit: Optional[int] = None, start: Option
     ``limit``; the first frame's ``(rotation, interlaced)``; and the first keyframe pts demuxed after the seek. With
     ``keep_from``, only frames from that pts on are listed (non-reference frames before it are not decoded, where
     the decoder allows it). ``key_positions`` collects the output positions of frames the decoder marks as keyframes."""
-    from .pyav import SKIPS_NONREF
-
     if start is not None:
         container.seek(int(start), stream=stream, backward=True, any_frame=False)
     labels, first, floor = [], None, None

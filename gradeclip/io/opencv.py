@@ -14,11 +14,11 @@ class _OpenCVVideo:
     def __init__(self, path: str, index=None):
         import cv2
 
-        from .decode import _native_stderr_silenced
+        from .native_stderr import native_stderr_silenced
 
         self.cv2 = cv2
         self.path = path
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             cap = cv2.VideoCapture(path)
         if not cap.isOpened():
             raise ValueError(f"{path} is not a decodable video (OpenCV cannot open it)")
@@ -77,9 +77,9 @@ def _opencv_frame(path: str, index: int):
     """Frame ``index`` decoded by OpenCV on its own (seek, then read), uint8 RGB, or None."""
     import cv2
 
-    from .decode import _native_stderr_silenced
+    from .native_stderr import native_stderr_silenced
 
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         cap = cv2.VideoCapture(path)
         cap.set(cv2.CAP_PROP_POS_FRAMES, index)
         ok, bgr = cap.read()

@@ -14,10 +14,7 @@ from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
-from .index import FrameIndex, open_container, packets_to_decode, shape_after
-
-# decoders measured to return the same frames with non-reference frames skipped (AV_DISCARD_NONREF)
-SKIPS_NONREF = {"h264", "hevc", "mpeg4"}
+from .index import SKIPS_NONREF, FrameIndex, open_container, packets_to_decode, shape_after
 _RETRIES = 3  # earlier keyframes tried (then the start) when a seek lands late or on a damaged keyframe
 
 

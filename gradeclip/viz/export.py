@@ -71,7 +71,7 @@ def export_video(result, stem: str, out, *, scale="shared", cmap="jet", alpha=0.
     import matplotlib.pyplot as plt
 
     from .figures import save_figure
-    from ..video import save_video_maps
+    from .maps_file import save_video_maps
     from .video_export import plot_timeline, write_overlay_video
 
     paths = _record(save_video_maps(result, out, stem), written)
