@@ -49,6 +49,9 @@ KNOWN_CYCLE_EDGES = {
     ("gradeclip.backbones.base", "gradeclip.backbones.openai"),
     ("gradeclip.backbones.base", "gradeclip.backbones.resnet"),
     ("gradeclip.backbones.hf", "gradeclip.backbones.xclip"),  # hf dispatches to the X-CLIP adapter
+    ("gradeclip.backbones.hf", "gradeclip.backbones.hf_families"),  # ... to CLIPSeg, AltCLIP, Chinese-CLIP
+    ("gradeclip.backbones.hf", "gradeclip.backbones.hf_siglip2"),  # ... to SigLIP 2 NaFlex
+    ("gradeclip.backbones.open_clip", "gradeclip.backbones.eva_tower"),  # open_clip dispatches to timm's Eva
     ("gradeclip.backbones.model", "gradeclip.backbones.open_clip"),  # loading dispatches to open_clip's loader
     ("gradeclip.backbones.open_clip", "gradeclip.backbones.resnet"),  # open_clip dispatches to its towers
     ("gradeclip.backbones.open_clip", "gradeclip.backbones.timm_tower"),
