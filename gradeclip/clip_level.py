@@ -171,17 +171,16 @@ def explain_clip_encoded(model, frames: FramesLike, prompts: Sequence[str], text
     with torch.no_grad():  # scoring pass: the clip score needs every frame before any frame can be explained
         for s in starts:
             pixels = model_pixels(bb, frames[s:s + batch_size], view)
-            if not decomposed and dtype is not None:
+            if decomposed or dtype is None:
+                with autocast(bb, dtype):  # the blocks before the decomposed ones (a no-op at fp32)
+                    x = bb.tokens_before(pixels, start).to(bb.dtype)
+                with torch.autocast(bb.device.type, enabled=False):
+                    # only the rows the embedding depends on go through the last block (``readout``)
+                    features.append(bb.pool(x) if start == bb.depth else
+                                    bb.readout(bb.run_blocks(x, start, bb.depth - 1), bb.depth - 1))
+            else:  # another method under bf16/fp16: the float32 readout of the last block
+                x = None
                 features.append(exact_features(bb, pixels, dtype))
-                kept.append(None)
-                bar.update()
-                continue
-            with autocast(bb, dtype):
-                x = bb.tokens_before(pixels, start).to(bb.dtype)
-            with torch.autocast(bb.device.type, enabled=False):
-                # only the rows the embedding depends on go through the last block (``readout``)
-                features.append(bb.pool(x) if start == bb.depth else
-                                bb.readout(bb.run_blocks(x, start, bb.depth - 1), bb.depth - 1))
             kept.append(x if decomposed else None)
             bar.update()
     cosine, importance, direction, gain = mean_pooling(torch.cat(features), text_features)

@@ -53,9 +53,8 @@ _PATCH_SCORE = ("it scores each patch's own embedding against the prompt, and X-
                 "through the MIT and a video-conditioned text: no patch embedding meets it")
 _REFUSED = {
     "maskclip": _PATCH_SCORE, "clip_surgery": _PATCH_SCORE, "gem": _PATCH_SCORE,
-    "legrad": "it reads every layer's tokens through the model's final head as that layer's own score, and X-CLIP's "
-              "head (the MIT over the clip and the prompts generator over the last layer's patches) has no "
-              "per-layer reading",
+    "legrad": "it reads every layer's tokens through the model's final head as that layer's own score, and reading "
+              "each X-CLIP layer through the MIT and the prompts generator is not implemented",
     "rise": "it masks one image and reads its own score; masking the frames of an X-CLIP clip is not implemented",
     "scorecam": "it masks one image and reads its own score; masking the frames of an X-CLIP clip is not "
                 "implemented",
