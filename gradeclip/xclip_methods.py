@@ -30,7 +30,10 @@ token, the last key):
 
 The others refuse in one line (``_REFUSED``). ``precision``: the layers before the first one explained run under
 autocast in bfloat16/float16 (``gradeclip/precision.py``); the explained layers, the MIT, the prompts generator,
-the score, its gradients and the maps in float32 (so the score reported is the one explained).
+the score, its gradients and the maps in float32 (so the score reported is the one explained). Rollout reads every
+layer's attention: the earlier layers' under autocast (the tokens go on through the library's own layers, as for
+the other methods), the last layer's in float32; ``self_attention``, ``grad_cam`` and ``game`` explain the last
+layer only.
 """
 from __future__ import annotations
 
@@ -195,7 +198,8 @@ def _rollout(bb, pixels, text, dtype):
             with autocast(bb, dtype) if reduced else _float32(bb):
                 cls, patches, (q, k, v, _) = bb.layer_with_attention(i, x if reduced else x.to(bb.dtype))
                 _, weights = attend(q[:, :length], k, v, bb.heads(i))  # (n, heads, L, L + 1)
-            x = torch.cat([cls, patches], dim=1)
+                # under autocast the tokens go on through the library's own layer (its rounding, as _entering)
+                x = bb.run_layers(x, i, i + 1) if reduced and dtype is not None else torch.cat([cls, patches], 1)
             a = weights.float().mean(dim=1)[:, :, :length] + eye  # the message column dropped
             a = a / a.sum(dim=-1, keepdim=True)
             joint = a if joint is None else a @ joint

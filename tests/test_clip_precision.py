@@ -124,15 +124,16 @@ def test_bf16_clip_score_is_a_float32_readout_of_bf16_tokens():
     assert np.abs(full.cosine - expected.numpy()).max() > 1e-4  # the fp32 path is distinguishable from it
 
 
-def test_xclip_bf16_score_is_the_librarys_float32_head_on_bf16_tokens(xclip):
+@pytest.mark.parametrize("method", ["grad_eclip", "grad_cam", "game", "self_attention", "rollout"])
+def test_xclip_bf16_score_is_the_librarys_float32_head_on_bf16_tokens(xclip, method):
     """X-CLIP: the reported cosine equals the library's own forward in float32 whose last vision layer is fed the
     tokens of the library's earlier layers run here under bf16 autocast (a pre-hook swaps them in), so the last
     layer, the MIT and the prompts generator run in float32. Catches: the explained layer or the video head left
-    under autocast (scores within 1e-2 all the same), or the precision ignored."""
+    under autocast (scores within 1e-2 all the same), in any method's path, or the precision ignored."""
     from test_xclip import PROMPTS as OWN_PROMPTS, own_forward  # own_forward tokenizes these
 
     frames = clip_frames(4)
-    reduced = explain_clip(xclip, frames, OWN_PROMPTS, progress=False, precision="bf16")
+    reduced = explain_clip(xclip, frames, OWN_PROMPTS, method=method, progress=False, precision="bf16")
     vision = xclip.model.vision_model
     pixels = xclip.image_processor([list(frames)], return_tensors="pt")["pixel_values"][0]  # (4, 3, 32, 32)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
