@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbones.base import attend
-from .methods.grad_eclip import qk_weight
+from .methods.grad_eclip import _per_prompt_grads, qk_weight
 from .methods.registry import get_method
 from .precision import autocast
 
@@ -132,8 +132,8 @@ def _decomposed(bb, pixels, text, dtype, layers: int):
             records.append(record)
             x = torch.cat([cls, patches], dim=1)
         cosine, importance = _score(bb, cls, patches, text)
-        outputs = [o for *_, o in records]
-        grads = [torch.autograd.grad(cosine[k], outputs, retain_graph=True) for k in range(len(cosine))]
+        batched = _per_prompt_grads(cosine[None], [o for *_, o in records])  # per layer (K, n, 1, W)
+        grads = [[g[k] for g in batched] for k in range(len(cosine))]
     return records, cosine, importance, grads
 
 
@@ -169,8 +169,7 @@ def _grad_cam(bb, pixels, text, dtype):
         x = x.requires_grad_(True)
         cls, patches, _ = bb.layer_with_attention(last, x)
         cosine, importance = _score(bb, cls, patches, text)
-        grads = torch.stack([torch.autograd.grad(cosine[k], [x], retain_graph=True)[0]
-                             for k in range(len(cosine))])  # (K, n, 1 + P, W)
+        (grads,) = _per_prompt_grads(cosine[None], [x])  # (K, n, 1 + P, W): one batched backward
     cam = (grads.mean(dim=2, keepdim=True) * x.detach()).sum(-1).relu()[:, :, 1:]  # (K, n, P)
     return cam.transpose(0, 1), importance, cosine
 
