@@ -164,8 +164,9 @@ def test_undefined_methods_and_options_refuse_in_one_line_saying_why(xclip):
     that names no reason or no alternative); options the method does not take there are named with the allowed
     ones; GAME over several layers is refused."""
     frames = clip_frames(4)
-    reasons = {"maskclip": "scores each patch's own embedding", "clip_surgery": "scores each patch's own embedding",
-               "gem": "scores each patch's own embedding", "legrad": "through the MIT and the prompts generator is not implemented",
+    patch = "scores each patch's own embedding"
+    reasons = {"maskclip": patch, "clip_surgery": patch, "gem": patch,
+               "legrad": "through the MIT and the prompts generator is not implemented",
                "scorecam": "masks one image", "rise": "masks one image", "gradcam_pp": "grad-cam package",
                "layercam": "grad-cam package"}
     for method, why in reasons.items():
