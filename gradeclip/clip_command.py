@@ -18,7 +18,7 @@ from typing import Optional
 
 from .checks import output_folder, positive_int_arg
 from .files import Interrupted, atomic_path, write_json
-from .input_args import add_input_options, check_input_options
+from .input_args import add_input_options, add_precision_option, check_input_options, check_precision_option
 
 EXPORT_FPS = 2.0  # the sampled frames are far apart in time: the export shows each for half a second
 
@@ -60,6 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cmap", default="jet", metavar="NAME", help="matplotlib colour map (default: jet)")
     p.add_argument("--no-gif", action="store_true", help="write the MP4 only")
     add_input_options(p)
+    add_precision_option(p)
     return p
 
 
@@ -74,6 +75,7 @@ def run(args) -> int:
     if any(not p.strip() for p in args.prompt):
         raise ValueError("empty --prompt: every prompt needs some text")
     check_input_options(args)
+    check_precision_option(args, args.device)
     out = output_folder(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from .clip_level import check_clip_method
@@ -87,7 +89,7 @@ def run(args) -> int:
     model, _ = load_clip(args.model, device=args.device)
     result = explain_clip_video(model, args.video, args.prompt, frames=args.frames, pooling=args.pooling,
                                 method=args.method, input=args.input, scale=args.scale, batch_size=args.batch_size,
-                                max_side=MAX_SIDE)
+                                max_side=MAX_SIDE, precision=args.precision)
     frames = read_frames(args.video, result.indices, max_side=MAX_SIDE)
     stem = f"{Path(args.video).stem}_clip_{args.method}"
     written = []
@@ -131,7 +133,7 @@ def _write_data(result, frames, out: Path, stem: str, args) -> list:
                             indices=result.indices, times=result.times)
     record = {
         "video": str(args.video), "model": args.model, "library": result.library, "method": result.method,
-        "pooling": result.pooling, "input": result.input, "prompts": result.prompts,
+        "pooling": result.pooling, "input": result.input, "precision": result.precision, "prompts": result.prompts,
         "cosine": [round(float(c), 6) for c in result.cosine], "probs": [round(float(p), 6) for p in result.probs],
         "score": ("cos(mean_t f_t/|f_t|, g_k): the cosine of the mean of the unit frame embeddings with each prompt"
                   if result.pooling == "mean" else "X-CLIP's own video-text score"),

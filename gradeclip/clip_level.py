@@ -33,6 +33,7 @@ from .checks import positive_int, text_features_for
 from .methods.baselines import run_method  # noqa: F401 (importing it registers every method)
 from .methods.grad_eclip import decomposition_start, grad_eclip_tokens
 from .methods.registry import check_options, get_method
+from .precision import autocast, check_precision, exact_features
 
 POOLINGS = ("mean", "xclip")
 # methods through the clip score's gradient: exact, because each is positively homogeneous in the gradient
@@ -66,6 +67,7 @@ class ClipExplanation:
     input: str = ""               # input mode and size fed to the model, e.g. "native 320x240"
     windows: List[dict] = field(default_factory=list)  # X-CLIP: [{"start": i, "stop": j, "cosine": [K], "probs": [K]}]
     frames: Optional[np.ndarray] = None  # (T, H, W, 3) uint8 RGB when the caller passed frames in memory
+    precision: str = "fp32"       # how the forward ran: fp32, bf16 or fp16 (gradeclip/precision.py)
 
 
 def mean_pooling(image_features: torch.Tensor, text_features: torch.Tensor):
@@ -104,7 +106,8 @@ def _is_xclip(model) -> bool:
 
 def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, pooling: str = "mean",
                  method: str = "grad_eclip", tokenizer=None, input: Optional[str] = None, scale: float = 1.0,
-                 batch_size: int = 16, progress: bool = True, **options) -> ClipExplanation:
+                 batch_size: int = 16, progress: bool = True, precision: str = "fp32",
+                 **options) -> ClipExplanation:
     """Explain a clip-level score: which of the T frames, and where in them, made the clip match each prompt.
 
     ``model``: any model ``explain`` takes (mean pooling over its frame embeddings), or a transformers
@@ -113,7 +116,10 @@ def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], 
     ``pooling``: ``"mean"`` or ``"xclip"``. ``method``: one of ``GRADIENT_METHODS`` (through the clip score's
     gradient) or ``SCORE_FREE_METHODS`` (per-frame maps, which no score reaches); others are refused in one line.
     ``options`` go to the method (Grad-ECLIP: ``layers``, ``single_head``). ``input``, ``scale``, ``tokenizer``:
-    as for ``explain``. Frames go through the model ``batch_size`` at a time.
+    as for ``explain``. Frames go through the model ``batch_size`` at a time. ``precision``: ``"fp32"``
+    (default), ``"bf16"`` or ``"fp16"`` (GPU only; refused on CPU in one line): the forward under autocast on the
+    model's device, the caller's model unchanged; maps float32 and scores from float32 (see
+    ``explain_clip_encoded``; X-CLIP: ``xclip_methods.py``).
 
     Returns a ``ClipExplanation``: ``cosine``/``probs`` (K,) of the clip, ``maps`` (T, K, H, W) in [0, 1] on one
     scale per prompt over all T frames, ``raw`` (T, K, h, w) the clip score's relevance, ``frame_importance``
@@ -125,22 +131,31 @@ def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], 
         from .xclip_level import explain_xclip  # X-CLIP's own video head
 
         return explain_xclip(model, frames, prompts, method=method, tokenizer=tokenizer, progress=progress,
-                             input=input, scale=scale, batch_size=batch_size, **options)
+                             input=input, scale=scale, batch_size=batch_size, precision=precision, **options)
     bb = backbone_of(model, tokenizer)
     check_clip_method(method, options)
+    check_precision(precision, bb, method)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     return explain_clip_encoded(bb, frames, prompts, bb.encode_prompts(prompts), method=method, input=input,
-                                scale=scale, batch_size=batch_size, progress=progress, **options)
+                                scale=scale, batch_size=batch_size, progress=progress, precision=precision,
+                                **options)
 
 
 def explain_clip_encoded(model, frames: FramesLike, prompts: Sequence[str], text_features: torch.Tensor, *,
                          method: str = "grad_eclip", input: Optional[str] = None, scale: float = 1.0,
-                         batch_size: int = 16, progress: bool = True, **options) -> ClipExplanation:
+                         batch_size: int = 16, progress: bool = True, precision: str = "fp32",
+                         **options) -> ClipExplanation:
     """``explain_clip`` under mean pooling with the prompts already encoded: ``text_features`` (K, D), the
     library's own (``encode_prompts``), for ``prompts`` (K strings, used as labels); for callers that explain many
-    clips against one prompt set. Returns a ``ClipExplanation``."""
+    clips against one prompt set. Returns a ``ClipExplanation``.
+
+    ``precision`` bf16/fp16: Grad-ECLIP's blocks before the decomposed ones run under autocast; the decomposed
+    blocks, the clip score (so the score reported is the one explained), its gradients and the maps in float32.
+    The other methods: the scores from ``precision.exact_features`` (the last block's readout in float32), the
+    explaining pass under autocast throughout (its gradients carry reduced-precision rounding), maps float32."""
     bb = backbone_of(model)
     check_clip_method(method, options)
+    dtype = check_precision(precision, bb, method)
     positive_int(batch_size, "batch_size")
     frames = as_frames(frames)
     prompts = list(prompts)
@@ -156,10 +171,16 @@ def explain_clip_encoded(model, frames: FramesLike, prompts: Sequence[str], text
     with torch.no_grad():  # scoring pass: the clip score needs every frame before any frame can be explained
         for s in starts:
             pixels = model_pixels(bb, frames[s:s + batch_size], view)
-            x = bb.tokens_before(pixels, start)
-            # only the rows the embedding depends on go through the last block (``readout``)
-            features.append(bb.pool(x) if start == bb.depth else
-                            bb.readout(bb.run_blocks(x, start, bb.depth - 1), bb.depth - 1))
+            if decomposed or dtype is None:
+                with autocast(bb, dtype):  # the blocks before the decomposed ones (a no-op at fp32)
+                    x = bb.tokens_before(pixels, start).to(bb.dtype)
+                with torch.autocast(bb.device.type, enabled=False):
+                    # only the rows the embedding depends on go through the last block (``readout``)
+                    features.append(bb.pool(x) if start == bb.depth else
+                                    bb.readout(bb.run_blocks(x, start, bb.depth - 1), bb.depth - 1))
+            else:  # another method under bf16/fp16: the float32 readout of the last block
+                x = None
+                features.append(exact_features(bb, pixels, dtype))
             kept.append(x if decomposed else None)
             bar.update()
     cosine, importance, direction, gain = mean_pooling(torch.cat(features), text_features)
@@ -172,7 +193,8 @@ def explain_clip_encoded(model, frames: FramesLike, prompts: Sequence[str], text
                                        single_head=options.get("single_head", False),
                                        spatial_weight=options.get("spatial_weight", True) and method == "grad_eclip")
         else:
-            raw = get_method(method)(bb, model_pixels(bb, frames[s:s + batch_size], view), direction, **options)
+            with autocast(bb, dtype):
+                raw = get_method(method)(bb, model_pixels(bb, frames[s:s + batch_size], view), direction, **options)
         raws.append(raw.float())
         bar.update()
     bar.close()
@@ -185,7 +207,7 @@ def explain_clip_encoded(model, frames: FramesLike, prompts: Sequence[str], text
         maps=shared_scale(view, raw).numpy(), raw=raw.numpy(), frame_importance=importance.float().cpu().numpy(),
         relevance_mass=raw.sum(dim=(2, 3)).numpy(), indices=np.arange(len(frames)),
         times=np.full(len(frames), np.nan), prompts=prompts, method=method, pooling="mean",
-        **bb.describe(), input=f"{view.mode} {view.size[1]}x{view.size[0]}", frames=frames)
+        **bb.describe(), input=f"{view.mode} {view.size[1]}x{view.size[0]}", frames=frames, precision=precision)
 
 
 def shared_scale(view, raw: torch.Tensor) -> torch.Tensor:

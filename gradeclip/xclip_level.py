@@ -1,4 +1,7 @@
-"""Grad-ECLIP through X-CLIP's video head: which frames of a clip, and where in them, made X-CLIP match a prompt.
+"""X-CLIP's video score explained: which frames of a clip, and where in them, made X-CLIP match a prompt.
+
+Grad-ECLIP is described here; every method (Grad-CAM, GAME, self-attention, rollout, and the refusals) is in
+``xclip_methods.py``.
 
 The explained score is X-CLIP's own video-level cosine s_k = cos(video, text_k conditioned on the video)
 (``logits_per_video / logit_scale``), one clip of ``num_frames`` frames at a time (``backbones/xclip.py``).
@@ -37,14 +40,14 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .backbones.base import backbone_of
 from .backbones.pixels import as_frames
 from .checks import positive_int
 from .clip_level import ClipExplanation
-from .methods.grad_eclip import qk_weight
+from .precision import check_precision
+from .xclip_methods import check_xclip_method, explain_window
 
 
 def window_starts(count: int, size: int) -> list:
@@ -58,27 +61,30 @@ def window_starts(count: int, size: int) -> list:
 
 def explain_xclip(model, frames, prompts: Union[str, Sequence[str]], *, method: str = "grad_eclip", tokenizer=None,
                   progress: bool = True, input: Optional[str] = None, scale: float = 1.0, batch_size: int = 16,
-                  layers: int = 1, spatial_weight: bool = True) -> ClipExplanation:
+                  precision: str = "fp32", **options) -> ClipExplanation:
     """Explain X-CLIP's video-level score of T frames for K prompts (see the module docstring for what is
-    decomposed and what is attributed by gradient).
+    decomposed and what is attributed by gradient, and ``xclip_methods.py`` for each method).
 
     ``model``: a transformers ``XCLIPModel`` or its gradeclip Backbone (``load_clip("hf:FOLDER")``). ``frames``:
-    (T, H, W, 3) uint8 RGB array or list, T >= the model's ``num_frames``. ``prompts``: K strings. ``tokenizer``:
-    where the model carries none. ``input``: ``"library"`` (default: the model's image processor, short side +
-    centre crop; maps cover the crop, 0 elsewhere), ``"native"`` or ``"model"`` (positions interpolated).
-    ``batch_size``: accepted for the shared signature; X-CLIP runs one window of ``num_frames`` at a time.
-    ``layers``: last vision layers decomposed; ``spatial_weight=False`` drops lambda.
+    (T, H, W, 3) uint8 RGB array or list, T >= the model's ``num_frames``. ``prompts``: K strings. ``method``: one
+    of ``xclip_methods.XCLIP_METHODS``; the others are refused in one line saying why. ``tokenizer``: where the
+    model carries none. ``input``: ``"library"`` (default: the model's image processor, short side + centre crop;
+    maps cover the crop, 0 elsewhere), ``"native"`` or ``"model"`` (positions interpolated). ``batch_size``:
+    accepted for the shared signature; X-CLIP runs one window of ``num_frames`` at a time. ``precision``:
+    ``"fp32"``, ``"bf16"`` or ``"fp16"`` (GPU only): the layers before the explained ones under autocast, the rest
+    (score, gradients, maps) in float32. ``options``: Grad-ECLIP ``layers`` (last vision layers decomposed) and
+    ``spatial_weight`` (False drops lambda); GAME ``start_layer`` (-1 only).
 
     Returns a ``ClipExplanation`` (pooling ``"xclip"``): ``cosine``/``probs`` (K,) from the model's own path,
     ``maps`` (T, K, H, W) in [0, 1] on one min-max scale per prompt over all T frames, ``raw`` (T, K, h, w),
     ``frame_importance``/``relevance_mass`` (T, K), ``windows`` [{start, stop, cosine, probs}] (stop exclusive).
     """
-    if method != "grad_eclip":
-        raise ValueError(f"method {method!r} is not defined for X-CLIP's video score in gradeclip; "
-                         f"allowed: grad_eclip")
+    check_xclip_method(method, options)
     bb = backbone_of(model, tokenizer)
     if not hasattr(bb, "num_frames"):
         raise TypeError(f"explain_xclip needs a transformers XCLIPModel, got {type(bb.model).__name__}")
+    dtype = check_precision(precision, bb, method)
+    layers = options.get("layers", 1)
     positive_int(layers, "layers", " (number of last vision layers to decompose)")
     if layers > bb.depth:
         raise ValueError(f"layers={layers} exceeds the model's {bb.depth} vision layers")
@@ -88,7 +94,7 @@ def explain_xclip(model, frames, prompts: Union[str, Sequence[str]], *, method: 
     starts = window_starts(count, n)
     view = bb.view(frames.shape[1], frames.shape[2], input, scale)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    text = bb.encode_prompts(prompts).to(bb.dtype)  # (K, D), the library's get_text_features
+    text = bb.encode_prompts(prompts).to(bb.dtype)  # (K, D), the library's get_text_features, in float32
     share = 1.0 / len(starts)
 
     raw = importance = None
@@ -96,7 +102,7 @@ def explain_xclip(model, frames, prompts: Union[str, Sequence[str]], *, method: 
     for start in tqdm(starts, desc="explaining X-CLIP windows", unit="window",
                       disable=not progress or len(starts) < 2):
         pixels = bb.clip_pixels(frames[start:start + n], view)
-        w_raw, w_imp, cosine = _window(bb, pixels, text, layers, spatial_weight)
+        w_raw, w_imp, cosine = explain_window(bb, pixels, text, method, dtype, **options)
         if raw is None:
             raw = w_raw.new_zeros((count, *w_raw.shape[1:]))
             importance = w_imp.new_zeros((count, w_imp.shape[1]))
@@ -114,36 +120,8 @@ def explain_xclip(model, frames, prompts: Union[str, Sequence[str]], *, method: 
         frame_importance=importance.cpu().numpy().astype(np.float32),
         relevance_mass=raw.flatten(2).sum(-1).cpu().numpy().astype(np.float32),
         indices=np.arange(count), times=np.full(count, np.nan), prompts=prompts, method=method, pooling="xclip",
-        input=f"{view.mode} {view.size[1]}x{view.size[0]}", windows=windows, frames=frames, **bb.describe())
-
-
-def _window(bb, pixels: torch.Tensor, text: torch.Tensor, layers: int, spatial_weight: bool):
-    """One clip of n frames: raw maps (n, K, h, w), importance (n, K), cosine (K,), all detached float32."""
-    grid = (pixels.shape[-2] // bb.patch_size, pixels.shape[-1] // bb.patch_size)
-    with torch.no_grad():
-        x = bb.run_layers(bb.frame_tokens(pixels), 0, bb.depth - layers)
-    records = []
-    with torch.enable_grad():
-        for i in range(bb.depth - layers, bb.depth):
-            cls, patches, record = bb.layer_with_attention(i, x)
-            records.append(record)
-            x = torch.cat([cls, patches], dim=1)
-        tokens, conditioned = bb.video_and_text(cls, patches, text)  # (n, D), (K, D)
-        video = tokens.mean(dim=0)
-        g = F.normalize(conditioned, dim=-1)
-        cosine = g @ F.normalize(video, dim=-1)  # (K,)
-        outputs = [o for *_, o in records]
-        grads = [torch.autograd.grad(cosine[k], outputs, retain_graph=True) for k in range(len(cosine))]
-    importance = (tokens @ g.T) / (tokens.shape[0] * video.norm())  # (n, K): sums over frames to the cosine
-
-    maps = 0
-    for j, (q, k, v, _) in enumerate(records):
-        patches = slice(1, k.shape[1] - 1)  # row 0 the class token, the last row the message token
-        w = torch.stack([g_k[j][:, 0] for g_k in grads])  # (K, n, W): gradient at each frame's class row
-        lam = qk_weight(q[:, 0], k[:, patches]) if spatial_weight else torch.ones_like(k[:, patches, 0])
-        maps = maps + (torch.einsum("knc,npc->nkp", w, v[:, patches]) * lam[:, None, :]).relu()
-    maps = maps.reshape(*maps.shape[:2], *grid)
-    return maps.detach().float(), importance.detach().float(), cosine.detach().float()
+        input=f"{view.mode} {view.size[1]}x{view.size[0]}", windows=windows, frames=frames, precision=precision,
+        **bb.describe())
 
 
 def _shared_scale(maps: torch.Tensor) -> torch.Tensor:

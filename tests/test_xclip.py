@@ -126,11 +126,11 @@ def test_native_input_scores_equal_the_model_with_interpolated_positions(xclip):
     assert result.input == "native 40x24"
 
 
-def naive_reference(backbone, frames, layers):
+def naive_reference(backbone, frames, layers, spatial=True):
     """Grad-ECLIP maps (n, K, P) by loops: the video cosine of the library's own forward back-propagated with
     autograd to each decomposed layer's self-attention output (the input of its out_proj), the class-token row's
     gradient as channel weights, lambda from the cosine of the class query with each patch key min-max
-    normalised over the patches, the message token (the last row) left out."""
+    normalised over the patches (1 without ``spatial``), the message token (the last row) left out."""
     captured = {}
     hooks = []
     for i in range(backbone.depth - layers, backbone.depth):
@@ -156,7 +156,7 @@ def naive_reference(backbone, frames, layers):
                 cos = [float(q[t, 0] @ key[t, p] / (q[t, 0].norm() * key[t, p].norm())) for p in range(1, rows - 1)]
                 low, high = min(cos), max(cos)
                 for p in range(1, rows - 1):
-                    lam = (cos[p - 1] - low) / (high - low)
+                    lam = (cos[p - 1] - low) / (high - low) if spatial else 1.0
                     maps[t, k, p - 1] += torch.relu(sum(w[c] * v[t, p, c] for c in range(width)) * lam)
     return maps
 
@@ -245,8 +245,9 @@ def test_too_few_frames_and_undefined_methods_are_refused_in_one_line(xclip):
     with pytest.raises(ValueError, match=r"exactly 4 frames.*got 3 frames") as err:
         explain_xclip(xclip, clip_frames(3), PROMPTS, progress=False)
     assert "\n" not in str(err.value)
-    with pytest.raises(ValueError, match=r"'grad_cam'.*allowed: grad_eclip") as err:
-        explain_clip(xclip, clip_frames(4), PROMPTS, method="grad_cam", progress=False)
+    with pytest.raises(ValueError, match=r"'rise' cannot explain X-CLIP's video score: it masks one image.*"
+                                         r"use one of grad_eclip, grad_eclip_no_spatial, grad_cam") as err:
+        explain_clip(xclip, clip_frames(4), PROMPTS, method="rise", progress=False)
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="explain_clip") as err:
         gradeclip.explain(xclip, clip_frames(1), PROMPTS, progress=False)

@@ -124,7 +124,9 @@ class XClipBackbone(Backbone):
         emb = self.vm.embeddings
         x = emb.patch_embedding(pixels.to(device=self.device, dtype=self.dtype))
         grid = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)  # (n, P, W)
+        # under autocast the patch embedding comes out in bf16/fp16; the library adds the class embedding and the
+        # positions in the weights' dtype (the sum is promoted), and so do we
+        x = x.flatten(2).transpose(1, 2).to(torch.promote_types(x.dtype, emb.class_embedding.dtype))  # (n, P, W)
         cls = emb.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         pos = emb.position_embedding.weight.to(x.dtype)
         # bicubic as transformers' interpolate_pos_encoding (written out: transformers < 4.43 has none for X-CLIP)
