@@ -35,7 +35,7 @@ LAYERS = (
     ("io", {"io", "paths"}),
     ("backbones", {"backbones"}),
     ("methods", {"methods", "precision"}),
-    ("pipeline", {"explain", "video", "clip_level", "xclip_level"}),
+    ("pipeline", {"explain", "video", "clip_level", "xclip_level", "xclip_methods"}),
     ("eval/viz", {"eval", "viz"}),
     ("batch", {"batch"}),
     ("cli", {"cli", "cli_status", "cli_checks", "demo_command", "clip_command", "__main__", "__init__"}),
