@@ -126,8 +126,9 @@ def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], 
     ``XCLIPModel`` (then ``gradeclip.xclip_level.explain_xclip`` explains its own video score).
     ``frames``: uint8 RGB (T, H, W, 3) array or a list of frames, in time order. ``prompts``: a string or K strings.
     ``pooling``: None (the model's own: ``"xclip"`` for an X-CLIP model, else ``"mean"``), ``"mean"`` or
-    ``"xclip"``; a pooling the model does not have is refused in one line. ``method``: one of ``GRADIENT_METHODS`` (through the clip score's
-    gradient) or ``SCORE_FREE_METHODS`` (per-frame maps, which no score reaches); others are refused in one line.
+    ``"xclip"``; a pooling the model does not have is refused in one line. ``method``: one of
+    ``GRADIENT_METHODS`` (through the clip score's gradient) or ``SCORE_FREE_METHODS`` (per-frame maps, which no
+    score reaches); others are refused in one line.
     ``options`` go to the method (Grad-ECLIP: ``layers``, ``single_head``). ``input``, ``scale``, ``tokenizer``:
     as for ``explain``. Frames go through the model ``batch_size`` at a time.
 
