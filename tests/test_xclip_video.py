@@ -199,7 +199,8 @@ def test_explorer_opens_with_the_clip_view_of_an_xclip_model(xclip, bar_video):
     frame with heights following the selected prompt's importance, a click moving the slider to the bar's video
     index; on a sampled frame the explorer (which has no per-frame view of X-CLIP) shows that frame's clip
     overlays, elsewhere the one-line refusal. Catches: a bar that moves the slider to its position, bars of the
-    wrong prompt, the overlays of another sampled frame, an explore() that ignores clip=."""
+    wrong prompt, the overlays of another sampled frame, an explore() that ignores clip=, clip=True sampling
+    X-CLIP with the mean-pooling default of 8 frames."""
     from gradeclip.viz.clip_figures import clip_picture
     from gradeclip.viz.explorer import explore
     from gradeclip.viz.explorer_view import jpeg_bytes
@@ -224,11 +225,14 @@ def test_explorer_opens_with_the_clip_view_of_an_xclip_model(xclip, bar_video):
     assert "sampled frame 4 of 6" in explorer.status.value
     explorer.slider.value = 12  # not sampled: the per-frame refusal, in one line
     assert "frame 12:" in explorer.status.value and "scores whole clips" in explorer.status.value
+    own = explore(xclip, bar_video, PROMPTS, clip=True, words=False)  # the model's own clip: 4 frames
+    assert own.clip_view.result.indices.tolist() == [0, 8, 15, 23] and len(own.clip_view.result.windows) == 1
 
 
 def test_explore_clip_keyword_for_a_mean_pooled_model(bar_video):
     """clip="uniform:5" opens the clip view of mean pooling over those frames; clip=True the default
-    (uniform:8); no clip= gives no clip view (catches the keyword dropped or the frames not passed on)."""
+    (uniform:8); no clip= gives no clip view; the per-frame view stays (catches the keyword dropped, the frames
+    not passed on, or the clip's overlays drawn over a model that has per-frame explanations)."""
     from gradeclip.viz.explorer import explore
 
     model = tiny_clip(seed=6)
@@ -237,5 +241,7 @@ def test_explore_clip_keyword_for_a_mean_pooled_model(bar_video):
     five = explore(model, bar_video, PROMPTS, input="native", words=False, clip="uniform:5")
     assert five.clip_view.result.pooling == "mean" and five.clip_view.result.indices.tolist() == [0, 6, 12, 17, 23]
     assert five.children[0].children[1] is five.clip_view
+    # a model with per-frame explanations keeps its per-frame view on a sampled frame (frame 0 is sampled)
+    assert five.current is not None and "overlays of the clip explanation" not in five.status.value
     default = explore(model, bar_video, PROMPTS, input="native", words=False, clip=True)
     assert default.clip_view.result.indices.tolist() == np.round(np.linspace(0, 23, 8)).astype(int).tolist()
