@@ -4,7 +4,8 @@
 ``as_hf_clip`` maps its state dict onto a transformers ``CLIPModel`` (key mapping written here, from the two
 libraries' module names); ``tiny_siglip`` is a random transformers ``SiglipModel``,
 ``tiny_open_clip_siglip`` a random open_clip SigLIP (timm tower); ``naive_pooling_grad_eclip`` is the loop reference
-of Grad-ECLIP on an attention-pooling head.
+of Grad-ECLIP on an attention-pooling head; ``save_tiny_xclip`` saves a random transformers ``XCLIPModel`` folder
+(tokenizer and image processor included) for ``hf:FOLDER``.
 """
 import warnings
 
