@@ -1,6 +1,6 @@
 """The ``clip`` command: explain a clip-level score (which frames, and where in them) of frames sampled from a video.
 
-    python -m gradeclip clip VIDEO --prompt P [--prompt P2 ...] [--frames uniform:8] [--pooling mean]
+    python -m gradeclip clip VIDEO --prompt P [--prompt P2 ...] [--frames uniform:8] [--pooling mean|xclip]
                                    [--model NAME] [--method grad_eclip] [--input native|model|library] [--out DIR]
 
 Writes into ``--out``, every file complete or absent (``files.atomic_path``): ``STEM.mp4`` and ``STEM.gif`` (each
@@ -44,10 +44,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "against its true time, and the maps and scores (.npz) with a JSON sidecar.")
     p.add_argument("video", metavar="VIDEO", help="path of the video file")
     p.add_argument("--prompt", "-p", action="append", required=True, metavar="TEXT", help="text prompt; repeatable")
-    p.add_argument("--frames", type=_selection, default="uniform:8", metavar="uniform:N|I,J,...",
-                   help="frames that make the clip: N evenly spaced (default uniform:8) or a list of indices")
-    p.add_argument("--pooling", choices=("mean", "xclip"), default="mean",
-                   help="how frames make the clip score: mean of the frame embeddings (CLIP4Clip; default) or X-CLIP")
+    p.add_argument("--frames", type=_selection, default=None, metavar="uniform:N|I,J,...",
+                   help="frames that make the clip: N evenly spaced or a list of indices (default uniform:8; for "
+                        "an X-CLIP model uniform:NUM_FRAMES, its clip length; more frames are explained in windows "
+                        "of NUM_FRAMES, each window's score reported)")
+    p.add_argument("--pooling", choices=("mean", "xclip"), default=None,
+                   help="how frames make the clip score: mean of the frame embeddings (CLIP4Clip) or X-CLIP's video "
+                        "head (default: the model's own, xclip for an X-CLIP model (hf:FOLDER), else mean)")
     p.add_argument("--model", "-m", default=os.environ.get("GRADECLIP_MODEL", "ViT-B/32"), metavar="NAME|PATH",
                    help="model as for the other commands (default: $GRADECLIP_MODEL or ViT-B/32)")
     p.add_argument("--method", default="grad_eclip", metavar="NAME",
@@ -80,7 +83,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from .clip_level import check_clip_method
 
-    if args.pooling == "mean":
+    if args.pooling == "mean":  # before the model loads; the model's own pooling is known once it has loaded
         check_clip_method(args.method, {})
     from .backbones.model import load_clip
     from .clip_level import explain_clip_video
@@ -136,7 +139,9 @@ def _write_data(result, frames, out: Path, stem: str, args) -> list:
         "pooling": result.pooling, "input": result.input, "precision": result.precision, "prompts": result.prompts,
         "cosine": [round(float(c), 6) for c in result.cosine], "probs": [round(float(p), 6) for p in result.probs],
         "score": ("cos(mean_t f_t/|f_t|, g_k): the cosine of the mean of the unit frame embeddings with each prompt"
-                  if result.pooling == "mean" else "X-CLIP's own video-text score"),
+                  if result.pooling == "mean" else "X-CLIP's own video-text score, logits_per_video / logit_scale "
+                  "(the video embedding against each prompt conditioned on the video); over several windows of "
+                  "num_frames frames, the mean of the windows' cosines"),
         "frame_indices": [int(i) for i in result.indices],
         "timestamps_s": [None if not np.isfinite(t) else round(float(t), 6) for t in result.times],
         "frame_importance": np.round(result.frame_importance, 6).tolist(),
@@ -146,6 +151,9 @@ def _write_data(result, frames, out: Path, stem: str, args) -> list:
                      "axes": "frame, prompt, grid row, grid column", "values": "raw, not normalised"},
         "display_normalisation": "min-max with one scale per prompt over all frames of the clip",
         "windows": result.windows,
+        "windows_fields": ("X-CLIP: start/stop (stop exclusive) count the sampled frames, indices are the video's "
+                           "frame indices, cosine/probs that window's own scores per prompt" if result.windows
+                           else "none: mean pooling scores all sampled frames at once"),
     }
     return [npz, write_json(out / f"{stem}.json", record)]
 
@@ -200,3 +208,7 @@ def _report(result, args) -> None:
         when = f" ({result.times[top]:.2f} s)" if np.isfinite(result.times[top]) else ""
         print(f"  {prompt:<{width}}  {result.cosine[k]:8.3f}  {result.probs[k]:4.2f}  {result.indices[top]}{when}",
               file=sys.stdout)
+    if len(result.windows) > 1:
+        for w in result.windows:
+            print(f"  window frames {w['indices'][0]}-{w['indices'][-1]}: cos "
+                  + " ".join(f"{c:.3f}" for c in w["cosine"]))

@@ -99,22 +99,39 @@ def check_clip_method(method: str, options: dict) -> None:
                          f"relevance over several blocks is not proportional to the gradient); use start_layer=-1")
 
 
+def check_pooling(pooling: Optional[str], model) -> str:
+    """The pooling ``explain_clip`` uses for ``model``: None means the model's own (``"xclip"`` for an X-CLIP
+    model, else ``"mean"``); one-line ValueError for an unknown pooling or one the model does not have."""
+    if pooling is not None and pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
+    own = "xclip" if _is_xclip(model) else "mean"
+    if pooling is not None and pooling != own:
+        name = type(getattr(model, "model", model)).__name__
+        raise ValueError(f"pooling {pooling!r} is not defined for {name}: "
+                         + ("X-CLIP scores a clip with its own video head; use pooling='xclip' (or leave it out)"
+                            if own == "xclip" else "only a transformers XCLIPModel has X-CLIP's video head; use "
+                                                   "pooling='mean' (or leave it out)"))
+    return own
+
+
 def _is_xclip(model) -> bool:
     inner = getattr(model, "model", model)  # a Backbone wraps the library's model
     return any(c.__name__ == "XCLIPModel" for c in (*type(model).__mro__, *type(inner).__mro__))
 
 
-def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, pooling: str = "mean",
+def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], *, pooling: Optional[str] = None,
                  method: str = "grad_eclip", tokenizer=None, input: Optional[str] = None, scale: float = 1.0,
                  batch_size: int = 16, progress: bool = True, precision: str = "fp32",
                  **options) -> ClipExplanation:
     """Explain a clip-level score: which of the T frames, and where in them, made the clip match each prompt.
 
     ``model``: any model ``explain`` takes (mean pooling over its frame embeddings), or a transformers
-    ``XCLIPModel`` (then, or with ``pooling="xclip"``, ``gradeclip.xclip_level.explain_xclip`` explains it).
+    ``XCLIPModel`` (then ``gradeclip.xclip_level.explain_xclip`` explains its own video score).
     ``frames``: uint8 RGB (T, H, W, 3) array or a list of frames, in time order. ``prompts``: a string or K strings.
-    ``pooling``: ``"mean"`` or ``"xclip"``. ``method``: one of ``GRADIENT_METHODS`` (through the clip score's
-    gradient) or ``SCORE_FREE_METHODS`` (per-frame maps, which no score reaches); others are refused in one line.
+    ``pooling``: None (the model's own: ``"xclip"`` for an X-CLIP model, else ``"mean"``), ``"mean"`` or
+    ``"xclip"``; a pooling the model does not have is refused in one line. ``method``: one of
+    ``GRADIENT_METHODS`` (through the clip score's gradient) or ``SCORE_FREE_METHODS`` (per-frame maps, which no
+    score reaches); others are refused in one line.
     ``options`` go to the method (Grad-ECLIP: ``layers``, ``single_head``). ``input``, ``scale``, ``tokenizer``:
     as for ``explain``. Frames go through the model ``batch_size`` at a time. ``precision``: ``"fp32"``
     (default), ``"bf16"`` or ``"fp16"`` (GPU only; refused on CPU in one line): the forward under autocast on the
@@ -125,9 +142,8 @@ def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], 
     scale per prompt over all T frames, ``raw`` (T, K, h, w) the clip score's relevance, ``frame_importance``
     (T, K) summing to ``cosine``, ``relevance_mass`` (T, K); indices 0..T-1 and NaN times (in-memory frames).
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
-    if pooling == "xclip" or _is_xclip(model):
+    pooling = check_pooling(pooling, model)
+    if pooling == "xclip":
         from .xclip_level import explain_xclip  # X-CLIP's own video head
 
         return explain_xclip(model, frames, prompts, method=method, tokenizer=tokenizer, progress=progress,
@@ -222,14 +238,27 @@ def shared_scale(view, raw: torch.Tensor) -> torch.Tensor:
     return view.place(scaled)
 
 
-def explain_clip_video(model, video, prompts: Union[str, Sequence[str]], *, frames="uniform:8",
+def default_frames(model, pooling: Optional[str] = None, tokenizer=None) -> str:
+    """The frames a clip of ``model`` is sampled as by default: ``"uniform:NUM_FRAMES"`` for X-CLIP (the clip
+    length its video head takes), else ``"uniform:8"``."""
+    if check_pooling(pooling, model) == "xclip":
+        return f"uniform:{backbone_of(model, tokenizer).num_frames}"
+    return "uniform:8"
+
+
+def explain_clip_video(model, video, prompts: Union[str, Sequence[str]], *, frames=None,
                        max_side: Optional[int] = None, **kwargs) -> ClipExplanation:
     """``explain_clip`` on frames read from the video file ``video``: ``frames`` is a selection as ``read_frames``
-    takes it (``"uniform:N"``, an index or a list of indices, in time order). The result carries the frames'
-    indices in the video and their true presentation times (seconds, from the container); ``frames`` is None
-    (decode them again with ``read_frames(video, result.indices)``). ``kwargs`` go to ``explain_clip``."""
+    takes it (``"uniform:N"``, an index or a list of indices, in time order); None (the default) samples as the
+    model expects: ``"uniform:NUM_FRAMES"`` for X-CLIP (its clip length), else ``"uniform:8"``. X-CLIP explains
+    more frames in windows of its clip length, each window's score reported, and refuses fewer in one line.
+
+    The result carries the frames' indices in the video and their true presentation times (seconds, from the
+    container); an X-CLIP window also lists its frames' video indices (``windows[i]["indices"]``); ``frames`` is
+    None (decode them again with ``read_frames(video, result.indices)``). ``kwargs`` go to ``explain_clip``."""
     from .io.frames import read_frames, resolve_indices, video_info
 
+    frames = default_frames(model, kwargs.get("pooling"), kwargs.get("tokenizer")) if frames is None else frames
     info = video_info(video)
     wanted = resolve_indices(frames, info.num_frames)
     result = explain_clip(model, read_frames(video, wanted, max_side=max_side), prompts, **kwargs)
@@ -237,5 +266,7 @@ def explain_clip_video(model, video, prompts: Union[str, Sequence[str]], *, fram
     positions = np.asarray(result.indices)  # positions in ``wanted`` (X-CLIP may explain a subset)
     result.indices = wanted[positions]
     result.times = times[result.indices] if len(times) == info.num_frames else np.full(len(positions), np.nan)
+    for window in result.windows:  # start/stop count sampled frames; the indices name the video's frames
+        window["indices"] = [int(i) for i in result.indices[window["start"]:window["stop"]]]
     result.frames = None
     return result

@@ -4,7 +4,8 @@
 ``as_hf_clip`` maps its state dict onto a transformers ``CLIPModel`` (key mapping written here, from the two
 libraries' module names); ``tiny_siglip`` is a random transformers ``SiglipModel``,
 ``tiny_open_clip_siglip`` a random open_clip SigLIP (timm tower); ``naive_pooling_grad_eclip`` is the loop reference
-of Grad-ECLIP on an attention-pooling head.
+of Grad-ECLIP on an attention-pooling head; ``save_tiny_xclip`` saves a random transformers ``XCLIPModel`` folder
+(tokenizer and image processor included) for ``hf:FOLDER``.
 """
 import warnings
 
@@ -215,6 +216,33 @@ def save_hf_clip(model, folder):
     """An openai-clip model saved as a transformers CLIPModel folder with its tokenizer (``hf:FOLDER``)."""
     as_hf_clip(model).save_pretrained(str(folder))
     write_clip_tokenizer(folder)
+    return str(folder)
+
+
+def save_tiny_xclip(folder, *, seed=0, num_frames=4):
+    """A random tiny transformers ``XCLIPModel`` (2 vision layers, width 32, 4 heads, patch 8 at 32 px,
+    ``num_frames`` frames per clip) saved into ``folder`` with an offline CLIP tokenizer and a VideoMAE image
+    processor (what the published X-CLIP checkpoints ship), for ``hf:FOLDER``; returns the folder as str."""
+    import transformers
+    from gradeclip.backbones.pixels import CLIP_MEAN, CLIP_STD
+
+    torch.manual_seed(seed)
+    config = transformers.XCLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=16),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, num_frames=num_frames, mit_hidden_size=24,
+                           mit_intermediate_size=48, mit_num_hidden_layers=1, mit_num_attention_heads=2),
+        projection_dim=24, prompt_layers=1, prompt_num_attention_heads=2, prompt_alpha=0.5)
+    model = transformers.XCLIPModel(config).eval()
+    with torch.no_grad():  # random init leaves LayerNorms at identity and some biases at 0: give every path signal
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(str(folder))
+    write_clip_tokenizer(folder)
+    transformers.VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(
+        str(folder))
     return str(folder)
 
 

@@ -127,3 +127,42 @@ def test_input_parameter_reaches_the_explanation(notebook_checkpoint, tmp_path, 
     record = json.loads((tmp_path / "o" / "grad_eclip_scores.json").read_text())
     assert record["input"]["mode"] == "library" and record["input"]["size_hw"] == [64, 64]
     assert record["input"]["seen_box_tlbr"] == [0, 38, 240, 279]
+
+
+def test_notebook_07_runs_on_an_xclip_folder(tmp_path, monkeypatch):
+    """Notebook 07 with ``MODEL = "hf:FOLDER"`` of a random tiny X-CLIP (num_frames 4) and FRAMES left to the
+    model: it runs headless, writes its files, and the JSON's cosine is the model's own ``logits_per_video`` /
+    logit_scale on the frames the JSON names (X-CLIP's processor and forward, called here). Catches: a notebook
+    that only works with mean pooling (a hard-coded pooling or 8-frame default), a JSON that reports the mean
+    pooling score of an X-CLIP model, or frames other than those named."""
+    import numpy as np
+    import transformers
+
+    import gradeclip
+    from backbone_models import save_tiny_xclip
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("GRADECLIP_MODEL", raising=False)
+    folder = save_tiny_xclip(tmp_path / "xclip")
+    path = next(p for p in NOTEBOOKS if p.stem == "07_video_level")
+    book = run_notebook(path, {"MODEL": f"hf:{folder}", "VIDEO": "sample", "OUT_DIR": str(tmp_path / "o")},
+                        tmp_path, timeout=300)
+    assert not [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    for name in EXPECTED["07_video_level"]:
+        assert (tmp_path / "o" / name).is_file(), name
+    record = json.loads((tmp_path / "o" / "sample_clip.json").read_text())
+    video = gradeclip.resolve_video("sample")
+    count = gradeclip.video_info(video).num_frames
+    assert record["pooling"] == "xclip" and record["model"] == f"hf:{folder}"
+    assert record["frame_indices"] == np.round(np.linspace(0, count - 1, 4)).astype(int).tolist()
+    model, tokenizer = (transformers.XCLIPModel.from_pretrained(folder).eval(),
+                        transformers.AutoTokenizer.from_pretrained(folder))
+    processor = transformers.XCLIPProcessor(image_processor=transformers.AutoImageProcessor.from_pretrained(folder),
+                                            tokenizer=tokenizer)
+    inputs = processor(text=record["prompts"], videos=list(gradeclip.read_frames(video, record["frame_indices"])),
+                       padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs)
+    expected = out.logits_per_video[0] / model.logit_scale.detach().exp()
+    np.testing.assert_allclose(record["cosine"], expected.numpy(), atol=1e-5)
+    assert abs(record["cosine"][0] - record["cosine"][1]) > 1e-4  # two prompts, two values: a swap would show

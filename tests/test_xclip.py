@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from backbone_models import write_clip_tokenizer
+from backbone_models import save_tiny_xclip
 from gradeclip.backbones.model import load_clip
 from gradeclip.backbones.pixels import CLIP_MEAN, CLIP_STD
 from gradeclip.clip_level import explain_clip
@@ -22,25 +22,7 @@ HEIGHT, WIDTH = 24, 40  # non-square frames: library crops them, native keeps 3x
 
 @pytest.fixture(scope="module")
 def xclip_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    config = transformers.XCLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=16),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8, num_frames=4, mit_hidden_size=24, mit_intermediate_size=48,
-                           mit_num_hidden_layers=1, mit_num_attention_heads=2),
-        projection_dim=24, prompt_layers=1, prompt_num_attention_heads=2, prompt_alpha=0.5)
-    model = transformers.XCLIPModel(config).eval()
-    with torch.no_grad():  # random init leaves LayerNorms at identity and some biases at 0: give every path signal
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    folder = tmp_path_factory.mktemp("xclip")
-    model.save_pretrained(str(folder))
-    write_clip_tokenizer(folder)
-    transformers.VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                                        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(
-        str(folder))
-    return str(folder)
+    return save_tiny_xclip(tmp_path_factory.mktemp("xclip"))
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ def plot_clip(result, prompt: int = 0, *, frames: Optional[np.ndarray] = None, c
     """One prompt of a ``ClipExplanation``: the T frames (uint8 RGB (T, H, W, 3): ``frames`` or
     ``result.frames``), their overlays on one colour scale shared by the T frames, and below them each frame's
     additive share of the clip cosine (``frame_importance``) with the method's relevance mass per frame (right
-    axis), against the frames' true times. Returns a matplotlib Figure."""
+    axis), against the frames' true times; for X-CLIP over several windows, each window's span and own cosine
+    above the curve. Returns a matplotlib Figure."""
     frames = result.frames if frames is None else frames
     if frames is None:
         raise ValueError("no frames to draw: pass frames= (uint8 RGB (T, H, W, 3)), e.g. read_frames(video, "
@@ -56,6 +57,7 @@ def plot_clip(result, prompt: int = 0, *, frames: Optional[np.ndarray] = None, c
     mass.plot(x, result.relevance_mass[:, prompt], "s--", color="tab:blue", alpha=0.6, markersize=3,
               label=f"{display_name(result.method)} relevance mass")
     mass.set_ylabel("relevance mass", color="tab:blue")
+    _mark_windows(curve, result, x, prompt)
     lines = curve.get_lines()[1:] + mass.get_lines()
     curve.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="best")
     fig.suptitle(f"“{result.prompts[prompt]}” · clip cosine {result.cosine[prompt]:.3f}, p "
@@ -63,6 +65,19 @@ def plot_clip(result, prompt: int = 0, *, frames: Optional[np.ndarray] = None, c
                  f"\n{result.model} ({result.library}) · input {result.input} · one colour scale per prompt over "
                  f"the {count} frames", fontsize=9)
     return fig
+
+
+def _mark_windows(axis, result, x: np.ndarray, prompt: int) -> None:
+    """X-CLIP over several windows: shade each window's span of sampled frames on the curve's time axis and label
+    it with that window's own cosine for ``prompt`` (windows may overlap: the last one ends at the last frame)."""
+    if len(result.windows) < 2:
+        return
+    for n, window in enumerate(result.windows):
+        first, last = x[window["start"]], x[window["stop"] - 1]
+        axis.axvspan(first, last, ymin=0.9 - 0.08 * (n % 2), ymax=0.98 - 0.08 * (n % 2), color="tab:green",
+                     alpha=0.25, linewidth=0)
+        axis.text((first + last) / 2, 0.94 - 0.08 * (n % 2), f"window cos {window['cosine'][prompt]:.3f}",
+                  transform=axis.get_xaxis_transform(), ha="center", va="center", fontsize=7, color="darkgreen")
 
 
 def clip_picture(result, t: int, frame: np.ndarray, *, cmap: str = "jet", alpha: float = 0.5,

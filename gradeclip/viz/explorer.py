@@ -24,6 +24,7 @@ from ..methods.registry import get_method, method_names
 from .explorer_view import (CMAPS, MAIN_OPTIONS, NO_WIDGETS, PLAY_INTERVAL_MS, SCALES, SLOW_METHODS, FrameSource,
                             LRUCache, compose_view, explanation_bytes, input_sizes, jpeg_bytes, one_line,
                             parse_prompts, scaled_maps, scores_html, words_html)
+from .explorer_clip import with_clip_view
 from .export import export_frame
 from .figures import DEFAULT_OUT, display_name
 
@@ -297,7 +298,7 @@ class Explorer(widgets.VBox):
 
 def explore(model, video, prompts: Union[str, Sequence[str]] = ("a person walking", "a tree"), *,
             method: str = "grad_eclip", tokenizer=None, out_dir=DEFAULT_OUT, frame: int = 0,
-            input: Optional[str] = None, scale: Union[float, str] = 1.0, **kwargs) -> Explorer:
+            input: Optional[str] = None, scale: Union[float, str] = 1.0, clip=None, **kwargs) -> Explorer:
     """An interactive explorer of ``model``'s explanations over ``video``, as an ipywidgets widget.
 
     ``video``: a path (frames decoded on demand, one at a time) or uint8 RGB frames (N, H, W, 3). ``prompts``: a
@@ -305,10 +306,12 @@ def explore(model, video, prompts: Union[str, Sequence[str]] = ("a person walkin
     ``tokenizer`` goes to ``explain`` when given. ``frame``: the first frame shown (negative counts from the end).
     ``input`` and ``scale``: the model input as for ``explain`` (None: the model's default; native, model or
     library; ``scale="model"`` is read as ``input="model"``); also a menu in the widget, each entry naming the
-    size in pixels fed to the model. Export writes to ``out_dir``. Display the returned widget (last
+    size in pixels fed to the model. ``clip``: open with the clip view under the slider (``ClipView``: each
+    sampled frame's share of the clip score): ``"uniform:N"`` or indices, True for the model's own (X-CLIP, which
+    has no per-frame view: its clip length). Export writes to ``out_dir``. Display the returned widget (last
     expression of a cell); ``kwargs``: ``cache_size`` (explanations kept, default 32), ``panel_width`` (pixels per
     panel, default 320), ``words`` (show word importance, default True), ``precision`` (``"fp32"``, ``"bf16"`` or
     ``"fp16"`` as for ``explain``, named in exports; default fp32).
     """
-    return Explorer(model, video, prompts, method=method, tokenizer=tokenizer, out_dir=out_dir, frame=frame,
-                    input=input, scale=scale, **kwargs)
+    return with_clip_view(Explorer(model, video, prompts, method=method, tokenizer=tokenizer, out_dir=out_dir,
+                                   frame=frame, input=input, scale=scale, **kwargs), clip)

@@ -1,5 +1,8 @@
 """The explorer's "clip" view: each sampled frame's share of the clip score as a bar under the frame slider;
 clicking a bar moves the slider to that frame. Core ipywidgets only (a bar is a Button), like the explorer.
+
+For a model that only scores whole clips (X-CLIP), the explorer's per-frame view is refused; on a sampled frame
+the view then shows that frame's overlays from the clip explanation (the clip's shared scale) instead.
 """
 from __future__ import annotations
 
@@ -8,21 +11,25 @@ from typing import Optional
 import ipywidgets as widgets
 import numpy as np
 
-from ..clip_level import GRADIENT_METHODS, SCORE_FREE_METHODS, ClipExplanation, explain_clip, explain_clip_video
+from ..clip_level import (GRADIENT_METHODS, SCORE_FREE_METHODS, ClipExplanation, default_frames, explain_clip,
+                          explain_clip_video)
 from ..io.frames import MAX_SIDE, resolve_indices
+from .clip_figures import clip_picture
+from .explorer_view import jpeg_bytes
 
 
 class ClipView(widgets.VBox):
     """Frame importance of a clip-level explanation of the explorer's video, drawn under its slider.
 
-    ``explorer``: an ``Explorer``; ``frames``: the clip's frames (``"uniform:N"`` or indices); ``result``: a
+    ``explorer``: an ``Explorer``; ``frames``: the clip's frames (``"uniform:N"`` or indices; None: the model's
+    own, ``"uniform:NUM_FRAMES"`` for X-CLIP, else ``"uniform:8"``); ``result``: a
     ``ClipExplanation`` of those frames, else computed with the explorer's model, prompts, method (Grad-ECLIP
     where the explorer's method cannot explain a clip score) and input. Parts: ``prompt`` (which prompt's shares
     the bars show), ``bars`` (one Button per sampled frame, its height the frame's share of the clip cosine, scaled
     to the largest share's magnitude; negative shares in orange), ``recompute`` (explain the clip again with the
     explorer's current settings), ``caption``."""
 
-    def __init__(self, explorer, *, frames="uniform:16", result: Optional[ClipExplanation] = None,
+    def __init__(self, explorer, *, frames=None, result: Optional[ClipExplanation] = None,
                  height: int = 70):
         self.explorer, self.frames, self.height = explorer, frames, height
         self.prompt = widgets.Dropdown(description="clip", layout=widgets.Layout(width="260px"))
@@ -35,7 +42,7 @@ class ClipView(widgets.VBox):
         self.result = result if result is not None else self.compute()
         self.prompt.observe(lambda _: self.draw(), "value")
         self.recompute.on_click(lambda _: self._recompute())
-        explorer.slider.observe(lambda _: self._highlight(), "value")
+        explorer.slider.observe(lambda _: self._follow(), "value")
         self._show_prompts()
 
     def compute(self) -> ClipExplanation:
@@ -44,10 +51,11 @@ class ClipView(widgets.VBox):
         method = ex.method.value if ex.method.value in GRADIENT_METHODS + SCORE_FREE_METHODS else "grad_eclip"
         mode, scale = ex.size.value
         common = dict(method=method, input=mode, scale=scale, progress=False)
+        frames = default_frames(ex.backbone) if self.frames is None else self.frames
         if ex.source.path is not None:
-            return explain_clip_video(ex.backbone, ex.source.path, list(ex.prompts), frames=self.frames,
+            return explain_clip_video(ex.backbone, ex.source.path, list(ex.prompts), frames=frames,
                                       max_side=MAX_SIDE, **common)
-        wanted = resolve_indices(self.frames, ex.source.num_frames)
+        wanted = resolve_indices(frames, ex.source.num_frames)
         result = explain_clip(ex.backbone, ex.source.array[wanted], list(ex.prompts), **common)
         result.indices = wanted
         return result
@@ -80,13 +88,23 @@ class ClipView(widgets.VBox):
         self.bars.children = bars
         self.caption.value = (f"{result.pooling} pooling · {result.method} · bars: each frame's share of the clip "
                               f"cosine {result.cosine[k]:.3f}; click one to show that frame")
-        self._highlight()
+        self._follow()
 
-    def _highlight(self):
-        shown = self.explorer.slider.value
+    def _follow(self):
+        """Mark the shown frame's bar; where the explorer has no per-frame view of it (X-CLIP), show the frame's
+        overlays from the clip explanation."""
+        ex, shown = self.explorer, self.explorer.slider.value
         for index, bar in zip(self.result.indices, self.bars.children):
             bar.style.font_weight = "bold" if int(index) == shown else ""
             bar.description = "▲" if int(index) == shown else ""
+        sampled = np.flatnonzero(np.asarray(self.result.indices) == shown)
+        if ex.current is None and len(sampled):
+            t = int(sampled[0])
+            ex.image.value = jpeg_bytes(clip_picture(self.result, t, ex.source.read(shown), cmap=ex.cmap.value,
+                                                     alpha=ex.opacity.value))
+            ex.status.value = (f"frame {shown}: overlays of the clip explanation (sampled frame {t + 1} of "
+                               f"{len(self.result.indices)}; {self.result.pooling} pooling, one scale per prompt "
+                               f"over the clip)")
 
 
 def add_clip_view(explorer, **kwargs) -> ClipView:
@@ -97,3 +115,12 @@ def add_clip_view(explorer, **kwargs) -> ClipView:
     controls.children = (controls.children[0], view, *controls.children[1:])
     explorer.clip_view = view
     return view
+
+
+def with_clip_view(explorer, clip):
+    """``explore(..., clip=...)``: ``explorer`` with a ``ClipView`` under its slider when ``clip`` is not None
+    (True: the model's own frames; else the frames as ``ClipView`` takes them); returns the explorer."""
+    if clip is not None and clip is not False:
+        add_clip_view(explorer, frames=None if clip is True else clip)
+    return explorer
+
