@@ -83,8 +83,19 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from .clip_level import check_clip_method
 
-    if args.pooling == "mean":  # before the model loads; the model's own pooling is known once it has loaded
+    from .xclip_methods import check_xclip_method
+
+    # before the model loads: the pooling asked for, or (the model's own pooling known only once it has loaded) a
+    # method that neither pooling can explain
+    if args.pooling == "mean":
         check_clip_method(args.method, {})
+    elif args.pooling == "xclip":
+        check_xclip_method(args.method, {})
+    else:
+        try:
+            check_xclip_method(args.method, {})
+        except ValueError:
+            check_clip_method(args.method, {})
     from .backbones.model import load_clip
     from .clip_level import explain_clip_video
     from .io.frames import MAX_SIDE, read_frames

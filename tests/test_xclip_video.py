@@ -192,6 +192,26 @@ def test_clip_command_refuses_in_one_line_for_xclip(xclip_folder, bar_video, tmp
     assert not list((tmp_path / "o").glob("*.*"))
 
 
+def test_clip_command_refuses_a_method_before_the_model_loads(bar_video, tmp_path, capfd):
+    """A method that the pooling asked for cannot explain (rise under --pooling xclip; maskclip under mean), or
+    that neither pooling can (rise without --pooling), is refused in one line before the model loads: the model
+    path does not exist, so a check made after loading would report the missing model instead (catches the
+    X-CLIP check skipped before loading, or the default pooling's check dropped)."""
+    from gradeclip.cli import main
+
+    common = [bar_video, "-p", "x", "--model", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "o")]
+    for extra, named in ((["--pooling", "xclip", "--method", "rise"], "X-CLIP's video score"),
+                         (["--pooling", "mean", "--method", "maskclip"], "a clip score"),
+                         (["--method", "rise"], "'rise' cannot explain")):
+        assert main(["clip", *common, *extra]) == 1
+        err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and named in err[0] and "absent.pt" not in err[0], (extra, err)
+    # a method X-CLIP can explain but mean pooling cannot (none today) or both can: passes to the model's loading
+    assert main(["clip", *common, "--method", "grad_cam"]) == 1
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "absent.pt" in err[0]
+
+
 # ----- the explorer's clip view, and explore(clip=...)
 
 def test_explorer_opens_with_the_clip_view_of_an_xclip_model(xclip, bar_video):
