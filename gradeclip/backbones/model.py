@@ -148,11 +148,18 @@ def _load_hf(spec: str, device):
                           "pip install '.[hf]'") from None
     from .hf import hf_backbone
 
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar (downloads keep huggingface_hub's own bars)
     try:
         model = transformers.AutoModel.from_pretrained(spec)
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as err:
         raise _download_failed(f"transformers model {spec!r}", err) from None
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     model = model.float().eval().to(device)
     backbone = hf_backbone(model, tokenizer, name=f"hf:{spec}")
     try:  # the checkpoint's own normalisation, where it ships an image processor configuration
