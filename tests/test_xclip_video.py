@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from backbone_models import save_tiny_xclip
+from backbone_models import clip_tokenizer, save_tiny_xclip
 from conftest import tiny_clip, write_video
 from gradeclip.backbones.model import load_clip
 from gradeclip.clip_level import explain_clip, explain_clip_video
@@ -265,3 +265,21 @@ def test_explore_clip_keyword_for_a_mean_pooled_model(bar_video):
     assert five.current is not None and "overlays of the clip explanation" not in five.status.value
     default = explore(model, bar_video, PROMPTS, input="native", words=False, clip=True)
     assert default.clip_view.result.indices.tolist() == np.round(np.linspace(0, 23, 8)).astype(int).tolist()
+
+
+def test_clip_view_says_a_refusal_in_the_status_line():
+    """The clip view's "explain the clip" button with a method the model refuses for a clip (rollout on SigLIP,
+    which has no class token) shows one red line in the explorer's status and keeps the bars of the last result
+    (catches the exception escaping into the widget callback, or the bars cleared by a failed recompute)."""
+    from backbone_models import tiny_siglip
+    from gradeclip.viz.explorer import explore
+
+    frames = np.random.default_rng(3).integers(0, 255, (6, 40, 56, 3), dtype=np.uint8)
+    explorer = explore(tiny_siglip(seed=2), frames, ["a red bar", "a tree"], tokenizer=clip_tokenizer(16),
+                       input="native", words=False, clip="uniform:3")
+    view, before = explorer.clip_view, explorer.clip_view.result
+    explorer.method.value = "rollout"
+    view.recompute.click()
+    assert "clip: " in explorer.status.value and "#b00020" in explorer.status.value
+    assert "\n" not in explorer.status.value and "class token" in explorer.status.value
+    assert view.result is before and len(view.bars.children) == 3

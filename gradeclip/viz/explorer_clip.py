@@ -15,7 +15,7 @@ from ..clip_level import (GRADIENT_METHODS, SCORE_FREE_METHODS, ClipExplanation,
                           explain_clip_video)
 from ..io.frames import MAX_SIDE, resolve_indices
 from .clip_figures import clip_picture
-from .explorer_view import jpeg_bytes
+from .explorer_view import jpeg_bytes, one_line
 
 
 class ClipView(widgets.VBox):
@@ -61,7 +61,13 @@ class ClipView(widgets.VBox):
         return result
 
     def _recompute(self):
-        self.result = self.compute()
+        """The button's action: a clip the current settings cannot explain (a method the model refuses, too few
+        frames for X-CLIP) is said in the explorer's status line in one line; the bars keep the last result."""
+        try:
+            self.result = self.compute()
+        except (ValueError, TypeError) as err:
+            self.explorer._say(f"clip: {one_line(err)}", error=True)
+            return
         self._show_prompts()
 
     def _show_prompts(self):
