@@ -31,6 +31,8 @@ def test_local_folders_load_with_their_tokenizer(folders, form):
     name = form.format(hf=hf, oc=oc)
     model, preprocess = load_clip(name, device="cpu")
     assert isinstance(model, Backbone) and model.library == ("transformers" if hf in name else "open_clip")
+    # the name it was loaded as, whatever the form (catches the loaders' name not passed to the adapter's build)
+    assert model.describe()["model"] == (f"hf:{hf}" if hf in name else f"open_clip:{oc}")
     assert not model.model.training and all(p.dtype == torch.float32 for p in model.model.parameters())
     torch.testing.assert_close(gradeclip.encode_prompts(model, ["a dog", "two cats"]),
                                gradeclip.encode_prompts(base, ["a dog", "two cats"]), rtol=1e-5, atol=1e-6)

@@ -4,7 +4,8 @@ A ``Backbone`` wraps a model object of one library (openai-clip, open_clip, tran
 tower in pieces: tokens at any patch grid, blocks run without autograd, a decomposed attention (q, k, v, the output
 before the out-projection, the rest of the block), pooling to the image embedding (class token -> post-norm ->
 projection, or SigLIP's attention-pooling head), the text side, the library's own score, and its preprocessing
-constants. Only the adapters (``openai.py``, ``open_clip.py``, ``hf.py``) know a library's attribute names.
+constants. Only the adapters (``openai.py``, ``open_clip.py``, ``hf.py``, ...) know a library's attribute names;
+each registers itself in ``adapters.py``, where ``backbone_of`` finds it.
 Tensors are batch-first here: (B, L, W) for B images, L tokens, W channels.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .tokens import call_tokenizer, check_prompts, tokenizer_inputs  # noqa: F401 (call_tokenizer: public name)
+from .adapters import adapter_for
+from .tokens import call_tokenizer, check_prompts, decode_token, tokenizer_inputs  # noqa: F401 (call_tokenizer: public name)
 
 ACCEPTED_MODELS = ("an openai-clip clip.model.CLIP (ViT or ResNet), an open_clip CLIP, CustomTextCLIP or CoCa, "
                    "a transformers CLIPModel, SiglipModel, Siglip2Model, CLIPSegModel, AltCLIPModel, "
@@ -224,7 +226,6 @@ scale where the block has one, of o: the attention's residual term alone); ``poo
         decode = getattr(getattr(self.tokenizer, "tokenizer", self.tokenizer), "decode", None)
         if decode is not None:
             return [decode([t]).strip() for t in ids]
-        from .openai import decode_token
         return [decode_token(t) for t in ids]
 
 
@@ -247,17 +248,13 @@ def backbone_of(model, tokenizer=None) -> Backbone:
         twin = copy.copy(model)  # keeps what loading set (name, the checkpoint's mean and std)
         twin.tokenizer = tokenizer
         return twin
-    module = type(model).__module__
-    if module.startswith("clip."):
-        if type(getattr(model, "visual", None)).__name__ == "ModifiedResNet":
-            from .resnet import OpenAIResNetBackbone
-            return OpenAIResNetBackbone(model, tokenizer)
-        from .openai import OpenAIBackbone
-        return OpenAIBackbone(model, tokenizer)
-    if module.startswith("open_clip"):
-        from .open_clip import open_clip_backbone
-        return open_clip_backbone(model, tokenizer)
-    if module.startswith("transformers"):
-        from .hf import hf_backbone
-        return hf_backbone(model, tokenizer)
-    raise TypeError(f"expected {ACCEPTED_MODELS}; got {type(model).__module__}.{type(model).__name__}")
+    return build_backbone(model, tokenizer)
+
+
+def build_backbone(model, tokenizer=None, name: str = "") -> Backbone:
+    """A new ``Backbone`` of a library's model object, named ``name``, from the first registered adapter that accepts
+    it (``adapters.py``; each adapter module registers itself, ``backbones/__init__.py`` imports them all)."""
+    adapter = adapter_for(model)
+    if adapter is None:
+        raise TypeError(f"expected {ACCEPTED_MODELS}; got {type(model).__module__}.{type(model).__name__}")
+    return adapter.build(model, tokenizer, name)

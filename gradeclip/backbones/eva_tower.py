@@ -29,6 +29,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from .adapters import SPECIFIC, library_of, register_adapter, visual_kind
 from .base import Backbone
 from .open_clip import preprocess_constants
 from .timm_tower import TimmTowerBackbone, _per_head
@@ -207,3 +208,12 @@ class EvaTowerBackbone(TimmTowerBackbone):
         """Embeddings (B, R, D) of token rows y (B, R, W) read as the class token is read (``timm_pool="token"``):
         the final norm, ``fc_norm``, the trunk's head and the tower's head."""
         return self.visual.head(self.trunk.head(self.trunk.fc_norm(self.trunk.norm(y))))
+
+
+def _eva_trunk(model) -> bool:
+    """An open_clip ``TimmModel`` tower whose trunk is timm's rotary ``Eva`` (EVA02-CLIP, PE-Core)."""
+    return library_of(model) == "open_clip" and visual_kind(model) == "TimmModel" \
+        and type(getattr(model.visual, "trunk", None)).__name__ == "Eva"
+
+
+register_adapter("open_clip timm Eva tower", _eva_trunk, EvaTowerBackbone, order=SPECIFIC)

@@ -1,5 +1,7 @@
 """Adapter for Hugging Face ``transformers``: ``CLIPModel`` and ``SiglipModel`` (separate q, k, v projections);
-CLIPSeg, AltCLIP and Chinese-CLIP build on ``HFClipBackbone`` in ``hf_families.py``.
+CLIPSeg, AltCLIP and Chinese-CLIP build on ``HFClipBackbone`` in ``hf_families.py``, SigLIP 2 on
+``HFSiglipBackbone`` in ``hf_siglip2.py``; each registers itself in ``adapters.py``, and a transformers model that
+no entry accepts is refused here in one line.
 
 CLIP: class token, ``pre_layrnorm``, encoder layers, ``post_layernorm`` on the class token, ``visual_projection``;
 the text is read at the end-of-text token. SigLIP: no class token; after ``post_layernorm`` the attention-pooling
@@ -14,7 +16,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from .base import Backbone, interpolate_grid
+from .adapters import FAMILY, LIBRARY, class_names, library_of, register_adapter
+from .base import ACCEPTED_MODELS, Backbone, interpolate_grid
 from .pixels import CLIP_MEAN, CLIP_STD
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -36,23 +39,8 @@ def _run_layer(layer, x, mask=None) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def hf_backbone(model, tokenizer=None, name: str = "") -> Backbone:
-    names = {c.__name__ for c in type(model).__mro__}
-    if "CLIPModel" in names:
-        return HFClipBackbone(model, tokenizer, name)
-    if "SiglipModel" in names:
-        return HFSiglipBackbone(model, tokenizer, name)
-    if "Siglip2Model" in names:  # NaFlex: its adapter registers here, transformers imported by the model
-        from .hf_siglip2 import HFSiglip2Backbone
-        return HFSiglip2Backbone(model, tokenizer, name)
-    if "XCLIPModel" in names:  # a video CLIP: its adapter registers here, transformers imported by the model
-        from .xclip import XClipBackbone
-        return XClipBackbone(model, tokenizer, name)
-    from .hf_families import family_backbone  # CLIPSeg, AltCLIP, Chinese-CLIP; imports this module, hence here
-    family = family_backbone(model, tokenizer, name, names)
-    if family is not None:
-        return family
-    from .base import ACCEPTED_MODELS
+def _refuse(model, tokenizer=None, name: str = ""):
+    """The last entry for transformers: a one-line TypeError for a class no adapter decomposes."""
     if hasattr(model, "get_text_features") and hasattr(model, "get_image_features"):  # both towers, another class
         raise TypeError(f"expected {ACCEPTED_MODELS}; got transformers {type(model).__name__}, which has both towers "
                         f"but is none of the classes whose layers gradeclip decomposes ({DECOMPOSED}): where its "
@@ -248,3 +236,13 @@ class HFSiglipBackbone(_HFBackbone):
     def text_embed(self, tokens):
         raise ValueError("word importance needs a CLIP-style text tower (causal, read at the end-of-text token); "
                          "SigLIP's text tower is not supported")
+
+
+def transformers_class(cls: str):
+    """A predicate: a transformers model whose MRO has a class named ``cls``."""
+    return lambda model: library_of(model) == "transformers" and cls in class_names(model)
+
+
+register_adapter("transformers CLIPModel", transformers_class("CLIPModel"), HFClipBackbone, order=FAMILY)
+register_adapter("transformers SiglipModel", transformers_class("SiglipModel"), HFSiglipBackbone, order=FAMILY)
+register_adapter("transformers refused", lambda model: library_of(model) == "transformers", _refuse, order=LIBRARY)

@@ -24,7 +24,8 @@ first token, each prompt without its padding.
 """
 from __future__ import annotations
 
-from .hf import HFClipBackbone, _run_layer
+from .adapters import SPECIFIC, register_adapter
+from .hf import HFClipBackbone, _run_layer, transformers_class
 from .pixels import CLIP_MEAN, CLIP_STD
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -124,18 +125,14 @@ class ChineseCLIPBackbone(_BidirectionalTextBackbone):
         return self.model.text_projection(rows)
 
 
+def _refuse_segmentation(model, tokenizer=None, name: str = ""):
+    """A ``CLIPSegForImageSegmentation`` is refused in one line naming its ``.clip``."""
+    raise TypeError("got transformers CLIPSegForImageSegmentation, whose output is a segmentation mask from its "
+                    "decoder, not an image-text score; pass its CLIP, model.clip (a CLIPSegModel), to explain "
+                    "the scores the decoder is conditioned on")
+
+
 FAMILIES = {"CLIPSegModel": CLIPSegBackbone, "AltCLIPModel": AltCLIPBackbone,
-            "ChineseCLIPModel": ChineseCLIPBackbone}
-
-
-def family_backbone(model, tokenizer, name: str, names: set):
-    """The adapter of a CLIPSeg, AltCLIP or Chinese-CLIP model (``names``: the class names of its MRO), else None.
-    A ``CLIPSegForImageSegmentation`` is refused in one line naming its ``.clip``."""
-    for cls, adapter in FAMILIES.items():
-        if cls in names:
-            return adapter(model, tokenizer, name)
-    if "CLIPSegForImageSegmentation" in names:
-        raise TypeError("got transformers CLIPSegForImageSegmentation, whose output is a segmentation mask from its "
-                        "decoder, not an image-text score; pass its CLIP, model.clip (a CLIPSegModel), to explain "
-                        "the scores the decoder is conditioned on")
-    return None
+            "ChineseCLIPModel": ChineseCLIPBackbone, "CLIPSegForImageSegmentation": _refuse_segmentation}
+for _cls, _adapter in FAMILIES.items():
+    register_adapter(f"transformers {_cls}", transformers_class(_cls), _adapter, order=SPECIFIC)

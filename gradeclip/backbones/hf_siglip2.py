@@ -29,7 +29,8 @@ from typing import Tuple
 import torch
 
 from .base import Backbone
-from .hf import HFSiglipBackbone, _features
+from .adapters import SPECIFIC, register_adapter
+from .hf import HFSiglipBackbone, _features, transformers_class
 from .library_input import LibraryInput
 
 NAFLEX_MEAN = NAFLEX_STD = (0.5, 0.5, 0.5)
@@ -129,7 +130,7 @@ class HFSiglip2Backbone(HFSiglipBackbone):
 
     def model_size(self, height: int, width: int, scale: float = 1.0) -> Tuple[int, int]:
         """(H', W') of ``input="model"`` for frames (height, width): the processor's grid, times ``scale``."""
-        from .pixels import native_size
+        from .resize import native_size
 
         size = processor_size(height, width, self.patch_size, self.max_num_patches())
         return native_size(size[0], size[1], self.patch_size, scale)
@@ -161,3 +162,6 @@ class HFSiglip2Backbone(HFSiglipBackbone):
     def preprocess(self):
         """The library's own transform: PIL image -> normalised (3, H', W') float tensor at the processor's grid."""
         return self.library_input().transform
+
+
+register_adapter("transformers Siglip2Model", transformers_class("Siglip2Model"), HFSiglip2Backbone, order=SPECIFIC)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .pixels import native_size
+from .resize import native_size, resize_normalise
 
 INPUT_MODES = ("native", "model", "library")
 TOKEN_FACTOR = 4  # a token grid above this many times the trained one warns
@@ -144,7 +144,6 @@ def model_pixels(backbone, frames: np.ndarray, view: InputView) -> torch.Tensor:
         from .library_input import library_input
 
         return library_input(backbone).pixels(frames, backbone.device)
-    from .pixels import resize_normalise
 
     return resize_normalise(backbone, frames, view.size)
 

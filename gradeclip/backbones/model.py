@@ -120,7 +120,7 @@ def _load_open_clip(spec: str, device):
     except ImportError:
         raise ImportError("open_clip models need the open_clip extra: from the gradeclip folder, "
                           "pip install '.[open_clip]'") from None
-    from .open_clip import open_clip_backbone
+    from .base import build_backbone
 
     if os.path.isdir(spec):
         name, pretrained = "local-dir:" + spec, None
@@ -137,7 +137,7 @@ def _load_open_clip(spec: str, device):
     except (OSError, RuntimeError, ValueError) as err:
         raise _download_failed(f"open_clip model {spec!r}", err) from None
     model = model.float().eval().to(device)
-    return open_clip_backbone(model, tokenizer, name=f"open_clip:{spec}"), preprocess
+    return build_backbone(model, tokenizer, name=f"open_clip:{spec}"), preprocess
 
 
 def _load_hf(spec: str, device):
@@ -146,7 +146,7 @@ def _load_hf(spec: str, device):
     except ImportError:
         raise ImportError("transformers models need the hf extra: from the gradeclip folder, "
                           "pip install '.[hf]'") from None
-    from .hf import hf_backbone
+    from .base import build_backbone
 
     from transformers.utils import logging as hf_logging
 
@@ -161,7 +161,7 @@ def _load_hf(spec: str, device):
         if shown:
             hf_logging.enable_progress_bar()
     model = model.float().eval().to(device)
-    backbone = hf_backbone(model, tokenizer, name=f"hf:{spec}")
+    backbone = build_backbone(model, tokenizer, name=f"hf:{spec}")
     try:  # the checkpoint's own normalisation, where it ships an image processor configuration
         processor = transformers.AutoImageProcessor.from_pretrained(spec)
         backbone.mean, backbone.std = tuple(processor.image_mean), tuple(processor.image_std)

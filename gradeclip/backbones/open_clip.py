@@ -6,7 +6,7 @@ embedding is the class token after ``ln_post`` and ``proj``; with CoCa's attenti
 (``OpenClipPoolerBackbone``) it is the pooler's first query after ``ln_post`` and ``proj``. Towers that pool
 otherwise (averaging, parallel or cascaded poolers) are refused with one line. A timm tower with an attention-pooling
 head (open_clip's SigLIP) has its own adapter, ``timm_tower.py``, and a timm ``Eva`` tower (EVA02-CLIP, PE-Core)
-``eva_tower.py``, both chosen by ``open_clip_backbone``; other timm towers are refused there. The text side is read
+``eva_tower.py``, each registered in ``adapters.py``; other timm towers are refused there. The text side is read
 at the token open_clip pools (argmax or end-of-text id) with ``ln_final`` and ``text_projection``.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .adapters import FAMILY, LIBRARY, library_of, register_adapter, visual_kind
 from .base import Backbone, interpolate_grid
 from .pixels import CLIP_MEAN, CLIP_STD
 
@@ -36,23 +37,6 @@ def preprocess_constants(visual):
     mean = tuple(getattr(visual, "image_mean", None) or cfg.get("mean") or CLIP_MEAN)
     std = tuple(getattr(visual, "image_std", None) or cfg.get("std") or CLIP_STD)
     return mean, std, cfg.get("resize_mode", "shortest") != "squash"
-
-
-def open_clip_backbone(model, tokenizer=None, name: str = "") -> Backbone:
-    """The adapter for an open_clip model: open_clip's own ViT tower, or a timm tower with an attention-pooling
-    head (open_clip's SigLIP, ``timm_tower.py``)."""
-    if type(getattr(model, "visual", None)).__name__ == "ModifiedResNet":
-        from .resnet import OpenClipResNetBackbone
-        return OpenClipResNetBackbone(model, tokenizer, name)
-    if type(getattr(model, "visual", None)).__name__ == "TimmModel":
-        if type(getattr(model.visual, "trunk", None)).__name__ == "Eva":  # rotary ViTs: EVA02-CLIP, PE-Core
-            from .eva_tower import EvaTowerBackbone
-            return EvaTowerBackbone(model, tokenizer, name)
-        from .timm_tower import TimmTowerBackbone
-        return TimmTowerBackbone(model, tokenizer, name)
-    if getattr(getattr(model, "visual", None), "attn_pool", None) is not None:
-        return OpenClipPoolerBackbone(model, tokenizer, name)
-    return OpenClipBackbone(model, tokenizer, name)
 
 
 class OpenClipBackbone(Backbone):
@@ -258,3 +242,12 @@ class OpenClipPoolerBackbone(OpenClipBackbone):
     def encode_image(self, pixels):
         out = self.visual(pixels)  # CoCa's encode_image normalises; its tower returns (pooled, tokens)
         return out[0] if isinstance(out, tuple) else out
+
+
+def _has_pooler(model) -> bool:
+    """An open_clip tower (not a timm one: ``timm_tower.py``) with CoCa's attentional pooler."""
+    return library_of(model) == "open_clip" and visual_kind(model) != "TimmModel" and getattr(getattr(model, "visual", None), "attn_pool", None) is not None
+
+
+register_adapter("open_clip attentional pooler", _has_pooler, OpenClipPoolerBackbone, order=FAMILY)
+register_adapter("open_clip", lambda model: library_of(model) == "open_clip", OpenClipBackbone, order=LIBRARY)

@@ -8,14 +8,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from . import vit
+from .adapters import LIBRARY, library_of, register_adapter
 from .base import Backbone
 from .pixels import CLIP_MEAN, CLIP_STD
-
-
-def decode_token(token_id: int) -> str:
-    """One token id decoded with CLIP's BPE vocabulary (shared by openai-clip and open_clip's default tokenizer)."""
-    import clip
-    return clip.clip._tokenizer.decode([token_id]).strip()
+from .tokens import decode_token  # noqa: F401 (moved to tokens.py; importable from here)
 
 
 class OpenAIBackbone(Backbone):
@@ -116,3 +112,5 @@ class OpenAIBackbone(Backbone):
     def text_pool(self, rows):
         return self.model.ln_final(rows) @ self.model.text_projection
 
+
+register_adapter("openai-clip", lambda model: library_of(model) == "clip", OpenAIBackbone, order=LIBRARY)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .resize import native_size, resize_normalise  # noqa: F401 (moved to resize.py; importable from here)
+
 # CLIP's normalisation constants (RGB), as in clip.clip._transform
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -44,14 +46,6 @@ def as_frames(frames: FramesLike) -> np.ndarray:
     return frames
 
 
-def native_size(height: int, width: int, patch: int, scale: float = 1.0) -> Tuple[int, int]:
-    """(H, W) of the model input: each side of the scaled frame rounded to the nearest multiple of ``patch``."""
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
-    return (max(patch, int(height * scale / patch + 0.5) * patch),
-            max(patch, int(width * scale / patch + 0.5) * patch))
-
-
 def to_pixels(model, frames: FramesLike, *, input: Optional[str] = None, scale: float = 1.0) -> torch.Tensor:
     """Preprocess frames for a CLIP-family ViT as ``input`` says (see ``backbones/inputs.py``), as ``explain``
     does: None (default) is the model's default input (``"native"``: the frame's aspect, no crop, unless the model
@@ -68,17 +62,6 @@ def to_pixels(model, frames: FramesLike, *, input: Optional[str] = None, scale: 
     backbone = backbone_of(model)
     frames = as_frames(frames)
     return model_pixels(backbone, frames, input_view(backbone, frames.shape[1], frames.shape[2], input, scale))
-
-
-def resize_normalise(backbone, frames: np.ndarray, size: Tuple[int, int]) -> torch.Tensor:
-    """uint8 RGB frames (N, H, W, 3) resized (PIL bicubic) to ``size`` (H', W') and normalised with the backbone's
-    mean and std: float32 (N, 3, H', W') on its device."""
-    h, w = size
-    resized = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in frames])
-    x = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(backbone.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - mean) / std).to(backbone.device)
 
 
 def square_transform(size: int, mean, std, crop: bool = True):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from .adapters import SPECIFIC, library_of, register_adapter, visual_kind
 from .base import Backbone, attend, interpolate_grid
 from .open_clip import OpenClipBackbone, preprocess_constants
 from .openai import OpenAIBackbone
@@ -171,3 +172,11 @@ class OpenClipResNetBackbone(ResNetImage, OpenClipBackbone):
 
 
 __all__ = ["OpenAIResNetBackbone", "OpenClipResNetBackbone", "is_resnet_tower", "resnet_backbone"]
+
+
+def _resnet_of(library: str):
+    return lambda model: library_of(model) == library and visual_kind(model) == "ModifiedResNet"
+
+
+register_adapter("openai-clip ModifiedResNet", _resnet_of("clip"), OpenAIResNetBackbone, order=SPECIFIC)
+register_adapter("open_clip ModifiedResNet", _resnet_of("open_clip"), OpenClipResNetBackbone, order=SPECIFIC)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .adapters import FAMILY, library_of, register_adapter, visual_kind
 from .base import Backbone
 from .open_clip import OpenClipBackbone, preprocess_constants
 
@@ -138,3 +139,7 @@ class TimmTowerBackbone(OpenClipBackbone):
 
     def cam_layer(self):
         return self.blocks[-1].norm1, True
+
+
+register_adapter("open_clip timm tower", lambda model: library_of(model) == "open_clip" and visual_kind(model) == "TimmModel",
+                 TimmTowerBackbone, order=FAMILY)

@@ -97,3 +97,9 @@ def tokenizer_inputs(tokenizer, prompts: list, length: int, truncate: bool
 def call_tokenizer(tokenizer, prompts: list, length: int, truncate: bool) -> torch.Tensor:
     """(K, T) token ids from the library's own tokenizer (see ``tokenizer_inputs``), T at most ``length``."""
     return tokenizer_inputs(tokenizer, prompts, length, truncate)[0]
+
+
+def decode_token(token_id: int) -> str:
+    """One token id decoded with CLIP's BPE vocabulary (shared by openai-clip and open_clip's default tokenizer)."""
+    import clip
+    return clip.clip._tokenizer.decode([token_id]).strip()

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from .base import Backbone, attend, interpolate_grid
-from .hf import _run_layer
+from .adapters import SPECIFIC, register_adapter
+from .hf import _run_layer, transformers_class
 from .inputs import InputView, input_view, resolve_input
 from .library_input import crop_geometry, shortest_side
 from .pixels import CLIP_MEAN, CLIP_STD, resize_normalise
@@ -186,3 +187,6 @@ def _size_dict(size) -> dict:
     """A processor's size (dict or transformers ``SizeDict``) as a dict of its set entries."""
     items = size.items() if hasattr(size, "items") else vars(size).items()
     return {k: v for k, v in items if v is not None}
+
+
+register_adapter("transformers XCLIPModel", transformers_class("XCLIPModel"), XClipBackbone, order=SPECIFIC)

@@ -2,7 +2,8 @@
 
 Every method has one signature: ``method(model, pixels, text_features, **options) -> raw maps (B, K, h, w)``,
 non-negative, on the token grid. A new method is one function plus one ``METHODS.register_module(name=...)`` line
-(see ``baselines.py``), and ``explain(..., method=name)`` finds it.
+(see ``baselines.py``), and ``explain(..., method=name)`` finds it. This module imports no method: the package's
+``__init__`` imports the modules that register them, and any import of ``gradeclip.methods.registry`` runs it first.
 """
 from __future__ import annotations
 
@@ -14,22 +15,13 @@ from mmengine.registry import Registry
 METHODS = Registry("explanation method", scope="gradeclip")
 
 
-def _with_builtins() -> dict:
-    """The registry's name -> method table, with the built-in methods registered (their module registers them when
-    first imported; importing it here means no caller has to remember to)."""
-    from . import baselines  # noqa: F401
-
-    return METHODS.module_dict
-
-
 def method_names() -> List[str]:
     """Names of the registered explanation methods, sorted."""
-    return sorted(_with_builtins())
+    return sorted(METHODS.module_dict)
 
 
 def get_method(name: str):
     """The registered method called ``name``; ValueError listing the known names otherwise."""
-    _with_builtins()
     if not isinstance(name, str) or name not in METHODS.module_dict:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
     return METHODS.get(name)
