@@ -146,9 +146,9 @@ def _load_hf(spec: str, device):
     except ImportError:
         raise ImportError("transformers models need the hf extra: from the gradeclip folder, "
                           "pip install '.[hf]'") from None
-    from .base import build_backbone
-
     from transformers.utils import logging as hf_logging
+
+    from .base import build_backbone
 
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # its "Loading weights" bar (downloads keep huggingface_hub's own bars)
