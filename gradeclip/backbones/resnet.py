@@ -38,13 +38,6 @@ def is_resnet_tower(model) -> bool:
     return type(getattr(model, "visual", None)).__name__ == "ModifiedResNet"
 
 
-def resnet_backbone(model, tokenizer=None, name: str = "") -> Backbone:
-    """The adapter of an openai-clip ``CLIP`` or open_clip ``CLIP`` whose image tower is a ``ModifiedResNet``."""
-    if type(model).__module__.startswith("open_clip"):
-        return OpenClipResNetBackbone(model, tokenizer, name)
-    return OpenAIResNetBackbone(model, tokenizer, name)
-
-
 class Tokens(torch.nn.Module):
     """The last stage's feature map (B, C, h, w) -> tokens (B, 1 + h*w, C): the mean token, then the spatial ones.
 
@@ -171,7 +164,7 @@ class OpenClipResNetBackbone(ResNetImage, OpenClipBackbone):
         self._init_text(model)
 
 
-__all__ = ["OpenAIResNetBackbone", "OpenClipResNetBackbone", "is_resnet_tower", "resnet_backbone"]
+__all__ = ["OpenAIResNetBackbone", "OpenClipResNetBackbone", "is_resnet_tower"]
 
 
 def _resnet_of(library: str):
