@@ -18,8 +18,7 @@ pass over those blocks only; memory grows linearly with T.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,10 +29,12 @@ from .backbones.base import backbone_of
 from .backbones.inputs import input_view, model_pixels, warn_token_count
 from .backbones.pixels import FramesLike, as_frames
 from .checks import positive_int, text_features_for
+from .clip_result import ClipExplanation
 from .methods.baselines import run_method  # noqa: F401 (importing it registers every method)
 from .methods.grad_eclip import decomposition_start, grad_eclip_tokens
 from .methods.registry import check_options, get_method
 from .precision import autocast, check_precision, exact_features
+from .xclip_level import explain_xclip  # X-CLIP's own video head
 
 POOLINGS = ("mean", "xclip")
 # methods through the clip score's gradient: exact, because each is positively homogeneous in the gradient
@@ -46,28 +47,6 @@ _REFUSED = {
     "scorecam": "it perturbs one image and reads its own score; masking frames of a clip is not implemented",
 }
 _CAM_PACKAGE = "the grad-cam package normalises each frame's map on its own, which erases the difference between frames"
-
-
-@dataclass
-class ClipExplanation:
-    """What explain_clip returns for T frames and K prompts of one clip (or window)."""
-    cosine: np.ndarray            # (K,) float32 video-level score, exactly as the model defines it
-    probs: np.ndarray             # (K,) float32, the library's own probabilities
-    maps: np.ndarray              # (T, K, H, W) float32 in [0, 1], ONE scale per prompt shared over its T frames
-    raw: np.ndarray               # (T, K, h, w) float32 token-grid relevance, not normalised
-    frame_importance: np.ndarray  # (T, K) each frame's additive share of the explained video score
-    relevance_mass: np.ndarray    # (T, K) the method's relevance summed per frame (raw, ReLU'd), beside it
-    indices: np.ndarray           # (T,) frame indices in the video (0..T-1 for in-memory frames)
-    times: np.ndarray             # (T,) true presentation times in seconds (NaN for in-memory frames)
-    prompts: List[str]
-    method: str
-    pooling: str                  # "mean" or "xclip"
-    library: str = ""
-    model: str = ""
-    input: str = ""               # input mode and size fed to the model, e.g. "native 320x240"
-    windows: List[dict] = field(default_factory=list)  # X-CLIP: [{"start": i, "stop": j, "cosine": [K], "probs": [K]}]
-    frames: Optional[np.ndarray] = None  # (T, H, W, 3) uint8 RGB when the caller passed frames in memory
-    precision: str = "fp32"       # how the forward ran: fp32, bf16 or fp16 (gradeclip/precision.py)
 
 
 def mean_pooling(image_features: torch.Tensor, text_features: torch.Tensor):
@@ -144,7 +123,6 @@ def explain_clip(model, frames: FramesLike, prompts: Union[str, Sequence[str]], 
     """
     pooling = check_pooling(pooling, model)
     if pooling == "xclip":
-        from .xclip_level import explain_xclip  # X-CLIP's own video head
 
         return explain_xclip(model, frames, prompts, method=method, tokenizer=tokenizer, progress=progress,
                              input=input, scale=scale, batch_size=batch_size, precision=precision, **options)

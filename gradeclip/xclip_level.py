@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from .backbones.base import backbone_of
 from .backbones.pixels import as_frames
 from .checks import positive_int
-from .clip_level import ClipExplanation
+from .clip_result import ClipExplanation
 from .precision import check_precision
 from .xclip_methods import check_xclip_method, explain_window
 
