@@ -171,6 +171,11 @@ def test_clip_command_with_an_xclip_folder(xclip, xclip_folder, bar_video, tmp_p
     labels = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert sorted(labels) == sorted(f"window cos {w['cosine'][1]:.3f}" for w in result.windows)
     assert abs(result.windows[0]["cosine"][0] - result.windows[0]["cosine"][1]) > 1e-3  # prompt 0's would differ
+    # the overlays' colour scale is shown: one colour bar from 0 to 1 in the figure's colour map (catches a figure
+    # whose overlays have no legend for their colours, or a bar in another colour map than the overlays)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and "relevance" in bars[0].get_ylabel()
+    assert bars[0].get_ylim() == (0.0, 1.0) and bars[0]._colorbar.cmap.name == "jet"
 
 
 def test_clip_command_refuses_in_one_line_for_xclip(xclip_folder, bar_video, tmp_path, capfd):

@@ -7,6 +7,8 @@ from typing import Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 
 from .figures import display_name, overlay
 from .video_export import compose_frame
@@ -40,6 +42,7 @@ def plot_clip(result, prompt: int = 0, *, frames: Optional[np.ndarray] = None, c
     fig = plt.figure(figsize=(width, 2 * (width / count) * aspect + 2.6), layout="constrained")
     grid = fig.add_gridspec(3, count, height_ratios=[(width / count) * aspect] * 2 + [2.2])
     x, label = time_axis(result)
+    overlays = []
     for t in range(count):
         top, mid = fig.add_subplot(grid[0, t]), fig.add_subplot(grid[1, t])
         top.imshow(frames[t])
@@ -47,6 +50,10 @@ def plot_clip(result, prompt: int = 0, *, frames: Optional[np.ndarray] = None, c
         mid.imshow(overlay(frames[t], result.maps[t, prompt], cmap=cmap, alpha=alpha))
         for ax in (top, mid):
             ax.axis("off")
+        overlays.append(mid)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=cmap), ax=overlays, fraction=0.02, pad=0.01)
+    bar.set_label("relevance\n(1 = clip's peak)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     curve = fig.add_subplot(grid[2, :])
     importance = result.frame_importance[:, prompt]
     curve.axhline(0, color="0.6", linewidth=0.8)
