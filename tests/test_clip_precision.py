@@ -17,19 +17,11 @@ from gradeclip.clip_level import explain_clip
 
 from backbone_models import clip_tokenizer
 from conftest import tiny_clip
+from test_precision import frames_56x40  # (n, 40, 56, 3) uint8 RGB, brighter frame by frame
 from test_xclip import clip_frames
 from test_xclip import xclip, xclip_folder  # noqa: F401 (fixtures)
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
-
-
-def frames_40x56(n=4, seed=0):
-    """(n, 40, 56, 3) uint8 RGB: gradients plus noise, brighter frame by frame (non-square: h/w swaps show)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:40, :56]
-    base = np.stack([xx * 4, yy * 6, (xx + yy) * 2], -1)
-    return np.stack([np.clip(base + rng.integers(0, 60, base.shape) + 30 * i, 0, 255) for i in range(n)]
-                    ).astype(np.uint8)
 
 
 def check_agreement(full, reduced):
@@ -74,7 +66,7 @@ def test_bf16_agrees_with_fp32_on_a_random_model(method, options):
     split in two batches). Catches: the second decomposed block left in bf16, a batch explained at another
     precision than it was scored."""
     model = tiny_clip(vision_layers=3, seed=4)
-    frames = frames_40x56()
+    frames = frames_56x40(4)
     full = explain_clip(model, frames, PROMPTS, method=method, input="native", batch_size=3, progress=False,
                         **options)
     reduced = explain_clip(model, frames, PROMPTS, method=method, input="native", batch_size=3, progress=False,
@@ -168,7 +160,7 @@ def test_callers_models_are_unchanged_after_bf16(xclip):
     model = tiny_clip(vision_layers=3, seed=6)
     before = {name: p.detach().clone() for name, p in model.state_dict().items()}
     for method in ("grad_eclip", "grad_cam"):
-        explain_clip(model, frames_40x56(2), PROMPTS, method=method, input="native", progress=False,
+        explain_clip(model, frames_56x40(2), PROMPTS, method=method, input="native", progress=False,
                      precision="bf16")
     assert_unchanged(model, before)
     before = {name: p.detach().clone() for name, p in xclip.model.state_dict().items()}
@@ -183,8 +175,8 @@ def test_fp16_on_cpu_is_refused_in_one_line_naming_bf16(xclip):
     from gradeclip.clip_level import explain_clip_encoded
 
     model = tiny_clip(seed=7)
-    calls = [lambda p: explain_clip(model, frames_40x56(2), PROMPTS, progress=False, precision=p),
-             lambda p: explain_clip_encoded(model, frames_40x56(2), PROMPTS[:1], torch.randn(1, 32),
+    calls = [lambda p: explain_clip(model, frames_56x40(2), PROMPTS, progress=False, precision=p),
+             lambda p: explain_clip_encoded(model, frames_56x40(2), PROMPTS[:1], torch.randn(1, 32),
                                             progress=False, precision=p),
              lambda p: explain_clip(xclip, clip_frames(4), PROMPTS, progress=False, precision=p)]
     for call in calls:

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from .adapters import SPECIFIC, library_of, register_adapter, visual_kind
 from .base import Backbone
-from .open_clip import preprocess_constants
 from .timm_tower import TimmTowerBackbone, _per_head
 
 
@@ -82,13 +81,7 @@ class EvaTowerBackbone(TimmTowerBackbone):
         self.post_norm = type(trunk.blocks[0]).__name__ == "EvaBlockPostNorm"
         self.pooled_by_head = trunk.attn_pool is not None
         self.batch_first = True
-        pe = trunk.patch_embed
-        self.patch_weight = pe.proj.weight
-        self.patch_size = pe.patch_size[0]
-        self.trained_grid = tuple(pe.grid_size)
-        self.resolution = pe.img_size[0]
-        self.depth = len(self.blocks)
-        self.mean, self.std, self.crop = preprocess_constants(visual)
+        self._patching(visual, trunk.patch_embed)
         self.grid = self.trained_grid  # the patch grid of the pixels last embedded (the rotary embedding's)
         with torch.no_grad():  # the embedding width after the head and the tower's projection
             probe = torch.zeros(1, 1, trunk.embed_dim, device=self.patch_weight.device, dtype=self.patch_weight.dtype)

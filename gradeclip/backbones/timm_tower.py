@@ -64,12 +64,7 @@ class TimmTowerBackbone(OpenClipBackbone):
             _refuse("has non-square or padded patches")
         self.visual, self.trunk, self.blocks, self.attn_pool = visual, trunk, trunk.blocks, pool
         self.batch_first = True
-        self.patch_weight = pe.proj.weight
-        self.patch_size = pe.patch_size[0]
-        self.trained_grid = tuple(pe.grid_size)
-        self.resolution = pe.img_size[0]
-        self.depth = len(self.blocks)
-        self.mean, self.std, self.crop = preprocess_constants(visual)
+        self._patching(visual, pe)
         with torch.no_grad():  # the embedding width after the head and the tower's projection
             probe = torch.zeros(1, 1, pool.kv.out_features // 2, device=self.patch_weight.device,
                                 dtype=self.patch_weight.dtype)
@@ -77,6 +72,16 @@ class TimmTowerBackbone(OpenClipBackbone):
         self._init_text(model)
 
     # image side
+    def _patching(self, visual, pe) -> None:
+        """The attributes read from timm's patch embedding and open_clip's preprocessing (shared with
+        ``eva_tower.py``): patch weight, size, trained grid and side, depth, normalisation and crop."""
+        self.patch_weight = pe.proj.weight
+        self.patch_size = pe.patch_size[0]
+        self.trained_grid = tuple(pe.grid_size)
+        self.resolution = pe.img_size[0]
+        self.depth = len(self.blocks)
+        self.mean, self.std, self.crop = preprocess_constants(visual)
+
     def embed_image(self, pixels):
         from timm.layers import resample_abs_pos_embed
 
