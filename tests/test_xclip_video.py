@@ -15,6 +15,8 @@ from backbone_models import clip_tokenizer, save_tiny_xclip
 from conftest import tiny_clip, write_video
 from gradeclip.backbones.model import load_clip
 from gradeclip.clip_level import explain_clip, explain_clip_video
+from gradeclip.methods.registry import method_names
+from gradeclip.xclip_methods import XCLIP_METHODS
 from gradeclip.io.frames import read_frames
 from gradeclip.xclip_level import explain_xclip
 
@@ -232,6 +234,10 @@ def test_explorer_opens_with_the_clip_view_of_an_xclip_model(xclip, bar_video):
 
     explorer = explore(xclip, bar_video, PROMPTS, clip=SUBSET, words=False)
     view = explorer.clip_view
+    # its method menu offers only what X-CLIP's video score can be explained with (catches maskclip, rise... left
+    # in the menu of a model that refuses them)
+    assert [name for _, name in explorer.method.options] == [n for n in method_names() if n in XCLIP_METHODS]
+    assert explorer.method.value == "grad_eclip" and "rise" in method_names()
     assert explorer.children[0].children[1] is view
     result = view.result
     assert result.pooling == "xclip" and result.indices.tolist() == SUBSET
@@ -266,6 +272,8 @@ def test_explore_clip_keyword_for_a_mean_pooled_model(bar_video):
     five = explore(model, bar_video, PROMPTS, input="native", words=False, clip="uniform:5")
     assert five.clip_view.result.pooling == "mean" and five.clip_view.result.indices.tolist() == [0, 6, 12, 17, 23]
     assert five.children[0].children[1] is five.clip_view
+    # an image CLIP keeps every method in its menu (catches the X-CLIP menu applied to every model)
+    assert [name for _, name in five.method.options] == method_names()
     # a model with per-frame explanations keeps its per-frame view on a sampled frame (frame 0 is sampled)
     assert five.current is not None and "overlays of the clip explanation" not in five.status.value
     default = explore(model, bar_video, PROMPTS, input="native", words=False, clip=True)

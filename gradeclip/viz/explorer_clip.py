@@ -11,9 +11,10 @@ from typing import Optional
 import ipywidgets as widgets
 import numpy as np
 
-from ..clip_level import (GRADIENT_METHODS, SCORE_FREE_METHODS, ClipExplanation, default_frames, explain_clip,
-                          explain_clip_video)
+from ..clip_level import (GRADIENT_METHODS, SCORE_FREE_METHODS, ClipExplanation, check_pooling, default_frames,
+                          explain_clip, explain_clip_video)
 from ..io.frames import MAX_SIDE, resolve_indices
+from ..xclip_methods import XCLIP_METHODS
 from .clip_figures import clip_picture
 from .explorer_view import jpeg_bytes, one_line
 
@@ -115,7 +116,13 @@ class ClipView(widgets.VBox):
 
 def add_clip_view(explorer, **kwargs) -> ClipView:
     """Put a ``ClipView`` of ``explorer``'s video (``kwargs`` go to ``ClipView``) right under its frame slider;
-    returns it (also ``explorer.clip_view``)."""
+    returns it (also ``explorer.clip_view``). For X-CLIP, which is explained only at the clip level, the explorer's
+    method menu keeps just the methods its video score can be explained with."""
+    if check_pooling(None, explorer.backbone) == "xclip":
+        chosen = explorer.method.value
+        explorer.method.options = [(label, name) for label, name in explorer.method.options
+                                   if name in XCLIP_METHODS]
+        explorer.method.value = chosen if chosen in XCLIP_METHODS else "grad_eclip"
     view = ClipView(explorer, **kwargs)
     controls = explorer.children[0]
     controls.children = (controls.children[0], view, *controls.children[1:])
