@@ -78,29 +78,35 @@ class PeakRss(threading.Thread):
             time.sleep(0.001)
 
 
+def peak_bytes(run, device: str) -> int:
+    """Peak memory of ``run()`` above what was in use before it, in bytes: CUDA's allocator statistics on a GPU,
+    else the resident set sampled every millisecond (``PeakRss``)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    base, sampler = rss(), PeakRss()
+    sampler.start()
+    try:
+        run()
+    finally:
+        sampler.running = False
+        sampler.join()
+    return sampler.peak - base
+
+
 def child(args):
     """One T in a fresh process: peak memory of explain_clip above what was in use before it, printed as JSON."""
     model = vit_b32(args.device)
     prompts = (PROMPTS * 2)[: args.prompts]
     text = gradeclip.encode_prompts(model, prompts)
     frames = frames_of(args.child)
-    cuda = args.device.startswith("cuda")
     explain_clip_encoded(model, frames_of(1), prompts, text, input="native", progress=False)  # warm-up
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base, sampler = rss(), PeakRss()
-        sampler.start()
-    explain_clip_encoded(model, frames, prompts, text, input="native", batch_size=args.batch_size, progress=False)
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        sampler.running = False
-        sampler.join()
-        peak = sampler.peak - base
+    peak = peak_bytes(lambda: explain_clip_encoded(model, frames, prompts, text, input="native",
+                                                   batch_size=args.batch_size, progress=False), args.device)
     print(json.dumps({"frames": args.child, "peak_mb": peak / 2 ** 20}))
 
 

@@ -29,7 +29,7 @@ import torch
 
 from gradeclip.backbones.base import backbone_of  # first: gradeclip silences openai-clip's import warning
 from gradeclip.xclip_level import explain_xclip
-from clip_level import PeakRss, rss  # benchmarks/clip_level.py: the resident-set sampler
+from clip_level import peak_bytes  # benchmarks/clip_level.py: peak memory of one call
 
 PROMPTS = ["a person walking", "a person carrying a bag", "a dog", "a red car"]
 
@@ -53,22 +53,7 @@ def child(count, device):
     with torch.no_grad():
         bb.model(input_ids=bb.tokenize(PROMPTS).to(device),
                  pixel_values=bb.clip_pixels(frames[:bb.num_frames], bb.view(240, 320, "library"))[None].to(device))
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base, sampler = rss(), PeakRss()
-        sampler.start()
-    explain_xclip(bb, frames, PROMPTS, progress=False)
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        sampler.running = False
-        sampler.join()
-        peak = sampler.peak - base
+    peak = peak_bytes(lambda: explain_xclip(bb, frames, PROMPTS, progress=False), device)
     print(json.dumps({"frames": count, "peak_mb": peak / 2 ** 20}))
 
 
