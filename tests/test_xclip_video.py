@@ -4,16 +4,15 @@ num_frames 4) and a generated non-square video whose frames carry their index (a
 so that a frame read or reported at the wrong index shows. References: the library's own
 ``XCLIPModel.__call__`` on the decoded frames, and the container's presentation times (frame i at i / 10 s)."""
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
 import transformers
 
-from backbone_models import clip_tokenizer, save_tiny_xclip
+from backbone_models import clip_tokenizer
 from conftest import tiny_clip, write_video
-from gradeclip.backbones.model import load_clip
+from test_xclip import xclip, xclip_folder  # noqa: F401 (fixtures: the tiny X-CLIP folder and its loaded model)
 from gradeclip.clip_level import explain_clip, explain_clip_video
 from gradeclip.methods.registry import method_names
 from gradeclip.xclip_methods import XCLIP_METHODS
@@ -23,18 +22,6 @@ from gradeclip.xclip_level import explain_xclip
 PROMPTS = ["a white bar on the left", "a grey wall"]
 FPS = 10
 SUBSET = [2, 5, 9, 11, 17, 23]  # 6 frames for num_frames 4: windows [2, 5, 9, 11] and [9, 11, 17, 23]
-
-
-@pytest.fixture(scope="module")
-def xclip_folder(tmp_path_factory):
-    return save_tiny_xclip(tmp_path_factory.mktemp("xclip_video"))
-
-
-@pytest.fixture(scope="module")
-def xclip(xclip_folder):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_clip(f"hf:{xclip_folder}", device="cpu")[0]
 
 
 @pytest.fixture(scope="module")
