@@ -259,7 +259,7 @@ def test_default_input_from_the_checkpoint_sidecar(model, tmp_path):
 
 def test_scores_sidecar_names_the_input(model, tmp_path):
     """Bug caught: the saved scores not saying which input produced them (mode and size in pixels)."""
-    from gradeclip.viz.figures import save_explanation
+    from gradeclip.viz.saving import save_explanation
 
     result = gradeclip.explain(model, FRAME, PROMPTS, input="library", progress=False)
     record = json.loads(save_explanation(result, "x", tmp_path)[1].read_text())

@@ -111,7 +111,7 @@ def _galleries(results: dict, rows: list, source, k: int, out: Path, stem: str) 
 
     from ..files import atomic_path
     from ..io.frames import read_frames
-    from ..viz.figures import _safe_name
+    from ..viz.saving import safe_name
     from ..viz.gallery import extremes, gallery_csv_rows, plot_gallery
     from .annotations import write_csv
 
@@ -134,7 +134,7 @@ def _galleries(results: dict, rows: list, source, k: int, out: Path, stem: str) 
             lowest = [{**r, **drawn[int(r["frame"])]} for r in lowest]
             highest = [{**r, **drawn[int(r["frame"])]} for r in highest]
             fig = plot_gallery(lowest, highest, f"{stem} · {method} · “{prompt}” · lowest / highest energy in mask")
-            path = out / f"{_safe_name(f'{stem}_gallery_{method}_{prompt}')}.png"
+            path = out / f"{safe_name(f'{stem}_gallery_{method}_{prompt}')}.png"
             with atomic_path(path) as temp:
                 fig.savefig(temp, dpi=150, bbox_inches="tight", format="png")
             plt.close(fig)

@@ -26,7 +26,8 @@ from .explorer_view import (CMAPS, MAIN_OPTIONS, NO_WIDGETS, PLAY_INTERVAL_MS, S
                             parse_prompts, scaled_maps, scores_html, words_html)
 from .explorer_clip import with_clip_view
 from .export import export_frame
-from .figures import DEFAULT_OUT, display_name
+from .figures import display_name
+from .saving import DEFAULT_OUT
 
 
 def _option_widget(name: str, default):

@@ -49,7 +49,8 @@ def export_frame(result, name: str, out, *, title, meta: dict, dpi=150, cmap="je
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .figures import plot_explanation, save_explanation, save_figure
+    from .figures import plot_explanation
+    from .saving import save_explanation, save_figure
 
     fig = plot_explanation(result, cmap=cmap, alpha=alpha, title=title)
     try:
@@ -70,7 +71,7 @@ def export_video(result, stem: str, out, *, scale="shared", cmap="jet", alpha=0.
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .figures import save_figure
+    from .saving import save_figure
     from .maps_file import save_video_maps
     from .video_export import plot_timeline, write_overlay_video
 
@@ -95,7 +96,8 @@ def export_words(model, frame, prompts, name: str, out, *, dpi=150, written: Opt
     import matplotlib.pyplot as plt
 
     from ..explain import word_importance
-    from .figures import plot_word_importance, save_figure
+    from .figures import plot_word_importance
+    from .saving import save_figure
 
     paths, record = [], []
     for k, prompt in enumerate(prompts):
