@@ -274,12 +274,12 @@ def test_an_oserror_without_ctrl_c_is_still_an_error(walk, checkpoint, tmp_path,
 def test_explain_interrupted_while_writing_names_the_files_it_wrote(walk, checkpoint, tmp_path, monkeypatch, capfd):
     """Ctrl-C after the figure's PNG and PDF, before the maps and scores: the line names the two files written and
     the two not finished; those two are absent. Catches a line that claims nothing or everything was written."""
-    import gradeclip.viz.figures
+    import gradeclip.viz.saving
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gradeclip.viz.figures, "save_explanation", stop)
+    monkeypatch.setattr(gradeclip.viz.saving, "save_explanation", stop)
     out = tmp_path / "out"
     code = main(["explain", walk, "-p", "a person", "--model", str(checkpoint), "--out", str(out), "--dpi", "30",
                  "--input", "model"])  # at the model's size: no size warning beside the one line
